@@ -1,0 +1,69 @@
+"""Task-vector plumbing, in exactly one place (DESIGN §2).
+
+- ``task_vector``: τt = θt − θ0, per key, in float32.
+- ``is_matrix``: which parameters are merged as matrices by the SVD methods: every 2-D
+  parameter except ``text_projection`` (matches the official Iso code, so an open_clip visual
+  tower's ``positional_embedding`` and ``proj`` count as matrices). Everything else (biases,
+  norms, the 4-D patch conv, class embedding) is merged by the mean of the τt.
+- ``flatten``/``unflatten``: one long vector over all keys, for elementwise methods (TIES).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from merging.errors import MismatchError
+
+StateDict = dict[str, torch.Tensor]
+
+EXCLUDED_MATRICES = ("text_projection",)
+COMPUTE_DTYPE = torch.float32
+
+
+def is_matrix(key: str, tensor: torch.Tensor | torch.Size | Sequence[int]) -> bool:
+    """True when ``key`` is merged as a matrix by the spectral methods."""
+    shape = tensor.shape if isinstance(tensor, torch.Tensor) else tuple(tensor)
+    return len(shape) == 2 and not any(key.endswith(x) for x in EXCLUDED_MATRICES)
+
+
+def task_vector(pretrained: torch.Tensor, finetuned: torch.Tensor) -> torch.Tensor:
+    """τ = θt − θ0, computed in float32 whatever the stored dtype."""
+    return finetuned.to(COMPUTE_DTYPE) - pretrained.to(COMPUTE_DTYPE)
+
+
+def task_vectors(pretrained: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor]) -> StateDict:
+    """τt for every key of ``pretrained`` (keys and shapes must match)."""
+    check_compatible(pretrained, finetuned, "fine-tuned checkpoint")
+    return {k: task_vector(v, finetuned[k]) for k, v in pretrained.items()}
+
+
+def check_compatible(reference: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor], name: str) -> None:
+    """Raise MismatchError naming the first few differing keys or shapes."""
+    missing = [k for k in reference if k not in other]
+    extra = [k for k in other if k not in reference]
+    shapes = [f"{k} {tuple(reference[k].shape)} vs {tuple(other[k].shape)}"
+              for k in reference if k in other and tuple(reference[k].shape) != tuple(other[k].shape)]
+    problems = ([f"missing keys: {', '.join(missing[:3])}"] if missing else []) + \
+               ([f"unexpected keys: {', '.join(extra[:3])}"] if extra else []) + \
+               ([f"shape differs: {'; '.join(shapes[:3])}"] if shapes else [])
+    if problems:
+        raise MismatchError(f"{name} does not match the pretrained model ({'; '.join(problems)})")
+
+
+def flatten(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Concatenate every tensor into one float32 vector (key order of ``state``)."""  # (N,)
+    return torch.cat([v.reshape(-1).to(COMPUTE_DTYPE) for v in state.values()])
+
+
+def unflatten(vector: torch.Tensor, like: Mapping[str, torch.Tensor]) -> StateDict:
+    """Inverse of ``flatten``: split ``vector`` back into tensors shaped like ``like``."""
+    out, start = {}, 0
+    for key, ref in like.items():
+        n = ref.numel()
+        out[key] = vector[start:start + n].view(ref.shape)
+        start += n
+    if start != vector.numel():
+        raise ValueError(f"vector has {vector.numel()} entries, state dict needs {start}")
+    return out

@@ -1,0 +1,37 @@
+"""The rooms of DESIGN §1: the pure core never imports streamlit."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE_ALLOWED = {
+    "merging": {"torch", "numpy", "safetensors", "merging"},
+    "zoo": {"torch", "numpy", "safetensors", "merging", "zoo", "open_clip", "sklearn", "PIL", "torchvision"},
+    "analysis": {"torch", "numpy", "safetensors", "merging", "zoo", "analysis", "pandas", "plotly", "scipy"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("room", sorted(CORE_ALLOWED))
+def test_core_rooms_import_only_what_design_allows(room: str) -> None:
+    import sys
+
+    stdlib = set(sys.stdlib_module_names)
+    for path in sorted((ROOT / room).rglob("*.py")):
+        third_party = _imports(path) - stdlib
+        assert "streamlit" not in third_party, f"{path} imports streamlit"
+        assert third_party <= CORE_ALLOWED[room], f"{path} imports {third_party - CORE_ALLOWED[room]}"
