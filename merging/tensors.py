@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from merging.errors import MismatchError
+from merging.errors import MismatchError, NonFiniteError
 
 StateDict = dict[str, torch.Tensor]
 
@@ -67,3 +67,10 @@ def unflatten(vector: torch.Tensor, like: Mapping[str, torch.Tensor]) -> StateDi
     if start != vector.numel():
         raise ValueError(f"vector has {vector.numel()} entries, state dict needs {start}")
     return out
+
+
+def check_finite(key: str, tensor: torch.Tensor, source: str = "checkpoint") -> None:
+    """Raise NonFiniteError naming ``key`` and ``source`` when ``tensor`` holds NaN or Inf."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise NonFiniteError(f"{source}: tensor '{key}' holds {bad} NaN/Inf value(s)")
