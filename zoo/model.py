@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
-from open_clip.transformer import VisionTransformer
+from open_clip.transformer import QuickGELU, VisionTransformer
 
 from merging.device import pick_device
 from merging.errors import CheckpointError
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 STEM_KEY = "conv1.weight"
 _BLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.")
+ACTIVATIONS: dict[str, type[torch.nn.Module]] = {"gelu": torch.nn.GELU, "quick_gelu": QuickGELU}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class VitConfig:
     output_dim: int
     mlp_ratio: float = 4.0
     ls_init_value: float | None = None
+    act: str = "gelu"  # key of ACTIVATIONS; OpenAI CLIP weights use "quick_gelu"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,7 +88,14 @@ def build_encoder(config: VitConfig) -> VisionTransformer:
     return VisionTransformer(image_size=config.image_size, patch_size=config.patch_size,
                              width=config.width, layers=config.layers, heads=config.heads,
                              mlp_ratio=config.mlp_ratio, ls_init_value=config.ls_init_value,
-                             output_dim=config.output_dim)
+                             output_dim=config.output_dim, act_layer=_activation(config.act))
+
+
+def _activation(name: str) -> type[torch.nn.Module]:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise CheckpointError(f"unknown activation {name!r} (known: {', '.join(ACTIVATIONS)})") from None
 
 
 def load_encoder(state: Mapping[str, torch.Tensor], config: VitConfig | None = None,
