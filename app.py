@@ -1,15 +1,29 @@
-"""Isoscope: the Streamlit shell. Navigation and the shared sidebar; every view is a page."""
+"""Isoscope: the Streamlit shell. Page setup, the shared sidebar (ui/sidebar.py) and
+navigation; every view is a thin page under pages/ over merging/, zoo/ and analysis/."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-st.set_page_config(page_title="Isoscope", page_icon="🔭", layout="wide")
+from ui import sidebar
+from ui.page import PAGE_FILES
+from ui.theme import inject_css
 
+st.set_page_config(page_title="Isoscope", page_icon="🔭", layout="wide",
+                   menu_items={"About": "Isoscope: an interactive lab for spectral model merging."})
+inject_css()
 
-def home() -> None:
-    st.title("🔭 Isoscope")
-    st.write("An interactive lab for spectral model merging. The views are being built.")
+PAGES = {
+    "Explore": [
+        st.Page(PAGE_FILES["overview"], title="Overview", icon="🗂️", default=True),
+        st.Page(PAGE_FILES["spectra"], title="Spectra", icon="📉"),
+        st.Page(PAGE_FILES["alignment"], title="Alignment", icon="🧭"),
+        st.Page(PAGE_FILES["common"], title="Common subspace", icon="🎚️"),
+    ],
+    "Use": [st.Page(PAGE_FILES["merge"], title="Merge & export", icon="📦")],
+    "Teach": [st.Page(PAGE_FILES["learn"], title="Learn", icon="🎓")],
+}
 
-
-st.navigation([st.Page(home, title="Overview", default=True)]).run()
+page = st.navigation(PAGES)
+sidebar.render()
+page.run()

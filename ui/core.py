@@ -1,0 +1,142 @@
+"""The shell's access to the core: optional imports while rooms land, errors shown in place,
+progress bars wired to ``merging.progress`` callbacks, and a bounded process-wide store for
+loaded zoos and Mergers (built outside any ``st.cache_*`` function, so a progress bar can show
+while they build; never mutated once stored)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import streamlit as st
+
+from merging.errors import CheckpointError, IsoscopeError, MismatchError, MethodError, UntrustedPickleError
+from merging.progress import Progress
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# What the user can do about each kind of error (most specific class first).
+HINTS: tuple[tuple[type[BaseException], str], ...] = (
+    (UntrustedPickleError, "These files are pickled Python objects: loading them runs code stored in them. "
+                           "Tick **Trust pickled files** in the sidebar only if you made them or trust their source."),
+    (CheckpointError, "Check the checkpoint folder in the sidebar: it must hold a pretrained model and one "
+                      "fine-tuned model per task in one of the layouts listed under *Supported layouts*."),
+    (MismatchError, "Every checkpoint must come from the same architecture as the pretrained model."),
+    (MethodError, "Pick another value in the sidebar."),
+    (IsoscopeError, "Change the choice in the sidebar and try again."),
+)
+
+
+def hint_for(err: BaseException) -> str:
+    return next((h for cls, h in HINTS if isinstance(err, cls)), "")
+
+
+def optional(module: str, attr: str) -> Any | None:
+    """``module.attr`` when that core piece has landed, else None (never hides real bugs)."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and module.startswith(err.name):
+            return None
+        raise
+    return getattr(mod, attr, None)
+
+
+def need(module: str, attr: str, what: str) -> Any:
+    """Like ``optional`` but stops the page with an info box when the piece is missing."""
+    found = optional(module, attr)
+    if found is None:
+        st.info(f"**{what}** is not available yet: waiting for `{module}.{attr}` in the core.", icon="🛠️")
+        st.stop()
+    return found
+
+
+def available(module: str, attr: str, what: str) -> Any | None:
+    """Like ``need`` but only for one section: shows the info box and returns None."""
+    found = optional(module, attr)
+    if found is None:
+        st.info(f"**{what}** is not available yet: waiting for `{module}.{attr}` in the core.", icon="🛠️")
+    return found
+
+
+def show_error(err: BaseException) -> None:
+    hint = hint_for(err)
+    st.error(f"**{err}**" + (f"\n\n{hint}" if hint else ""), icon="⚠️")
+
+
+@contextmanager
+def errors_in_place(stop: bool = True) -> Iterator[None]:
+    """Show an IsoscopeError where it happened, with what to do; the rest of the app keeps running."""
+    try:
+        yield
+    except IsoscopeError as err:
+        log.info("shown to the user: %s", err)
+        show_error(err)
+        if stop:
+            st.stop()
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Progress]:
+    """A ``merging.progress.Progress`` callback drawing an ``st.progress`` bar (removed at the end).
+    The bar appears on the first report, so cache hits show nothing."""
+    slot = st.empty()
+
+    def report(fraction: float, message: str) -> None:
+        slot.progress(min(max(float(fraction), 0.0), 1.0), text=f"{label} · {message}" if message else label)
+
+    try:
+        yield report
+    finally:
+        slot.empty()
+
+
+class ResourceStore:
+    """A small LRU of heavy objects (zoos, Mergers) shared by every session; thread-safe."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._building: dict[Any, threading.Lock] = {}
+
+    def get(self, key: Any, build: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            gate = self._building.setdefault(key, threading.Lock())
+        with gate:  # one build per key; other sessions wait for it
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]
+            value = build()
+            with self._lock:
+                self._items[key] = value
+                self._building.pop(key, None)
+                while len(self._items) > self.max_entries:
+                    self._items.popitem(last=False)
+            return value
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._items
+
+
+@st.cache_resource(show_spinner=False)
+def _store(kind: str) -> ResourceStore:
+    return ResourceStore(max_entries=3)
+
+
+def cached(kind: str, key: Any, build: Callable[[], T]) -> T:
+    """The object ``build()`` makes for ``(kind, key)``, built once per process."""
+    return _store(kind).get(key, build)
+
+
+def is_cached(kind: str, key: Any) -> bool:
+    return key in _store(kind)

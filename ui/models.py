@@ -1,0 +1,66 @@
+"""The zoo and Merger behind the current sidebar selection, loaded once per process with a
+visible progress bar, and errors shown in place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from ui.core import cached, errors_in_place, is_cached, need, progress_bar
+from ui.state import Selection, selection
+
+
+def _zoo_label(sel: Selection) -> str:
+    if sel.embedded:
+        return (f"Building the embedded **{sel.zoo_spec}** zoo (first launch only: it is cached on disk, "
+                "later launches start from there)")
+    return f"Loading checkpoints from {sel.zoo_spec}"
+
+
+def current_zoo(sel: Selection | None = None) -> Any:
+    """The ``zoo.Zoo`` for ``sel`` (default: the sidebar's)."""
+    sel = sel or selection()
+    if not sel.zoo_spec:
+        st.info("Type the path of a checkpoint folder in the sidebar (or pick the embedded digits zoo).",
+                icon="📂")
+        st.stop()
+    load_zoo = need("zoo", "load_zoo", "The model zoo")
+
+    def build() -> Any:
+        with progress_bar(_zoo_label(sel)) as report:
+            return load_zoo(sel.zoo_spec, data=sel.data_dir, trust_pickle=sel.trust_pickle,
+                            device=sel.device, progress=report)
+
+    with errors_in_place():
+        return cached("zoo", sel.zoo_key, build)
+
+
+def current_merger(sel: Selection | None = None) -> Any:
+    """One ``merging.merge.Merger`` per zoo and device (its decompositions are cached inside)."""
+    sel = sel or selection()
+    zoo = current_zoo(sel)
+    merger_cls = need("merging.merge", "Merger", "The merge engine")
+    key = (zoo.fingerprint, sel.device)
+
+    def build() -> Any:
+        with progress_bar("Computing task vectors") as report:
+            report(0.1, "loading the fine-tuned models")
+            return merger_cls(zoo.pretrained(), zoo.all_finetuned(), device=sel.device)
+
+    with errors_in_place():
+        return cached("merger", key, build)
+
+
+def zoo_loaded(sel: Selection | None = None) -> bool:
+    sel = sel or selection()
+    return is_cached("zoo", sel.zoo_key)
+
+
+def require_data(zoo: Any, view: str) -> None:
+    """Stop an accuracy view, saying what is missing, when the zoo has no evaluation data."""
+    if not getattr(zoo, "has_data", True):
+        st.warning(f"**{view} needs evaluation data**, and this zoo has none. Give a data folder in the "
+                   "sidebar (one folder per task, `<data>/<Task>/{val,test}/<class>/<image>`). "
+                   "The weight-space views (Spectra, Alignment's heatmap) work without it.", icon="📂")
+        st.stop()

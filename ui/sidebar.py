@@ -1,0 +1,121 @@
+"""The shared sidebar: which zoo, which device, which method (with one widget per parameter of
+its registry schema) and how α is chosen. Returns a ``Selection`` that every page reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from merging.device import available_devices
+from merging.errors import IsoscopeError
+from merging.registry import Method, Param, all_methods
+from ui.core import errors_in_place, optional, show_error
+from ui.state import Selection, default_zoo_spec, key, store_selection
+
+SOURCES = {"Embedded digits zoo": "embedded", "Folder of checkpoints": "folder"}
+ALPHA_MODES = {"Best on validation": "validation", "Fixed (slider)": "slider"}
+ALPHA_RANGE = (0.1, 3.0, 0.1)
+LAYOUTS_HELP = ("Supported layouts: TALL-masks/TSV (`<Task>Val/nonlinear_finetuned.pt`), task_vectors "
+                "(`<Task>/finetuned.pt`, pickled), Hugging Face CLIPVisionModel folders, or plain files "
+                "(one pretrained + one per task).")
+
+
+def _checked_path(text: str, label: str) -> str | None:
+    """A user-typed folder after the served-mode policy (merging.paths.allowed_path), or None."""
+    text = text.strip()
+    if not text:
+        return None
+    allowed_path = optional("merging.paths", "allowed_path")
+    try:
+        path = Path(allowed_path(text)) if allowed_path else Path(text).expanduser()
+    except IsoscopeError as err:
+        show_error(err)
+        return None
+    if not path.is_dir():
+        st.error(f"**{label}: {path} is not a folder.** Type the path of an existing folder.", icon="⚠️")
+        return None
+    return str(path)
+
+
+def _zoo_source() -> tuple[str | None, str | None, bool, bool]:
+    """(zoo spec, data folder, trust pickles, embedded?) from the zoo section."""
+    source = SOURCES[st.radio("Model zoo", list(SOURCES), key=key("zoo_source"),
+                              help="The embedded zoo is built from scikit-learn's handwritten digits: "
+                                   "no download, no GPU.")]
+    if source == "embedded":
+        return default_zoo_spec(), None, False, True
+    folder = _checked_path(st.text_input("Checkpoint folder", key=key("zoo_path"), help=LAYOUTS_HELP,
+                                         placeholder="/path/to/checkpoints"), "Checkpoint folder")
+    data = _checked_path(st.text_input("Evaluation data folder (optional)", key=key("data_path"),
+                                       help="One folder per task: `<data>/<Task>/{val,test}/<class>/<image>`. "
+                                            "Without it, only the weight-space views work."),
+                         "Data folder")
+    trust = st.checkbox("Trust pickled files", key=key("trust_pickle"),
+                        help="Pickled checkpoints run code when loaded. Tick only for files you trust.")
+    if folder:
+        _show_layout(folder)
+    return folder, data, trust, False
+
+
+def _show_layout(folder: str) -> None:
+    detect = optional("zoo", "detect_layout")
+    if detect is None:
+        return
+    with errors_in_place(stop=False):
+        st.caption(f"Detected layout: **{detect(folder)}**")
+
+
+def param_widget(method: Method, param: Param) -> float | int:
+    """One slider per registry parameter, keyed per method so each keeps its own value."""
+    is_int = param.kind is int
+    cast = int if is_int else float
+    return st.slider(param.label or param.name, min_value=cast(param.low), max_value=cast(param.high),
+                     value=cast(param.default), step=cast(param.step), help=param.help,
+                     key=key(f"p_{method.name}_{param.name}"))
+
+
+def _method_section(methods: dict[str, Method]) -> tuple[str | None, dict[str, Any]]:
+    if not methods:
+        st.info("No merge method is registered yet (the engine is landing).", icon="🛠️")
+        return None, {}
+    names = list(methods)
+    default = names.index("iso_cts") if "iso_cts" in names else 0
+    name = st.selectbox("Method", names, index=default, key=key("method"),
+                        format_func=lambda n: methods[n].display_name)
+    method = methods[name]
+    st.caption(f"{method.summary} [paper]({method.paper_url})")
+    return name, {p.name: param_widget(method, p) for p in method.params}
+
+
+def _alpha_section(method: Method | None, has_data: bool) -> tuple[str, float]:
+    if method is not None and method.fixed_alpha is not None:
+        st.caption(f"α is fixed to {method.fixed_alpha:g} for {method.display_name}.")
+        return "fixed", float(method.fixed_alpha)
+    modes = list(ALPHA_MODES) if has_data else ["Fixed (slider)"]
+    mode = ALPHA_MODES[st.radio("Scaling α", modes, key=key("alpha_mode"), horizontal=True,
+                                help="θ = base + α·Δ. On validation: the α in 0.1…3.0 with the best mean "
+                                     "normalized accuracy on the validation splits.")]
+    low, high, step = ALPHA_RANGE
+    alpha = st.slider("α", low, high, 1.0, step, key=key("alpha"), disabled=mode == "validation",
+                      help="Used when α is fixed; with validation it is the starting point shown.")
+    return mode, float(alpha)
+
+
+def render() -> Selection:
+    """Draw the sidebar and store (and return) the selection."""
+    with st.sidebar:
+        st.markdown("### 🔭 Isoscope")
+        spec, data, trust, embedded = _zoo_source()
+        devices = available_devices()
+        device = st.selectbox("Device", devices, key=key("device"),
+                              help="CUDA when present; the digits zoo is quick on CPU.")
+        st.divider()
+        methods = all_methods()
+        name, params = _method_section(methods)
+        mode, alpha = _alpha_section(methods.get(name) if name else None, embedded or bool(data))
+    sel = Selection(zoo_spec=spec or "", data_dir=data, trust_pickle=trust, device=device, method=name,
+                    params=tuple(sorted(params.items())), alpha_mode=mode, alpha=alpha, embedded=embedded)
+    store_selection(sel)
+    return sel

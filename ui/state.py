@@ -1,0 +1,56 @@
+"""Session-state keys (all prefixed ``iso_``) and the sidebar's selection, read by every page."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import streamlit as st
+
+PREFIX = "iso_"
+SELECTION_KEY = PREFIX + "selection"
+ZOO_ENV = "ISOSCOPE_ZOO"
+DEFAULT_ZOO = "digits"
+
+
+def key(name: str) -> str:
+    """The session-state key for ``name`` (``iso_`` prefix, so nothing collides)."""
+    return PREFIX + name
+
+
+def default_zoo_spec() -> str:
+    """The embedded zoo to open: $ISOSCOPE_ZOO (tests use ``digits-tiny``), else ``digits``."""
+    return os.environ.get(ZOO_ENV, "").strip() or DEFAULT_ZOO
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Everything the sidebar decides; hashable so cached functions can key on it."""
+
+    zoo_spec: str
+    data_dir: str | None = None
+    trust_pickle: bool = False
+    device: str = "cpu"
+    method: str | None = None
+    params: tuple[tuple[str, float], ...] = ()
+    alpha_mode: str = "validation"  # "validation" or "slider"
+    alpha: float = 1.0
+    embedded: bool = True
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def param_dict(self) -> dict[str, float]:
+        return dict(self.params)
+
+    @property
+    def zoo_key(self) -> tuple[str, str | None, bool, str]:
+        return (self.zoo_spec, self.data_dir, self.trust_pickle, self.device)
+
+
+def store_selection(sel: Selection) -> None:
+    st.session_state[SELECTION_KEY] = sel
+
+
+def selection() -> Selection:
+    """The sidebar's current selection (the embedded default before the sidebar has run)."""
+    return st.session_state.get(SELECTION_KEY) or Selection(zoo_spec=default_zoo_spec())

@@ -1,0 +1,54 @@
+"""Colours and styling: one colour per method and per task, everywhere in the app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+# One colour per method (the "before" references in greys, the spectral methods in colour).
+METHOD_COLORS: dict[str, str] = {
+    "task": "#ADB5BD",
+    "weight_averaging": "#868E96",
+    "task_arithmetic": "#495057",
+    "ties": "#A47148",
+    "tsv_m": "#2F9E44",
+    "iso_c": "#4C6EF5",
+    "iso_cts": "#AE3EC9",
+    "cart": "#F76707",
+    "zero_shot": "#CED4DA",
+    "finetuned": "#212529",
+    "merged": "#4C6EF5",
+}
+# Tasks: a qualitative palette that avoids the method colours' hues where it can.
+TASK_PALETTE = ("#1C7ED6", "#E8590C", "#37B24D", "#F03E3E", "#7048E8", "#0CA678", "#D6336C",
+                "#F59F00", "#1098AD", "#74B816", "#5F3DC4", "#C2255C", "#364FC7", "#E67700")
+
+
+def method_color(name: str) -> str:
+    return METHOD_COLORS.get(name, "#495057")
+
+
+def task_colors(tasks: list[str]) -> dict[str, str]:
+    """A stable colour per task, by position in the zoo's task list."""
+    return {t: TASK_PALETTE[i % len(TASK_PALETTE)] for i, t in enumerate(tasks)}
+
+
+def style_figure(fig: go.Figure, height: int | None = None) -> go.Figure:
+    """House layout for every chart: white background, compact margins, legend on top."""
+    fig.update_layout(template="plotly_white", margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+                      hoverlabel=dict(namelength=-1))
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+def inject_css() -> None:
+    """Load assets/style.css once per run (small; cheaper than a component)."""
+    css = ASSETS / "style.css"
+    if css.is_file():
+        st.html(f"<style>{css.read_text()}</style>")
