@@ -1,2 +1,37 @@
 """Where models and tasks come from: the embedded digits zoo, real checkpoint folders,
-datasets, frozen classification heads and ``evaluate()``. Imports ``merging``, never streamlit."""
+datasets, frozen classification heads and ``evaluate()``. Imports ``merging``, never streamlit.
+
+``load_zoo(spec)`` dispatches through ``LOADERS`` (a table: name -> loader). A spec that names
+no entry goes to the ``PATH_SOURCE`` entry when one is registered (checkpoint folders)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from merging.errors import IsoscopeError
+from merging.progress import Progress
+from zoo.base import Zoo
+
+Loader = Callable[..., Zoo]  # loader(spec, *, data, trust_pickle, device, progress) -> Zoo
+PATH_SOURCE = "path"
+
+
+def _digits(spec: str, **kwargs: object) -> Zoo:
+    from zoo.digits import load_digits_zoo
+
+    return load_digits_zoo(spec, **kwargs)
+
+
+LOADERS: dict[str, Loader] = {"digits": _digits, "digits-tiny": _digits}
+
+
+def load_zoo(spec: str = "digits", *, data: str | Path | None = None, trust_pickle: bool = False,
+             device: str | torch.device | None = None, progress: Progress | None = None) -> Zoo:
+    """The zoo named by ``spec``: "digits" (default), "digits-tiny", or a registered source."""
+    loader = LOADERS.get(spec) or LOADERS.get(PATH_SOURCE)
+    if loader is None:
+        raise IsoscopeError(f"unknown zoo {spec!r}; choose one of: {', '.join(LOADERS)}")
+    return loader(spec, data=data, trust_pickle=trust_pickle, device=device, progress=progress)
