@@ -1,26 +1,379 @@
-"""Checkpoint IO: lazy readers for safetensors and torch state-dict files, and an atomic
-safetensors writer. (First version; hardening against hostile input is issue #6.)
+"""Checkpoint IO, hardened against hostile and broken files (issues #3 and #6).
 
 Public API (other rooms rely on it):
-- ``open_checkpoint(path, trust_pickle=False) -> Checkpoint``: lazy, ``keys()``, ``shape(key)``,
-  ``dtype(key)``, ``get(key) -> Tensor`` (float tensors as stored), ``load() -> StateDict``.
+- ``open_checkpoint(path, trust_pickle=False) -> Checkpoint``: a lazy read-only Mapping with
+  ``keys()``, ``shape(key)``, ``dtype(key)``, ``get(key)``/``[key] -> Tensor`` (as stored) and
+  ``load() -> StateDict``. Tensors are read one key at a time (safetensors and torch zip files are
+  memory-mapped), so the engine can stream layer by layer.
 - ``load_state_dict(path, trust_pickle=False) -> StateDict``.
-- ``save_safetensors(state, path, metadata=None)``: atomic (temp file + rename).
+- ``save_safetensors(state, path, metadata=None)``: atomic (temp file, fsync, rename).
+- ``convert_to_safetensors(src, dst, trust_pickle) -> Path``: the one-time conversion offered for
+  pickled checkpoints.
+
+What is read: the format is sniffed from the bytes, not the suffix.
+- safetensors: the header is validated *before* the library sees it (length within the file and
+  ≤ 100 MB, JSON object without duplicate keys, known dtypes, shape × itemsize == byte span, spans
+  inside the data area, contiguous, no overlaps), so a header declaring a 10^15-byte tensor is an
+  error, not an allocation.
+- torch files (zip, legacy, or a plain pickle): the pickle is first replayed inertly
+  (``merging.pickle_scan``); storages declared larger than the bytes they point at are errors.
+  Files whose pickle needs globals outside torch's weights-only allowlist (whole pickled modules
+  such as the task_vectors layout, ``__reduce__`` payloads) raise ``UntrustedPickleError`` unless
+  ``trust_pickle=True``. Everything else loads with ``torch.load(weights_only=True)``.
+Every failure is a ``CheckpointError`` whose one-line message starts with the file's path.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import os
+import pickle
+import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from merging.errors import CheckpointError
+from merging.errors import CheckpointError, UntrustedPickleError
+from merging.pickle_scan import PickleScan, StorageRef, scan_pickles
 from merging.tensors import StateDict
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+MAX_PICKLE_BYTES = 64 * 2**20  # the pickle part of a torch file (not its tensor data)
+TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+PICKLE_PROTO = 0x80
+
+ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+STORAGE_ITEMSIZE: dict[str, int] = {
+    "torch.DoubleStorage": 8, "torch.FloatStorage": 4, "torch.HalfStorage": 2, "torch.BFloat16Storage": 2,
+    "torch.LongStorage": 8, "torch.IntStorage": 4, "torch.ShortStorage": 2, "torch.CharStorage": 1,
+    "torch.ByteStorage": 1, "torch.BoolStorage": 1, "torch.ComplexFloatStorage": 8,
+    "torch.ComplexDoubleStorage": 16, "torch.UntypedStorage": 1, "torch.storage.UntypedStorage": 1,
+}
+# Used only if torch's private allowlist cannot be read: what a plain tensor state dict needs.
+_FALLBACK_SAFE_GLOBALS = frozenset({
+    "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state", "torch.nn.parameter.Parameter", "torch.Size",
+    *STORAGE_ITEMSIZE,
+})
+
+
+def _safe_globals() -> frozenset[str]:
+    """Dotted names ``torch.load(weights_only=True)`` accepts (torch's own allowlist)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return frozenset(_get_allowed_globals()) | _FALLBACK_SAFE_GLOBALS
+    except (ImportError, AttributeError):  # private API moved: fall back to the minimal list
+        return _FALLBACK_SAFE_GLOBALS
+
+
+SAFE_GLOBALS = _safe_globals()
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a safetensors header."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # byte offsets into the data area (after the header)
+    end: int
+
+
+@dataclass
+class _Opened:
+    """What a format reader hands the Checkpoint: metadata per key and a per-key reader."""
+
+    format: str
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
+    read: Callable[[str], torch.Tensor]
+
+
+def _printable(text: object, limit: int = 60) -> str:
+    """File-controlled text made safe for a one-line message."""
+    s = "".join(c if c.isprintable() else "?" for c in str(text))
+    return s if len(s) <= limit else s[:limit] + "…"
+
+
+def _oneline(err: BaseException) -> str:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return _printable(first, 160)
+
+
+@contextmanager
+def _os_errors(path: Path) -> Iterator[None]:
+    """Turn OSError (permissions, vanished files, I/O errors) into a CheckpointError."""
+    try:
+        yield
+    except PermissionError as err:
+        raise CheckpointError(f"{path}: permission denied") from err
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from err
+
+
+def _file_size(path: Path) -> int:
+    """Size of a regular, non-empty file; CheckpointError for anything else."""
+    try:
+        st = path.stat()
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{path}: no such file") from err
+    except PermissionError as err:
+        raise CheckpointError(f"{path}: permission denied") from err
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from err
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file (pick the file inside it)")
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path}: is not a regular file")
+    if st.st_size == 0:
+        raise CheckpointError(f"{path}: is empty")
+    return st.st_size
+
+
+def _read_bytes(path: Path, offset: int, count: int) -> bytes:
+    with _os_errors(path), open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(count)
+
+
+def _sniff(path: Path, head: bytes) -> str:
+    """Which reader: by content first, then by suffix (for the most useful error)."""
+    if head[:4] in ZIP_MAGICS:
+        return "torch-zip"
+    if head[:1] == bytes([PICKLE_PROTO]):
+        return "pickle"
+    if len(head) > 8 and head[8:9] == b"{" or path.suffix == ".safetensors":
+        return "safetensors"
+    raise CheckpointError(f"{path}: is neither a safetensors file nor a torch checkpoint")
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key '{_printable(key)}'")
+        seen[key] = value
+    return seen
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _tensor_info(key: str, entry: object, data_len: int) -> TensorInfo:
+    """Validate one header entry; ValueError says what is wrong."""
+    name = _printable(key)
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise ValueError(f"tensor '{name}' lacks dtype, shape or data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in ST_DTYPES:
+        raise ValueError(f"tensor '{name}' has unknown dtype '{_printable(dtype, 20)}'")
+    if not isinstance(shape, list) or len(shape) > 64 or not all(_is_count(d) for d in shape):
+        raise ValueError(f"tensor '{name}' has an invalid shape")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+        raise ValueError(f"tensor '{name}' has invalid data_offsets")
+    begin, end = offsets
+    nbytes = math.prod(shape) * ST_DTYPES[dtype].itemsize
+    if not begin <= end <= data_len:
+        raise ValueError(f"tensor '{name}' lies outside the file ({end} > {data_len} bytes of data)")
+    if end - begin != nbytes:
+        raise ValueError(f"tensor '{name}' declares {nbytes} bytes but spans {end - begin}")
+    return TensorInfo(ST_DTYPES[dtype], tuple(shape), begin, end)
+
+
+def _check_layout(infos: dict[str, TensorInfo], data_len: int) -> None:
+    """Spans must tile the data area exactly: no overlaps, no holes, nothing after the end."""
+    cursor = 0
+    for key, info in sorted(infos.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+        if info.begin != cursor:
+            what = "overlaps another tensor" if info.begin < cursor else "leaves a gap before it"
+            raise ValueError(f"tensor '{_printable(key)}' {what}")
+        cursor = info.end
+    if cursor != data_len:
+        raise ValueError(f"tensors cover {cursor} of the {data_len} data bytes")
+
+
+def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
+    """Parse and validate a safetensors header without loading any tensor."""
+    path = Path(path)
+    size = _file_size(path)
+    head = _read_bytes(path, 0, 8)
+    if len(head) < 8:
+        raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)")
+    header_len = int.from_bytes(head, "little")
+    if header_len > min(size - 8, MAX_HEADER_BYTES):
+        raise CheckpointError(f"{path}: not a valid safetensors file (header length {header_len} "
+                              f"exceeds the {size}-byte file or the 100 MB limit)")
+    try:
+        header = json.loads(_read_bytes(path, 8, header_len).decode("utf-8"), object_pairs_hook=_no_duplicates)
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        metadata = header.pop("__metadata__", {})
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise ValueError("__metadata__ must map names to strings")
+        data_len = size - 8 - header_len
+        infos = {k: _tensor_info(k, v, data_len) for k, v in header.items()}
+        _check_layout(infos, data_len)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{path}: corrupted safetensors header ({_oneline(err)})") from err
+    return infos
+
+
+def _open_safetensors(path: Path, _size: int, _trust: bool) -> _Opened:
+    infos = read_safetensors_header(path)
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as err:  # noqa: BLE001 - the library raises many types
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_oneline(err)})") from err
+
+    def read(key: str) -> torch.Tensor:
+        try:
+            return handle.get_tensor(key)
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"{path}: cannot read tensor '{key}' ({_oneline(err)})") from err
+
+    return _Opened("safetensors", {k: i.shape for k, i in infos.items()},
+                   {k: i.dtype for k, i in infos.items()}, read)
+
+
+# ---------------------------------------------------------------- torch / pickle
+
+
+def untrusted_message(path: Path, names: list[str]) -> str:
+    """The one-line refusal: why, and how to proceed."""
+    shown = ", ".join(_printable(n, 50) for n in dict.fromkeys(names)) if len(set(names)) <= 3 else \
+        ", ".join(_printable(n, 50) for n in list(dict.fromkeys(names))[:3]) + ", …"
+    return (f"{path}: refused: it is a pickled Python object (it imports {shown}) and loading it would "
+            f"execute code from the file; if you trust its source, pass --trust-pickle (in the app, tick "
+            f"'trust these files') and convert it once to safetensors with: python -m merging convert "
+            f"{path} --out {path.with_suffix('.safetensors')} --trust-pickle")
+
+
+def _zip_scan(path: Path, size: int) -> tuple[PickleScan, Callable[[StorageRef], int]]:
+    """Scan data.pkl of a torch zip file; return the scan and the byte size of each storage record."""
+    try:
+        with _os_errors(path), zipfile.ZipFile(path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            pkl = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
+            if len(pkl) != 1:
+                raise CheckpointError(f"{path}: a zip file, but not a torch checkpoint (no data.pkl)")
+            for info in infos.values():
+                if info.compress_type != zipfile.ZIP_STORED or info.header_offset + info.file_size > size:
+                    raise CheckpointError(f"{path}: corrupted torch checkpoint (record "
+                                          f"'{_printable(info.filename)}' is compressed or lies outside the file)")
+            if infos[pkl[0]].file_size > MAX_PICKLE_BYTES:
+                raise CheckpointError(f"{path}: torch checkpoint with an oversized data.pkl")
+            scan = scan_pickles(zf.read(pkl[0]), max_pickles=1)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as err:
+        raise CheckpointError(f"{path}: truncated or corrupted torch checkpoint ({_oneline(err)})") from err
+    prefix = pkl[0][: -len("data.pkl")] + "data/"
+    return scan, lambda ref: infos[prefix + ref.key].file_size if prefix + ref.key in infos else -1
+
+
+def _pickle_scan(path: Path, size: int) -> tuple[PickleScan, Callable[[StorageRef], int]]:
+    """Scan a legacy torch file (magic, protocol, sys_info, object, storage keys) or a plain pickle."""
+    scan = scan_pickles(_read_bytes(path, 0, min(size, MAX_PICKLE_BYTES)), max_pickles=5)
+    return scan, lambda _ref: size
+
+
+def _is_legacy_torch(scan: PickleScan) -> bool:
+    return bool(scan.values) and scan.values[0] == TORCH_LEGACY_MAGIC
+
+
+def _check_storages(path: Path, scan: PickleScan, available: Callable[[StorageRef], int], size: int) -> None:
+    """Every declared storage must fit in the bytes that back it (no huge allocations)."""
+    total = 0
+    for ref in {r.key: r for r in scan.storages}.values():
+        itemsize = STORAGE_ITEMSIZE.get(ref.type_name)
+        if itemsize is None:
+            raise CheckpointError(f"{path}: unsupported storage type '{_printable(ref.type_name)}'")
+        nbytes = ref.numel * itemsize
+        total += nbytes
+        if nbytes > available(ref) or total > size:
+            raise CheckpointError(f"{path}: corrupted torch checkpoint (storage '{_printable(ref.key)}' "
+                                  f"declares {nbytes} bytes, more than the file holds)")
+
+
+def _torch_load(path: Path, kind: str, weights_only: bool) -> object:
+    try:
+        if kind == "plain-pickle":  # only reached with trust_pickle=True
+            with open(path, "rb") as f:
+                return pickle.load(f)  # noqa: S301 - the user said they trust this file
+        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=kind == "torch-zip")
+    except Exception as err:  # noqa: BLE001 - torch raises many types for broken files
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_oneline(err)})") from err
+
+
+def _as_state_dict(path: Path, obj: object) -> StateDict:
+    """nn.Module -> its state_dict(); {'state_dict': ...} unwrapped; then str -> Tensor only."""
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: holds a {_printable(type(obj).__name__)}, not a state dict of tensors")
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: entry '{_printable(key)}' is a {_printable(type(value).__name__)}, "
+                                  f"not a tensor (expected a state dict of tensors)")
+    return dict(obj)
+
+
+_TORCH_SCANNERS: dict[str, Callable[[Path, int], tuple[PickleScan, Callable[[StorageRef], int]]]] = {
+    "torch-zip": _zip_scan,
+    "pickle": _pickle_scan,
+}
+
+
+def _open_torch(path: Path, size: int, trust: bool, kind: str) -> _Opened:
+    scan, available = _TORCH_SCANNERS[kind](path, size)
+    unsafe = [g for g in scan.globals if g not in SAFE_GLOBALS]
+    if unsafe and not trust:
+        raise UntrustedPickleError(untrusted_message(path, unsafe))
+    if scan.error:
+        raise CheckpointError(f"{path}: truncated or corrupted torch checkpoint ({_printable(scan.error, 120)})")
+    if kind == "pickle":
+        kind = "legacy" if _is_legacy_torch(scan) else "plain-pickle"
+        if kind == "legacy" and len(scan.values) < 5:
+            raise CheckpointError(f"{path}: truncated torch checkpoint")
+        if kind == "plain-pickle" and not unsafe:
+            raise CheckpointError(f"{path}: a plain Python pickle, not a torch checkpoint")
+    _check_storages(path, scan, available, size)
+    state = _as_state_dict(path, _torch_load(path, kind, weights_only=not unsafe))
+    return _Opened(kind, {k: tuple(v.shape) for k, v in state.items()},
+                   {k: v.dtype for k, v in state.items()}, state.__getitem__)
+
+
+_OPENERS: dict[str, Callable[[Path, int, bool], _Opened]] = {
+    "safetensors": _open_safetensors,
+    "torch-zip": lambda p, s, t: _open_torch(p, s, t, "torch-zip"),
+    "pickle": lambda p, s, t: _open_torch(p, s, t, "pickle"),
+}
+
+
+# ---------------------------------------------------------------- public API
 
 
 class Checkpoint(Mapping[str, torch.Tensor]):
@@ -28,49 +381,42 @@ class Checkpoint(Mapping[str, torch.Tensor]):
 
     def __init__(self, path: str | Path, trust_pickle: bool = False) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise CheckpointError(f"{self.path}: no such file")
-        self._tensors: StateDict | None = None
-        self._st = None
-        if self.path.suffix == ".safetensors":
-            try:
-                self._st = safe_open(str(self.path), framework="pt")
-            except Exception as err:  # noqa: BLE001 - the library raises many types
-                raise CheckpointError(f"{self.path}: not a readable safetensors file ({err})") from err
-            self._keys = list(self._st.keys())
-        else:
-            try:
-                obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as err:  # noqa: BLE001
-                raise CheckpointError(f"{self.path}: not a readable torch state dict ({err})") from err
-            if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-                raise CheckpointError(f"{self.path}: does not hold a state dict of tensors")
-            self._tensors = dict(obj)
-            self._keys = list(obj)
+        size = _file_size(self.path)
+        opened = _OPENERS[_sniff(self.path, _read_bytes(self.path, 0, 16))](self.path, size, trust_pickle)
+        if not opened.shapes:
+            raise CheckpointError(f"{self.path}: holds no tensors")
+        self.format = opened.format
+        self._shapes, self._dtypes, self._read = opened.shapes, opened.dtypes, opened.read
+        log.debug("opened %s (%s, %d tensors)", self.path, self.format, len(self._shapes))
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        if self._tensors is not None:
-            return self._tensors[key]
-        if key not in self._keys:
+        if key not in self._shapes:
             raise KeyError(key)
-        return self._st.get_tensor(key)
+        return self._read(key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
+        return iter(self._shapes)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._shapes)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._shapes
 
     def shape(self, key: str) -> tuple[int, ...]:
-        if self._tensors is not None:
-            return tuple(self._tensors[key].shape)
-        return tuple(self._st.get_slice(key).get_shape())
+        """Shape of ``key`` without reading its data."""
+        return self._shapes[key]
+
+    def dtype(self, key: str) -> torch.dtype:
+        """Stored dtype of ``key`` without reading its data."""
+        return self._dtypes[key]
 
     def load(self) -> StateDict:
-        return {k: self[k] for k in self._keys}
+        return {k: self[k] for k in self._shapes}
 
 
 def open_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
+    """Open ``path`` lazily; CheckpointError (or UntrustedPickleError) if it cannot be read safely."""
     return Checkpoint(path, trust_pickle=trust_pickle)
 
 
@@ -78,16 +424,42 @@ def load_state_dict(path: str | Path, trust_pickle: bool = False) -> StateDict:
     return open_checkpoint(path, trust_pickle).load()
 
 
+def _unshared(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """CPU, contiguous tensors; ones sharing storage with an earlier tensor are copied (safetensors
+    refuses shared memory, which tied weights and views of one storage produce)."""
+    out, seen = {}, set()
+    for key, value in state.items():
+        t = value.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        out[key] = t.clone() if ptr in seen and t.numel() else t
+        seen.add(ptr)
+    return out
+
+
 def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path,
                      metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``state`` to ``path`` atomically: a temp file in the same folder, then rename."""
+    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp, metadata=dict(metadata or {}))
+        save_file(_unshared(state), tmp, metadata=dict(metadata or {}))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def convert_to_safetensors(src: str | Path, dst: str | Path, trust_pickle: bool) -> Path:
+    """Read ``src`` (any supported checkpoint; pickles only with ``trust_pickle``) and write it as
+    safetensors at ``dst``: the one-time conversion after which no trust is needed."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise CheckpointError(f"{dst}: refusing to overwrite the file being converted")
+    state = load_state_dict(src, trust_pickle=trust_pickle)
+    save_safetensors(state, dst, metadata={"format": "pt", "converted_from": src.name})
+    log.info("converted %s -> %s (%d tensors)", src, dst, len(state))
+    return dst

@@ -1,0 +1,128 @@
+"""Inspect a pickle without running it: which globals it imports and which tensor storages
+it declares.
+
+Unpickling a file runs whatever callables its ``GLOBAL``/``REDUCE`` opcodes name (that is how a
+``__reduce__`` payload calls ``os.system``). ``scan_pickles`` replays the opcodes with an
+unpickler whose ``find_class`` never imports anything: every global becomes an inert stand-in
+class that records its dotted name, and every call, ``BUILD`` or item assignment on it is a
+no-op. Nothing from the file is executed and nothing is allocated beyond the pickle bytes.
+
+The result lets ``merging.io`` (1) refuse files that need non-allowlisted globals (whole-module
+checkpoints, hostile payloads) with a message that names them, and (2) check the storage sizes a
+torch checkpoint declares against the bytes it actually holds, before torch allocates anything.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import io
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class _Inert:
+    """Stand-in for any global a pickle names: accepts every call and mutation, does nothing."""
+
+    qualname = "?"
+
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> _Inert:
+        return object.__new__(cls)
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *_args: Any, **_kwargs: Any) -> _Inert:
+        return _Inert()
+
+    def __setstate__(self, _state: Any) -> None:
+        pass
+
+    def __setitem__(self, _key: Any, _value: Any) -> None:
+        pass
+
+    def append(self, _value: Any) -> None:
+        pass
+
+    def extend(self, _values: Any) -> None:
+        pass
+
+
+@dataclass
+class StorageRef:
+    """One storage a torch pickle points at through a persistent id."""
+
+    type_name: str  # dotted name of the storage class, e.g. "torch.FloatStorage"
+    key: str  # record name (zip) or root key (legacy)
+    numel: int  # elements of type_name (bytes for UntypedStorage)
+
+
+@dataclass
+class PickleScan:
+    """What ``scan_pickles`` saw. ``error`` is set when the bytes stopped being a valid pickle."""
+
+    globals: list[str] = field(default_factory=list)
+    storages: list[StorageRef] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)  # the top-level value of each pickle read
+    error: str | None = None
+    end: int = 0  # offset just past the last complete pickle
+
+
+class _InertUnpickler(pickle.Unpickler):
+    def __init__(self, stream: io.BytesIO, scan: PickleScan, classes: dict[str, type]) -> None:
+        super().__init__(stream)
+        self._scan = scan
+        self._classes = classes
+
+    def find_class(self, module: str, name: str) -> type:
+        module, name = _modern_name(module, name)
+        qualname = f"{module}.{name}"
+        self._scan.globals.append(qualname)
+        if qualname not in self._classes:
+            self._classes[qualname] = type("Inert", (_Inert,), {"qualname": qualname})
+        return self._classes[qualname]
+
+    def persistent_load(self, pid: Any) -> _Inert:
+        ref = _storage_ref(pid)
+        if ref is None:
+            raise pickle.UnpicklingError("persistent id is not a torch storage reference")
+        self._scan.storages.append(ref)
+        return _Inert()
+
+
+def _modern_name(module: str, name: str) -> tuple[str, str]:
+    """Python 2 names (protocol < 3 pickles, e.g. ``__builtin__.set``) as pickle itself maps them."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def _storage_ref(pid: Any) -> StorageRef | None:
+    """('storage', storage_type, key, location, numel[, view_metadata]) -> StorageRef."""
+    if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
+        return None
+    storage_type, key, numel = pid[1], pid[2], pid[4]
+    if not (isinstance(storage_type, type) and issubclass(storage_type, _Inert)):
+        return None
+    if not isinstance(key, str) or not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+        return None
+    return StorageRef(storage_type.qualname, key, numel)
+
+
+def scan_pickles(data: bytes, max_pickles: int = 1) -> PickleScan:
+    """Replay up to ``max_pickles`` consecutive pickles in ``data`` without executing them.
+
+    Stops quietly at the end of ``data``; a malformed or truncated pickle sets ``error``.
+    """
+    scan, classes = PickleScan(), {}
+    stream = io.BytesIO(data)
+    for _ in range(max_pickles):
+        if stream.tell() >= len(data):
+            break
+        try:
+            scan.values.append(_InertUnpickler(stream, scan, classes).load())
+        except Exception as err:  # noqa: BLE001 - any failure (incl. RecursionError) means "not a pickle"
+            scan.error = f"{type(err).__name__}: {err}"[:200]
+            break
+        scan.end = stream.tell()
+    return scan
