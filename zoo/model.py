@@ -104,6 +104,8 @@ def load_encoder(state: Mapping[str, torch.Tensor], config: VitConfig | None = N
     config = config or infer_vit_config(state)
     encoder = build_encoder(config)
     weights = {k: v.float() for k, v in strip_prefix(state).items()}
+    if "proj" not in weights:  # towers saved without a projection (HF CLIPVisionModel) output width
+        encoder.proj = None
     missing, unexpected = encoder.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"state dict does not fit the encoder (missing {missing[:3]}, "
