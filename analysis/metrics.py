@@ -1,0 +1,57 @@
+"""Accuracy arithmetic of DESIGN §4 (as in Marczak et al., ICML 2025, and Ilharco et al.,
+"Editing Models with Task Arithmetic", ICLR 2023):
+
+    normalized(t) = acc_merged(t) / acc_finetuned(t)
+    NAI(t)        = (acc_merged(t) − acc_zero_shot(t)) / (acc_finetuned(t) − acc_zero_shot(t))
+
+A zero denominator gives NaN (never an exception). Works on floats, arrays and Series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+ArrayLike = float | np.ndarray | pd.Series
+TABLE_COLUMNS = ["method", "alpha", "split", "task", "accuracy", "zero_shot", "finetuned", "normalized", "nai"]
+
+
+def _safe_div(num: ArrayLike, den: ArrayLike) -> ArrayLike:
+    den_arr = np.asarray(den, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.asarray(num, dtype=np.float64) / np.where(den_arr == 0, np.nan, den_arr)
+    if isinstance(num, pd.Series):
+        return pd.Series(out, index=num.index)
+    return float(out) if out.ndim == 0 else out
+
+
+def normalized_accuracy(acc: ArrayLike, finetuned: ArrayLike) -> ArrayLike:
+    """acc / acc_finetuned."""
+    return _safe_div(acc, finetuned)
+
+
+def nai(acc: ArrayLike, zero_shot: ArrayLike, finetuned: ArrayLike) -> ArrayLike:
+    """Normalized accuracy improvement: (acc − acc₀) / (acc_ft − acc₀)."""
+    return _safe_div(np.asarray(acc, dtype=np.float64) - np.asarray(zero_shot, dtype=np.float64),
+                     np.asarray(finetuned, dtype=np.float64) - np.asarray(zero_shot, dtype=np.float64))
+
+
+def accuracy_table(method: str, alpha: float | None, split: str, accuracy: Mapping[str, float],
+                   zero_shot: Mapping[str, float], finetuned: Mapping[str, float]) -> pd.DataFrame:
+    """One row per task: accuracy, its references, normalized accuracy and NAI."""
+    tasks = list(accuracy)
+    acc = np.array([accuracy[t] for t in tasks], dtype=np.float64)
+    zs = np.array([zero_shot[t] for t in tasks], dtype=np.float64)
+    ft = np.array([finetuned[t] for t in tasks], dtype=np.float64)
+    return pd.DataFrame({"method": method, "alpha": alpha, "split": split, "task": tasks, "accuracy": acc,
+                         "zero_shot": zs, "finetuned": ft, "normalized": normalized_accuracy(acc, ft),
+                         "nai": nai(acc, zs, ft)}, columns=TABLE_COLUMNS)
+
+
+def mean_normalized(accuracy: Mapping[str, float], finetuned: Mapping[str, float]) -> float:
+    """The α-selection score: mean normalized accuracy over the tasks of ``accuracy``."""
+    tasks = list(accuracy)
+    acc = np.array([accuracy[t] for t in tasks], dtype=np.float64)
+    return float(np.mean(normalized_accuracy(acc, np.array([finetuned[t] for t in tasks], dtype=np.float64))))

@@ -1,0 +1,129 @@
+"""The on-disk result store: every evaluated accuracy, keyed by what produced it.
+
+One SQLite file under the cache directory ($ISOSCOPE_CACHE, default ~/.cache/isoscope). A row
+is one point: (zoo fingerprint, method, canonical JSON of the resolved parameters, α, split,
+task) → top-1 accuracy. Rows are written in short ``BEGIN IMMEDIATE`` transactions as soon as
+they are computed, so a sweep killed at any moment (even SIGKILL) leaves every committed row
+intact and resumes by skipping them. The journal is WAL (readers never block the writer, nor
+the writer the readers) with ``synchronous=NORMAL``: a killed *process* loses nothing that was
+committed; only a power cut may roll back the last few commits, never corrupt the file.
+Connections are opened per call, so the store is safe to share across threads and processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "ISOSCOPE_CACHE"
+STORE_NAME = "results.sqlite"
+BUSY_TIMEOUT_MS = 30_000
+SCHEMA_VERSION = 1
+ALPHA_DIGITS = 6  # α is stored rounded, so 0.1 * 3 and 0.3 name the same point
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS points (
+    fingerprint TEXT NOT NULL,
+    method      TEXT NOT NULL,
+    params      TEXT NOT NULL,
+    alpha       REAL NOT NULL,
+    split       TEXT NOT NULL,
+    task        TEXT NOT NULL,
+    accuracy    REAL NOT NULL,
+    created     REAL NOT NULL,
+    PRIMARY KEY (fingerprint, method, params, alpha, split, task)
+) WITHOUT ROWID
+"""
+
+
+def cache_dir() -> Path:
+    """The cache directory: $ISOSCOPE_CACHE, else ~/.cache/isoscope."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "isoscope")
+
+
+def canonical_params(params: Mapping[str, Any] | None) -> str:
+    """Parameters as canonical JSON (sorted keys, no spaces, floats as Python writes them)."""
+    clean = {k: (float(v) if isinstance(v, float) else v) for k, v in (params or {}).items()}
+    return json.dumps(clean, sort_keys=True, separators=(",", ":"))
+
+
+def alpha_key(alpha: float) -> float:
+    return round(float(alpha), ALPHA_DIGITS)
+
+
+class ResultStore:
+    """Accuracy of every evaluated point, persisted in SQLite (see module docstring)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else cache_dir() / STORE_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute(_SCHEMA)
+            con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            con.execute("PRAGMA synchronous=NORMAL")
+            yield con
+        finally:
+            con.close()
+
+    def get(self, fingerprint: str, method: str, params: Mapping[str, Any] | None, alpha: float,
+            split: str, tasks: list[str] | None = None) -> dict[str, float]:
+        """Stored accuracies {task: acc} of one point (only the tasks already evaluated)."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT task, accuracy FROM points WHERE fingerprint=? AND method=? AND params=? "
+                "AND alpha=? AND split=?",
+                (fingerprint, method, canonical_params(params), alpha_key(alpha), split)).fetchall()
+        found = dict(rows)
+        return found if tasks is None else {t: found[t] for t in tasks if t in found}
+
+    def put(self, fingerprint: str, method: str, params: Mapping[str, Any] | None, alpha: float,
+            split: str, accuracies: Mapping[str, float]) -> None:
+        """Commit one point's accuracies in one short transaction (first writer wins)."""
+        now = time.time()
+        rows = [(fingerprint, method, canonical_params(params), alpha_key(alpha), split, task, float(acc), now)
+                for task, acc in accuracies.items()]
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.executemany("INSERT OR IGNORE INTO points VALUES (?,?,?,?,?,?,?,?)", rows)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        log.debug("stored %d row(s) for %s %s α=%s %s", len(rows), method, canonical_params(params), alpha, split)
+
+    def rows(self, fingerprint: str | None = None) -> list[tuple]:
+        """Every stored row (optionally of one zoo), oldest first: for inspection and tests."""
+        query, args = "SELECT * FROM points", ()
+        if fingerprint is not None:
+            query, args = query + " WHERE fingerprint=?", (fingerprint,)
+        with self._connect() as con:
+            return con.execute(query + " ORDER BY created", args).fetchall()
+
+    def count(self, fingerprint: str | None = None) -> int:
+        query, args = "SELECT COUNT(*) FROM points", ()
+        if fingerprint is not None:
+            query, args = query + " WHERE fingerprint=?", (fingerprint,)
+        with self._connect() as con:
+            return int(con.execute(query, args).fetchone()[0])
+
+    def integrity_ok(self) -> bool:
+        """SQLite's own integrity check of the file."""
+        with self._connect() as con:
+            return con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -1,0 +1,66 @@
+"""SAR (Eq. 5–6) on constructed matrices with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from analysis.sar import alignment_rank, alignment_ratio, sar
+
+
+def _orthonormal(m: int, k: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(m, k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q  # (m, k)
+
+
+@pytest.mark.parametrize(("eps", "expected"), [(0.05, 4), (0.2, 3), (0.45, 2), (0.8, 1), (0.99, 1)])
+def test_alignment_rank_on_known_spectrum(eps: float, expected: int) -> None:
+    # σ² = 1, 0.25, 0.0625, 0.015625; total 1.328125. Tail² after k: 0.328, 0.078, 0.0156, 0.
+    sigma = torch.tensor([1.0, 0.5, 0.25, 0.125])
+    assert alignment_rank(sigma, eps) == expected
+
+
+def test_alignment_rank_edge_cases() -> None:
+    assert alignment_rank(torch.zeros(5), 0.05) == 0
+    assert alignment_rank(torch.ones(100), 0.05) == 100  # flat: tail ≤ 0.05·‖·‖ needs ≥ 99.75 values
+    assert alignment_rank(torch.ones(100), 0.1) == 99  # (100 − k) ≤ 0.01·100 ⇒ k ≥ 99
+    assert alignment_rank(torch.tensor([2.0, 0.0, 0.0]), 0.0) == 1
+
+
+def _merged(m: int = 12, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    u, v = _orthonormal(m, n, 1), _orthonormal(n, n, 2)
+    sigma = torch.tensor([5.0, 4.0, 3.0, 1e-4, 1e-5, 0.0, 0.0, 0.0], dtype=torch.float64)
+    return u @ torch.diag(sigma) @ v.T, u  # ΔM (m, n) with k_M = 3 at ε = 0.05
+
+
+def test_task_inside_merged_subspace_has_sar_one() -> None:
+    merged, u = _merged()
+    task = u[:, :3] @ torch.randn(3, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert sar(task, merged) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_orthogonal_task_has_sar_zero() -> None:
+    merged, u = _merged()
+    task = u[:, 5:] @ torch.randn(3, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert sar(task, merged) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mixed_task_has_closed_form_sar() -> None:
+    merged, u = _merged()
+    w = _orthonormal(8, 2, 5)
+    inside = 3.0 * torch.outer(u[:, 0], w[:, 0])  # ‖·‖F = 3, in span(U_3)
+    outside = 4.0 * torch.outer(u[:, 6], w[:, 1])  # ‖·‖F = 4, orthogonal to it
+    assert sar(inside + outside, merged) == pytest.approx(3 / 5, abs=1e-6)
+    # with a larger ε only the top-1 direction counts: still 3/5 (inside lies on u1)
+    assert sar(inside + outside, merged, eps=0.7) == pytest.approx(3 / 5, abs=1e-6)
+
+
+def test_alignment_ratio_matches_projection_and_zero_task_is_nan() -> None:
+    g = torch.Generator().manual_seed(6)
+    basis = _orthonormal(10, 4, 7)
+    task = torch.randn(10, 6, generator=g, dtype=torch.float64)
+    expected = torch.linalg.matrix_norm(basis @ basis.T @ task) / torch.linalg.matrix_norm(task)
+    assert alignment_ratio(task, basis) == pytest.approx(float(expected), rel=1e-10)
+    assert math.isnan(alignment_ratio(torch.zeros(10, 6), basis))
