@@ -1,0 +1,177 @@
+"""Plotly figure builders, one per dashboard view: DataFrame(s) in, ``go.Figure`` out. Built
+here, shown by the app pages and the HTML report. Accuracies are shown in percent.
+
+Inputs are the tidy frames of ``analysis.spectra``, ``analysis.sar``, ``analysis.sweeps`` and
+``analysis.report``; see each function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from analysis.correlation import least_squares_line
+
+TASK_COLORS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d",
+               "#bab0ac", "#eeca3b", "#17becf", "#8c564b", "#7f7f7f", "#bcbd22")
+METHOD_COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+SUM_COLOR = "#222222"
+TEMPLATE = "plotly_white"
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, **extra: object) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template=TEMPLATE, hovermode="closest",
+                      legend_title_text="", margin={"l": 60, "r": 20, "t": 60, "b": 50}, **extra)
+    return fig
+
+
+def _color(palette: tuple[str, ...], i: int) -> str:
+    return palette[i % len(palette)]
+
+
+def _boundary_line(fig: go.Figure, boundary: Mapping[str, float] | None) -> None:
+    if boundary:
+        k = int(boundary["k"])
+        fig.add_vline(x=k + 0.5, line_dash="dot", line_color="#555",
+                      annotation_text=f"common k = {k} | task-specific s = {int(boundary['s'])} each",
+                      annotation_position="top right")
+
+
+def _spectrum_traces(fig: go.Figure, layer_df: pd.DataFrame, column: str, fmt: str) -> None:
+    """One line per source: tasks thin and coloured, the TA sum black dashed, methods thick."""
+    style = {"task": {"width": 1.2}, "sum": {"width": 2.5, "dash": "dash", "color": SUM_COLOR},
+             "merged": {"width": 3}}
+    counters = {"task": 0, "merged": 0}
+    for (source, kind), part in layer_df.groupby(["source", "kind"], sort=False):
+        line = dict(style[kind])
+        if kind in counters:
+            line.setdefault("color", _color(TASK_COLORS if kind == "task" else METHOD_COLORS, counters[kind]))
+            counters[kind] += 1
+        fig.add_trace(go.Scatter(x=part["index"], y=part[column], mode="lines", name=str(source), line=line,
+                                 hovertemplate=f"{source}<br>index %{{x}}<br>{fmt}<extra></extra>"))
+
+
+def spectrum_figure(spectra: pd.DataFrame, layer: str, boundary: Mapping[str, float] | None = None) -> go.Figure:
+    """Singular values σi vs index i (log scale) of one layer, for every source in ``spectra``;
+    ``boundary`` (a ``common_boundary`` row) marks where Iso-CTS's common subspace ends."""
+    fig = go.Figure()
+    _spectrum_traces(fig, spectra[spectra["layer"] == layer], "sigma", "σ = %{y:.3e}")
+    _boundary_line(fig, boundary)
+    return _layout(fig, f"Singular value spectrum · {layer}", "singular value index i", "σi (log scale)",
+                   yaxis_type="log")
+
+
+def energy_figure(spectra: pd.DataFrame, layer: str, boundary: Mapping[str, float] | None = None) -> go.Figure:
+    """Cumulative energy Σ_{j≤i} σj² / Σ σj² (in %) vs index i of one layer, per source."""
+    part = spectra[spectra["layer"] == layer].assign(energy_pct=lambda d: 100 * d["energy"])
+    fig = go.Figure()
+    _spectrum_traces(fig, part, "energy_pct", "energy %{y:.1f}%")
+    _boundary_line(fig, boundary)
+    return _layout(fig, f"Cumulative spectral energy · {layer}", "number of singular values kept",
+                   "cumulative energy (%)", yaxis_range=[0, 101])
+
+
+def sar_heatmap(sar: pd.DataFrame, method: str | None = None) -> go.Figure:
+    """SAR per task (rows) × layer (columns) of one method (from ``sar_table``); hover shows k_M."""
+    part = sar if method is None else sar[sar["method"] == method]
+    name = method or (str(part["method"].iloc[0]) if len(part) else "")
+    grid = part.pivot(index="task", columns="layer", values="sar")
+    kgrid = part.pivot(index="task", columns="layer", values="k_m")
+    layers = list(dict.fromkeys(part["layer"]))
+    tasks = list(dict.fromkeys(part["task"]))
+    grid, kgrid = grid.reindex(index=tasks, columns=layers), kgrid.reindex(index=tasks, columns=layers)
+    fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=layers, y=tasks, zmin=0, zmax=1, colorscale="Viridis",
+                               customdata=kgrid.to_numpy(), colorbar={"title": "SAR"},
+                               hovertemplate="task %{y}<br>layer %{x}<br>SAR %{z:.3f}<br>k_M %{customdata}"
+                                             "<extra></extra>"))
+    return _layout(fig, f"Subspace alignment ratio · {name}", "layer", "task", yaxis_autorange="reversed")
+
+
+def sar_avg_bars(sar_avg: pd.DataFrame) -> go.Figure:
+    """SAR_avg per task, one bar group per task and one colour per method."""
+    fig = go.Figure()
+    for i, (method, part) in enumerate(sar_avg.groupby("method", sort=False)):
+        fig.add_trace(go.Bar(x=part["task"], y=part["sar_avg"], name=str(method), marker_color=_color(METHOD_COLORS, i),
+                             hovertemplate=f"{method}<br>%{{x}}<br>SAR_avg %{{y:.3f}}<extra></extra>"))
+    return _layout(fig, "Average subspace alignment ratio per task", "task", "SAR_avg (0–1)", barmode="group",
+                   yaxis_range=[0, 1.05])
+
+
+def sar_nai_scatter(points: pd.DataFrame, corr: Mapping[str, float] | None = None) -> go.Figure:
+    """NAI vs SAR_avg, one point per method × task (one colour per method), with the
+    least-squares line over all points and Pearson r in the title."""
+    fig = go.Figure()
+    for i, (method, part) in enumerate(points.groupby("method", sort=False)):
+        fig.add_trace(go.Scatter(x=part["sar_avg"], y=part["nai"], mode="markers", name=str(method),
+                                 marker={"size": 9, "color": _color(METHOD_COLORS, i)}, text=part["task"],
+                                 hovertemplate=f"{method} · %{{text}}<br>SAR_avg %{{x:.3f}}<br>NAI %{{y:.3f}}"
+                                               "<extra></extra>"))
+    slope, intercept = least_squares_line(points["sar_avg"], points["nai"])
+    if np.isfinite(slope):
+        xs = np.linspace(points["sar_avg"].min(), points["sar_avg"].max(), 2)
+        fig.add_trace(go.Scatter(x=xs, y=slope * xs + intercept, mode="lines", name="least-squares fit",
+                                 line={"color": SUM_COLOR, "dash": "dash"},
+                                 hovertemplate=f"NAI ≈ {slope:.2f}·SAR + {intercept:.2f}<extra></extra>"))
+    title = "Alignment vs performance"
+    if corr and np.isfinite(corr.get("pearson", np.nan)):
+        title += f" · Pearson r = {corr['pearson']:.2f} (p = {corr['pearson_p']:.1g}), " \
+                 f"Spearman ρ = {corr['spearman']:.2f}, n = {corr['n']}"
+    return _layout(fig, title, "SAR_avg (alignment with the merged subspace)", "NAI (normalized accuracy improvement)")
+
+
+def _curve_figure(table: pd.DataFrame, x_label: str, title: str, current: float | None, split: str) -> go.Figure:
+    """Per-task accuracy lines (thin) and their average (thick) vs ``value``; ``current`` ringed."""
+    part = table[table["split"] == split].assign(pct=lambda d: 100 * d["accuracy"])
+    fig = go.Figure()
+    for i, (task, rows) in enumerate(part.groupby("task", sort=False)):
+        fig.add_trace(go.Scatter(x=rows["value"], y=rows["pct"], mode="lines+markers", name=str(task),
+                                 line={"width": 1.2, "color": _color(TASK_COLORS, i)}, marker={"size": 4},
+                                 customdata=rows["alpha"], hovertemplate=f"{task}<br>{x_label} %{{x:g}}<br>"
+                                 "accuracy %{y:.1f}%<br>α %{customdata:g}<extra></extra>"))
+    avg = part.groupby("value", sort=True)["pct"].mean()
+    fig.add_trace(go.Scatter(x=avg.index, y=avg.to_numpy(), mode="lines+markers", name="average",
+                             line={"width": 4, "color": SUM_COLOR},
+                             hovertemplate=f"average<br>{x_label} %{{x:g}}<br>accuracy %{{y:.1f}}%<extra></extra>"))
+    if current is not None and len(avg):
+        nearest = avg.index[np.argmin(np.abs(avg.index.to_numpy() - current))]
+        fig.add_trace(go.Scatter(x=[nearest], y=[avg[nearest]], mode="markers", name="current",
+                                 marker={"size": 16, "symbol": "circle-open", "line": {"width": 3}, "color": "#d62728"},
+                                 hovertemplate=f"current {x_label} %{{x:g}}<br>average %{{y:.1f}}%<extra></extra>"))
+    return _layout(fig, title, x_label, f"{split} accuracy (%)")
+
+
+def fraction_curve(sweep: pd.DataFrame, current: float | None = None, split: str = "test") -> go.Figure:
+    """Iso-CTS accuracy vs the common-subspace fraction (``fraction_sweep`` rows)."""
+    return _curve_figure(sweep, "common fraction", "Iso-CTS accuracy vs common-subspace fraction", current, split)
+
+
+def rank_curve(sweep: pd.DataFrame, current: float | None = None, split: str = "test") -> go.Figure:
+    """CART accuracy vs the rank ratio ρ (``rank_sweep`` rows)."""
+    return _curve_figure(sweep, "rank ratio ρ", "CART accuracy vs rank ratio", current, split)
+
+
+def alpha_curve(sweep: pd.DataFrame, chosen: float | None = None) -> go.Figure:
+    """Average validation and test accuracy vs α (``alpha_sweep`` rows); ``chosen`` marked."""
+    fig = go.Figure()
+    method = str(sweep["method"].iloc[0]) if len(sweep) else ""
+    for split, dash in (("val", "dot"), ("test", "solid")):
+        avg = sweep[sweep["split"] == split].groupby("value", sort=True)["accuracy"].mean() * 100
+        fig.add_trace(go.Scatter(x=avg.index, y=avg.to_numpy(), mode="lines+markers", name=f"{split} (average)",
+                                 line={"dash": dash, "width": 3},
+                                 hovertemplate=f"{split}<br>α %{{x:g}}<br>accuracy %{{y:.1f}}%<extra></extra>"))
+    if chosen is not None:
+        fig.add_vline(x=chosen, line_dash="dash", line_color="#d62728", annotation_text=f"chosen α = {chosen:g}")
+    return _layout(fig, f"Accuracy vs scaling coefficient α · {method}", "α", "average accuracy (%)")
+
+
+def method_bars(summary: pd.DataFrame) -> go.Figure:
+    """Average absolute and normalized test accuracy per method (``report.summary_table`` rows)."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=summary["method"], y=summary["accuracy"], name="absolute (%)", marker_color="#4c78a8",
+                         hovertemplate="%{x}<br>absolute %{y:.1f}%<extra></extra>"))
+    fig.add_trace(go.Bar(x=summary["method"], y=summary["normalized"], name="normalized (%)", marker_color="#f58518",
+                         hovertemplate="%{x}<br>normalized %{y:.1f}%<extra></extra>"))
+    return _layout(fig, "Average test accuracy per method", "method", "accuracy (%)", barmode="group")
