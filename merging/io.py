@@ -12,7 +12,7 @@ Public API (other rooms rely on it):
 
 What is read: the format is sniffed from the bytes, not the suffix.
 - safetensors: the header is validated *before* the library sees it (length within the file and
-  ≤ 100 MB, JSON object without duplicate keys, known dtypes, shape × itemsize == byte span, spans
+  ≤ 16 MiB, JSON object without duplicate keys, known dtypes, shape × itemsize == byte span, spans
   inside the data area, contiguous, no overlaps), so a header declaring a 10^15-byte tensor is an
   error, not an allocation.
 - torch files (zip, legacy, or a plain pickle): the pickle is first replayed inertly
@@ -49,8 +49,8 @@ from merging.tensors import StateDict
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
-MAX_PICKLE_BYTES = 64 * 2**20  # the pickle part of a torch file (not its tensor data)
+MAX_HEADER_BYTES = 16 * 2**20  # real headers are ≤ ~1 MB; parsing costs ~10× the size
+MAX_PICKLE_BYTES = 4 * 2**20  # the pickle part of a torch file (real ones: ~100 KB)
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 PICKLE_PROTO = 0x80
@@ -163,7 +163,7 @@ def _sniff(path: Path, head: bytes) -> str:
         return "pickle"
     if len(head) > 8 and head[8:9] == b"{" or path.suffix == ".safetensors":
         return "safetensors"
-    raise CheckpointError(f"{path}: is neither a safetensors file nor a torch checkpoint")
+    return "unknown"  # maybe a protocol 0/1 pickle, else foreign bytes
 
 
 # ---------------------------------------------------------------- safetensors
@@ -225,7 +225,7 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
     header_len = int.from_bytes(head, "little")
     if header_len > min(size - 8, MAX_HEADER_BYTES):
         raise CheckpointError(f"{path}: not a valid safetensors file (header length {header_len} "
-                              f"exceeds the {size}-byte file or the 100 MB limit)")
+                              f"exceeds the {size}-byte file or the 16 MiB limit)")
     try:
         header = json.loads(_read_bytes(path, 8, header_len).decode("utf-8"), object_pairs_hook=_no_duplicates)
         if not isinstance(header, dict):
@@ -321,6 +321,9 @@ def _torch_load(path: Path, kind: str, weights_only: bool) -> object:
         if kind == "plain-pickle":  # only reached with trust_pickle=True
             with open(path, "rb") as f:
                 return pickle.load(f)  # noqa: S301 - the user said they trust this file
+        if path.suffix == ".safetensors":  # torch.load would hand such a name to safetensors
+            with open(path, "rb") as f:
+                return torch.load(f, map_location="cpu", weights_only=weights_only)
         return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=kind == "torch-zip")
     except Exception as err:  # noqa: BLE001 - torch raises many types for broken files
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({_oneline(err)})") from err
@@ -366,10 +369,19 @@ def _open_torch(path: Path, size: int, trust: bool, kind: str) -> _Opened:
                    {k: v.dtype for k, v in state.items()}, state.__getitem__)
 
 
+def _open_unknown(path: Path, size: int, trust: bool) -> _Opened:
+    """Neither zip, safetensors nor a protocol-2+ pickle: an old-protocol pickle, or foreign."""
+    scan = scan_pickles(_read_bytes(path, 0, min(size, MAX_PICKLE_BYTES)), max_pickles=1)
+    if scan.error or not scan.values:
+        raise CheckpointError(f"{path}: is neither a safetensors file nor a torch checkpoint")
+    return _open_torch(path, size, trust, "pickle")
+
+
 _OPENERS: dict[str, Callable[[Path, int, bool], _Opened]] = {
     "safetensors": _open_safetensors,
     "torch-zip": lambda p, s, t: _open_torch(p, s, t, "torch-zip"),
     "pickle": lambda p, s, t: _open_torch(p, s, t, "pickle"),
+    "unknown": _open_unknown,
 }
 
 

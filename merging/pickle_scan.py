@@ -5,7 +5,8 @@ Unpickling a file runs whatever callables its ``GLOBAL``/``REDUCE`` opcodes name
 ``__reduce__`` payload calls ``os.system``). ``scan_pickles`` replays the opcodes with an
 unpickler whose ``find_class`` never imports anything: every global becomes an inert stand-in
 class that records its dotted name, and every call, ``BUILD`` or item assignment on it is a
-no-op. Nothing from the file is executed and nothing is allocated beyond the pickle bytes.
+no-op. Nothing from the file is executed, and memory stays proportional to the pickle's size (callers
+cap that size).
 
 The result lets ``merging.io`` (1) refuse files that need non-allowlisted globals (whole-module
 checkpoints, hostile payloads) with a message that names them, and (2) check the storage sizes a
@@ -68,7 +69,10 @@ class PickleScan:
     end: int = 0  # offset just past the last complete pickle
 
 
-class _InertUnpickler(pickle.Unpickler):
+class _InertUnpickler(pickle._Unpickler):  # noqa: SLF001
+    # The pure-Python unpickler keeps its memo in a dict: the C one allocates a list as long as
+    # the largest memo index a file names (LONG_BINPUT 2**31 would mean gigabytes).
+
     def __init__(self, stream: io.BytesIO, scan: PickleScan, classes: dict[str, type]) -> None:
         super().__init__(stream)
         self._scan = scan
@@ -82,10 +86,10 @@ class _InertUnpickler(pickle.Unpickler):
             self._classes[qualname] = type("Inert", (_Inert,), {"qualname": qualname})
         return self._classes[qualname]
 
-    def persistent_load(self, pid: Any) -> _Inert:
+    def persistent_load(self, pid: Any) -> _Inert | type:
         ref = _storage_ref(pid)
-        if ref is None:
-            raise pickle.UnpicklingError("persistent id is not a torch storage reference")
+        if ref is None:  # e.g. legacy ('module', cls, ...): the class is a global, already recorded
+            return _Inert
         self._scan.storages.append(ref)
         return _Inert()
 
