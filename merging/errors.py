@@ -26,3 +26,7 @@ class NonFiniteError(IsoscopeError):
 
 class MethodError(IsoscopeError):
     """Unknown method or a parameter outside its schema."""
+
+
+class PathNotAllowedError(IsoscopeError):
+    """Served mode: the path lies outside the folders this server may read (merging.paths)."""
