@@ -1,0 +1,250 @@
+"""Robust linear-algebra kernels for the spectral merge methods.
+
+Every kernel accepts tall, wide, square, rank-deficient and all-zero matrices and returns
+finite output, or raises ``NonFiniteError`` naming the problem. A plain float32 SVD fails to
+converge on some wide Iso-CTS residuals (DESIGN §6), so ``svd`` walks a fallback chain:
+
+1. LAPACK on the tall orientation (wide inputs are transposed: it is also ~3× faster);
+2. the same in float64;
+3. a Householder QR first, then the SVD of the small triangular factor, in float64;
+4. the eigendecomposition of the float64 Gram matrix (never fails), with an orthonormal
+   completion of the left vectors of zero singular values.
+
+``polar`` returns the orthogonal polar factor U⊥ = P Qᵀ of A = P D Qᵀ (Higham, *Functions of
+Matrices*, ch. 8); for well-conditioned inputs it is computed from one float64 eigh of the
+small Gram matrix, AᵀA = W Λ Wᵀ ⇒ U⊥ = A W Λ^{-1/2} Wᵀ, and from the SVD otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from merging.errors import NonFiniteError
+
+log = logging.getLogger(__name__)
+
+SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# Gram-based polar/SVD is used only when σ_min/σ_max exceeds this (float64 eigh keeps
+# ~1e-16·λ_max absolute accuracy, so λ_min ≥ 1e-16 leaves ≥ 8 correct digits on σ_min²).
+GRAM_MIN_RATIO = 1e-4
+
+
+def _check_finite(a: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(a).all()):
+        raise NonFiniteError(f"{what}: input matrix {tuple(a.shape)} holds NaN/Inf values")
+
+
+def _finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _lapack(a: torch.Tensor) -> SVD:  # a (m, n), m ≥ n
+    return torch.linalg.svd(a, full_matrices=False)
+
+
+def _lapack64(a: torch.Tensor) -> SVD:
+    return _lapack(a.double())
+
+
+def _qr_then_svd(a: torch.Tensor) -> SVD:
+    q, r = torch.linalg.qr(a.double())  # (m, n), (n, n)
+    u, s, vh = torch.linalg.svd(r)
+    return q @ u, s, vh
+
+
+def _complete(u: torch.Tensor, good: int) -> torch.Tensor:
+    """Replace columns ``good:`` of ``u`` (m, r) by an orthonormal completion of ``u[:, :good]``."""
+    m, r = u.shape
+    if good >= r:
+        return u
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    filler = torch.randn(m, r - good, generator=gen, dtype=u.dtype).to(u.device)
+    q, rr = torch.linalg.qr(torch.cat([u[:, :good], filler], dim=1))  # (m, r)
+    signs = torch.sign(torch.diagonal(rr)[:good])
+    signs[signs == 0] = 1
+    q[:, :good] = q[:, :good] * signs
+    return q
+
+
+def _gram_svd(a: torch.Tensor) -> SVD:
+    """Thin SVD from the float64 Gram eigendecomposition (eigh does not fail to converge)."""
+    a64 = a.double()  # (m, n)
+    lam, w = torch.linalg.eigh(a64.T @ a64)  # ascending (n,), (n, n)
+    lam, w = lam.flip(0).clamp_min(0), w.flip(1)
+    s = lam.sqrt()  # (n,)
+    good = int((s > s[0] * 1e-12).sum()) if s.numel() and s[0] > 0 else 0
+    u = torch.zeros_like(a64)
+    u[:, :good] = (a64 @ w[:, :good]) / s[:good]
+    return _complete(u, good), s, w.T
+
+
+FALLBACKS: tuple[tuple[str, Callable[[torch.Tensor], SVD]], ...] = (
+    ("lapack", _lapack),
+    ("lapack-float64", _lapack64),
+    ("qr-then-svd-float64", _qr_then_svd),
+    ("gram-eigh-float64", _gram_svd),
+)
+
+
+def _zero_svd(a: torch.Tensor) -> SVD:
+    m, n = a.shape
+    r = min(m, n)
+    eye = torch.eye(max(m, n), dtype=a.dtype, device=a.device)
+    return eye[:m, :r].clone(), torch.zeros(r, dtype=a.dtype, device=a.device), eye[:r, :n].clone()
+
+
+def _tall_svd(a: torch.Tensor) -> SVD:
+    """Thin SVD of a tall (m ≥ n) matrix through the fallback chain, in ``a``'s dtype."""
+    for name, kernel in FALLBACKS:
+        try:
+            u, s, vh = kernel(a)
+        except (RuntimeError, ValueError) as err:  # torch.linalg.LinAlgError is a RuntimeError
+            log.info("svd %s failed on %s (%s); trying the next kernel", name, tuple(a.shape), err)
+            continue
+        if _finite(u, s, vh):
+            if name != "lapack":
+                log.info("svd of %s %s succeeded with %s", tuple(a.shape), a.dtype, name)
+            return u.to(a.dtype), s.to(a.dtype), vh.to(a.dtype)
+        log.info("svd %s returned non-finite values on %s; trying the next kernel", name, tuple(a.shape))
+    raise NonFiniteError(f"SVD of a {tuple(a.shape)} matrix failed with every kernel")  # pragma: no cover
+
+
+def svd(a: torch.Tensor) -> SVD:
+    """Thin SVD ``a = U diag(S) Vh``: U (m, r), S (r,) descending, Vh (r, n), r = min(m, n)."""
+    _check_finite(a, "svd")
+    if a.numel() == 0 or not bool(a.any()):
+        return _zero_svd(a)
+    if a.shape[0] < a.shape[1]:
+        u, s, vh = _tall_svd(a.T)
+        return vh.T, s, u.T
+    return _tall_svd(a)
+
+
+def singular_values(a: torch.Tensor) -> torch.Tensor:
+    """Singular values of ``a`` (r,), descending, with the same fallbacks as ``svd``."""
+    _check_finite(a, "singular_values")
+    tall = a.T if a.shape[0] < a.shape[1] else a
+    if a.numel() and bool(a.any()):
+        try:
+            s = torch.linalg.svdvals(tall)
+            if _finite(s):
+                return s
+        except RuntimeError as err:
+            log.info("svdvals failed on %s (%s); using the robust svd", tuple(a.shape), err)
+    return svd(a)[1]
+
+
+def truncated_svd(a: torch.Tensor, rank: int) -> SVD:
+    """The top-``rank`` singular triplets of ``a``: U (m, k), S (k,), Vh (k, n), k = min(rank, r)."""
+    u, s, vh = svd(a)
+    return u[:, :rank], s[:rank], vh[:rank]
+
+
+def polar_from_svd(u: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
+    """U Vᵀ from thin SVD factors: the orthogonal polar factor."""  # (m, r) @ (r, n)
+    return u @ vh
+
+
+def _gram_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(polar factor, singular values) from one float64 eigh of the small Gram, or None when
+    ``a`` is too ill-conditioned for it.  ``a`` is tall (m ≥ n)."""
+    a64 = a.double()  # (m, n)
+    lam, w = torch.linalg.eigh(a64.T @ a64)  # ascending (n,), (n, n)
+    if not _finite(lam, w) or lam[-1] <= 0 or lam[0] < (GRAM_MIN_RATIO ** 2) * lam[-1]:
+        return None
+    s = lam.sqrt()  # (n,)
+    q = (a64 @ (w / s)) @ w.T  # A W Λ^{-1/2} Wᵀ  (m, n)
+    return q.to(a.dtype), s.flip(0).to(a.dtype)
+
+
+def polar_with_values(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The orthogonal polar factor of ``a`` (m, n) and its singular values (r,), descending.
+
+    For a wide ``a`` the factor has orthonormal rows. Rank-deficient inputs get some valid
+    completion (the factor is not unique there)."""
+    _check_finite(a, "polar")
+    wide = a.shape[0] < a.shape[1]
+    tall = a.T if wide else a
+    fast = _gram_polar(tall) if tall.numel() and bool(tall.any()) else None
+    if fast is None:
+        u, s, vh = svd(tall)
+        q = u @ vh
+    else:
+        q, s = fast
+    return (q.T if wide else q), s
+
+
+def polar(a: torch.Tensor) -> torch.Tensor:
+    """Nearest matrix with orthonormal columns (rows, if wide): U⊥ = P Qᵀ for A = P D Qᵀ."""
+    return polar_with_values(a)[0]
+
+
+def _gram_top(a: torch.Tensor, rank: int, dtype: torch.dtype, min_ratio: float) -> SVD | None:
+    """Top-``rank`` triplets of a tall ``a`` from the eigh of its Gram in ``dtype``; None when
+    σ_rank/σ_1 < ``min_ratio`` (the Gram would have lost those directions)."""
+    x = a.to(dtype)  # (m, n)
+    try:
+        lam, w = torch.linalg.eigh(x.T @ x)  # ascending (n,), (n, n)
+    except RuntimeError:
+        return None
+    lam, w = lam.flip(0)[:rank], w.flip(1)[:, :rank]  # (k,), (n, k)
+    if not _finite(lam, w) or lam[0] <= 0 or lam[-1] < (min_ratio ** 2) * lam[0]:
+        return None
+    s = lam.sqrt()  # (k,)
+    u = (x @ w) / s  # (m, k)
+    return u.to(a.dtype), s.to(a.dtype), w.T.to(a.dtype)
+
+
+# (dtype, smallest σ_k/σ_1 it resolves to ~1e-4 relative accuracy)
+GRAM_TOP_KERNELS = ((torch.float32, 0.1), (torch.float64, 1e-5))
+
+
+def top_svd(a: torch.Tensor, rank: int) -> SVD:
+    """The top-``rank`` singular triplets of ``a``: U (m, k), S (k,), Vh (k, n), k = min(rank, r).
+
+    When ``rank`` is at most half of r, they come from the eigh of the small-side Gram (float32
+    if σ_k/σ_1 ≥ 0.1, else float64), else from the full robust ``svd``."""
+    _check_finite(a, "top_svd")
+    r = min(a.shape)
+    rank = max(0, min(rank, r))
+    if 2 * rank <= r and rank > 0 and bool(a.any()):
+        wide = a.shape[0] < a.shape[1]
+        tall = a.T if wide else a
+        for dtype, ratio in GRAM_TOP_KERNELS:
+            if dtype == torch.float64 or a.dtype == torch.float32:
+                got = _gram_top(tall, rank, dtype, ratio)
+                if got is not None:
+                    u, s, vh = got
+                    return (vh.T, s, u.T) if wide else (u, s, vh)
+    return truncated_svd(a, rank)
+
+
+def polar_extended(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """polar([q | x]) for ``q`` (p, k) with orthonormal columns and ``x`` (p, l), k + l ≤ p.
+
+    The Gram G = [[I, C], [Cᵀ, XᵀX]] (C = qᵀx) differs from I by a rank ≤ 2l term
+    Z (H − I) Zᵀ with Z = blockdiag(Q_C, I), C = Q_C R_C and H = [[I, R_C], [R_Cᵀ, XᵀX]],
+    so G^{-1/2} = I + Z (H^{-1/2} − I) Zᵀ needs one small (≤ 2l)² eigh; falls back to the
+    SVD when [q | x] is (numerically) rank deficient."""
+    p, k = q.shape
+    l = x.shape[1]
+    if l == 0:
+        return q.clone()
+    c = (q.T @ x).double()  # (k, l)
+    qc, rc = torch.linalg.qr(c)  # (k, l'), (l', l)
+    lp = qc.shape[1]
+    xtx = (x.T @ x).double()  # (l, l)
+    eye = torch.eye(lp, dtype=torch.float64, device=x.device)
+    h = torch.cat([torch.cat([eye, rc], 1), torch.cat([rc.T, xtx], 1)], 0)  # (l'+l, l'+l)
+    lam, w = torch.linalg.eigh(h)
+    if not _finite(lam, w) or lam[0] < 1e-10 * lam[-1] or lam[-1] <= 0:
+        return polar(torch.cat([q, x], 1))
+    phi = (w * lam.rsqrt()) @ w.T - torch.eye(lp + l, dtype=torch.float64, device=x.device)
+    corr = torch.cat([q @ qc.to(q.dtype), x], 1) @ phi.to(q.dtype)  # (p, l'+l)
+    out = torch.cat([q, x], 1)  # (p, k+l)
+    out[:, :k] += corr[:, :lp] @ qc.T.to(q.dtype)
+    out[:, k:] += corr[:, lp:]
+    return out

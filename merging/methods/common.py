@@ -1,0 +1,78 @@
+"""What every method module shares: the per-layer view a method computes Δ from.
+
+A method's ``fn(layer, params) -> Δ`` returns the update for one parameter (same shape as
+θ0[key], float32). ``layer.cache`` persists across calls of one ``Merger`` (and lives for one
+key only in a streaming merge), so decompositions that do not depend on a parameter are
+computed once. Methods needing a global pass (TIES thresholds) put ``prepare`` in
+``Method.extra``; CART's base is the weight average (``extra["base"] = "average"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from merging.linalg import SVD, top_svd
+from merging.tensors import StateDict
+
+Params = Mapping[str, float]
+LayerFn = Callable[["Layer", Params], torch.Tensor]
+# prepare(task_vector_of, num_tasks, params) -> shared values for every layer
+Prepare = Callable[[Callable[[int], StateDict], int, Params], Mapping[str, Any]]
+
+
+@dataclass
+class Layer:
+    """The T task vectors of one parameter, plus a cache that outlives one merge."""
+
+    key: str
+    taus: Sequence[torch.Tensor]  # T × shape of θ0[key], float32
+    matrix: bool  # merged as a matrix by spectral methods (merging.tensors.is_matrix)
+    cache: dict[str, Any] = field(default_factory=dict)
+    shared: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.taus)
+
+    @property
+    def rank(self) -> int:
+        return min(self.taus[0].shape)
+
+    def memo(self, name: str, compute: Callable[[], Any]) -> Any:
+        """``cache[name]``, computed by ``compute()`` the first time."""
+        if name not in self.cache:
+            self.cache[name] = compute()
+        return self.cache[name]
+
+    def top_triplets(self, name: str, matrix: Callable[[], torch.Tensor], rank: int) -> SVD:
+        """The top-``rank`` singular triplets of ``matrix()``, cached under ``name``; a later
+        call with a smaller rank slices the cached ones, a larger rank recomputes."""
+        have = self.cache.get(name)
+        if have is None or (have[0] < rank and have[1][1].numel() == have[0]):
+            have = (rank, top_svd(matrix(), rank))
+            self.cache[name] = have
+        u, s, vh = have[1]
+        return u[:, :rank], s[:rank], vh[:rank]
+
+    def total(self) -> torch.Tensor:
+        """Σt τt (cached)."""
+        return self.memo("sum", lambda: torch.stack(list(self.taus)).sum(0))
+
+    def mean(self) -> torch.Tensor:
+        """mean of the τt (cached through ``total``)."""
+        return self.total() / self.num_tasks
+
+
+def spectral(fn: LayerFn) -> LayerFn:
+    """Wrap a matrix-only method: every non-matrix parameter takes the mean of the τt (DESIGN §3)."""
+
+    def layer_fn(layer: Layer, params: Params) -> torch.Tensor:
+        return fn(layer, params) if layer.matrix else layer.mean()
+
+    layer_fn.__name__ = fn.__name__
+    layer_fn.__doc__ = fn.__doc__
+    return layer_fn

@@ -1,0 +1,61 @@
+"""TIES-Merging (Yadav et al., "TIES-Merging: Resolving Interference When Merging Models",
+NeurIPS 2023, arXiv:2306.01708, Sec. 3: trim, elect sign, disjoint merge).  DESIGN §3.
+
+Over each task vector flattened across ALL parameters, keep its top-k% entries by magnitude
+(ties at the threshold are kept), elect per entry the sign of the summed kept values, and
+average only the kept values that agree with it (entries nobody keeps stay 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from merging.methods.common import Layer, Params
+from merging.registry import Method, Param, register
+from merging.tensors import StateDict, flatten
+
+
+def magnitude_threshold(vector: torch.Tensor, top_k: float) -> float:
+    """The smallest |entry| kept when keeping the top ``top_k`` percent of ``vector`` (N,);
+    +inf when nothing is kept."""
+    n = vector.numel()
+    keep = int(round(n * top_k / 100.0))
+    if keep <= 0:
+        return float("inf")
+    return float(vector.abs().kthvalue(n - keep + 1).values)
+
+
+def thresholds(task_vector_of: Callable[[int], StateDict], num_tasks: int, params: Params) -> Mapping[str, Any]:
+    """One magnitude threshold per task, over its flattened task vector (one at a time in memory)."""
+    return {"thresholds": [magnitude_threshold(flatten(task_vector_of(t)), params["top_k"])
+                           for t in range(num_tasks)]}
+
+
+def ties(layer: Layer, _params: Params) -> torch.Tensor:
+    """Trim, elect, disjoint mean on one parameter (thresholds come from ``thresholds``)."""
+    cuts = layer.shared["thresholds"]
+    taus = torch.stack(list(layer.taus))  # (T, *shape)
+    cut = torch.tensor(cuts, dtype=taus.dtype, device=taus.device).view(-1, *([1] * (taus.dim() - 1)))
+    kept = torch.where(taus.abs() >= cut, taus, torch.zeros_like(taus))  # (T, *shape)
+    sign = torch.sign(kept.sum(0))  # (*shape,)
+    agree = (torch.sign(kept) == sign) & (kept != 0)  # (T, *shape)
+    count = agree.sum(0)
+    total = (kept * agree).sum(0)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
+
+
+METHOD = register(Method(
+    name="ties",
+    display_name="TIES-Merging",
+    paper_url="https://arxiv.org/abs/2306.01708",
+    summary="Trims each task vector to its largest entries, elects a sign per weight and averages "
+            "the values that agree.",
+    fn=ties,
+    params=(Param("top_k", 20.0, 1.0, 100.0, 1.0,
+                  "Percent of each task vector's entries kept (largest magnitudes, over all parameters).",
+                  label="kept entries top-k (%)"),),
+    extra={"prepare": thresholds},
+))

@@ -1,0 +1,44 @@
+"""TSV-Merge (Gargiulo et al., "Task Singular Vectors: Reducing Task Interference in Model
+Merging", CVPR 2025, arXiv:2412.00081, Sec. 4, Eq. 6–7).  DESIGN §3.
+
+Per task matrix: s = floor(r/T); each task's top-s singular triplets go side by side into
+U (m, Ts), σ (Ts,), V (n, Ts); U and V are replaced by their orthogonal polar factors and
+Δ = U⊥ diag(σ) V⊥ᵀ. Non-matrix parameters take the mean of the τt.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from merging.linalg import polar
+from merging.methods.common import Layer, Params, spectral
+from merging.registry import Method, register
+
+
+def task_rank(r: int, num_tasks: int) -> int:
+    """s = floor(r / T): how many singular triplets each task keeps."""
+    return r // num_tasks
+
+
+@spectral
+def tsv_m(layer: Layer, _params: Params) -> torch.Tensor:
+    """Δ = polar(U) diag(σ) polar(V)ᵀ over the stacked top-s triplets of every task."""
+    s = task_rank(layer.rank, layer.num_tasks)
+    tops = [layer.top_triplets(f"task:{t}", lambda tau=tau: tau, s) for t, tau in enumerate(layer.taus)]
+    u = torch.cat([t[0] for t in tops], dim=1)  # (m, Ts)
+    sigma = torch.cat([t[1] for t in tops])  # (Ts,)
+    vh = torch.cat([t[2] for t in tops], dim=0)  # (Ts, n)
+    if sigma.numel() == 0:
+        return torch.zeros_like(layer.taus[0])
+    return (polar(u) * sigma) @ polar(vh)  # (m, Ts) @ (Ts, n)
+
+
+METHOD = register(Method(
+    name="tsv_m",
+    display_name="TSV-Merge",
+    paper_url="https://arxiv.org/abs/2412.00081",
+    summary="Keeps each task's top singular vectors (r/T each) and orthogonalizes them jointly "
+            "to remove interference.",
+    fn=tsv_m,
+    spectral=True,
+))

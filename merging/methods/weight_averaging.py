@@ -1,0 +1,28 @@
+"""Weight averaging (Wortsman et al., "Model soups", ICML 2022, arXiv:2203.05482, the uniform
+soup): θ = θ0 + (1/T) Σt τt, i.e. Δ = Σt τt with α fixed to 1/T.  DESIGN §3.
+
+α depends on T, so the registry's ``fixed_alpha`` stays None and ``extra["alpha"] = "1/T"``;
+``Merger.update`` returns ``MergeUpdate.fixed_alpha = 1/T``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from merging.methods.common import Layer, Params
+from merging.registry import Method, register
+
+
+def weight_averaging(layer: Layer, _params: Params) -> torch.Tensor:
+    """Δ = Σt τt (the merge applies α = 1/T)."""
+    return layer.total()
+
+
+METHOD = register(Method(
+    name="weight_averaging",
+    display_name="Weight averaging",
+    paper_url="https://arxiv.org/abs/2203.05482",
+    summary="Averages the fine-tuned weights: θ = θ0 + (1/T)·Σt τt (α is fixed to 1/T).",
+    fn=weight_averaging,
+    extra={"alpha": "1/T"},
+))
