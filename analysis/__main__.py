@@ -1,0 +1,98 @@
+"""Headless analysis CLI (a thin shell over ``analysis.report``):
+
+    python -m analysis report --zoo digits --out DIR
+    python -m analysis report --zoo PATH --data DATA [--trust-pickle] --out DIR
+
+Progress is logged to stderr; the summary table goes to stdout. Input the user can fix
+(unknown zoo, unreadable checkpoint, bad method name, missing data) exits with status 2 and
+one readable line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from merging.errors import IsoscopeError
+from merging.progress import Progress
+
+log = logging.getLogger("analysis")
+
+
+def _logging_progress(name: str, every: float = 5.0) -> Progress:
+    """A callback logging changed messages, at most one repeated message per ``every`` seconds."""
+    last = {"message": "", "time": 0.0}
+
+    def report(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if message != last["message"] or now - last["time"] >= every:
+            logging.getLogger(name).info("[%3.0f%%] %s", 100 * fraction, message)
+            last.update(message=message, time=now)
+
+    return report
+
+
+def _report(args: argparse.Namespace) -> int:
+    import torch
+
+    from analysis.evaluation import Evaluator
+    from analysis.report import build_report, format_summary, write_report
+    from analysis.store import ResultStore
+    from zoo import load_zoo
+
+    from merging.registry import get_method
+
+    methods = [get_method(m.strip()).name for m in args.methods.split(",")] if args.methods else None
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    zoo = load_zoo(args.zoo, data=args.data, trust_pickle=args.trust_pickle, device=args.device,
+                   progress=_logging_progress("zoo"))
+    ev = Evaluator(zoo, store=ResultStore(args.store) if args.store else None, device=args.device)
+    rep = build_report(ev, methods, eps=args.eps, progress=_logging_progress("report"))
+    json_path, html_path = write_report(rep, args.out)
+    print(format_summary(rep))
+    log.info("wrote %s and %s in %.1f s (%d model×task evaluations, the rest from the store %s)",
+             json_path, html_path, time.perf_counter() - start, ev.evaluations, ev.store.path)
+    return 0
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1)")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis", description="Isoscope analysis (headless).")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("report", help="evaluate every registered method; write results.json and report.html")
+    r.add_argument("--zoo", default="digits", help="digits (default), digits-tiny, or a checkpoint folder")
+    r.add_argument("--out", required=True, help="output folder for results.json and report.html")
+    r.add_argument("--data", default=None, help="evaluation data folder for a checkpoint folder")
+    r.add_argument("--trust-pickle", action="store_true", help="allow loading pickled checkpoints (runs their code)")
+    r.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
+    r.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
+    r.add_argument("--eps", type=_fraction, default=0.05, help="SAR threshold ε in [0, 1) (default 0.05)")
+    r.add_argument("--store", default=None, help="result store file (default: $ISOSCOPE_CACHE/results.sqlite)")
+    r.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    r.set_defaults(run=_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except IsoscopeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Store-backed evaluation of merged models on a zoo (DESIGN §4 "Accuracy", "Alpha selection").
+
+``Evaluator`` ties a ``Zoo``, one ``Merger`` over its checkpoints (so every decomposition is
+computed once) and a ``ResultStore``: each accuracy is looked up in the store first and, when
+missing, computed and committed at once. Re-running anything (a report, a sweep killed half
+way) therefore evaluates only the points not yet stored.
+
+Reference rows: zero-shot is θ0 (stored as method ``zero_shot``, α = 0) and fine-tuned is θt
+scored on its own task t (method ``finetuned``, α = 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from analysis.alpha import ALPHA_GRID, AlphaSearch, fixed_alpha, search_alpha
+from analysis.decompositions import Decompositions, resolve
+from analysis.metrics import accuracy_table, mean_normalized
+from analysis.store import ResultStore, canonical_params
+from merging.errors import IsoscopeError
+from merging.merge import Merger, MergeUpdate, method_alpha
+from merging.registry import get_method
+from zoo.base import Zoo
+
+log = logging.getLogger(__name__)
+
+ZERO_SHOT = "zero_shot"
+FINETUNED = "finetuned"
+SPLITS = ("test", "val")
+UPDATE_CACHE_SIZE = 2  # merged updates held at once (a ViT-B/32 update is ~0.7 GB)
+
+
+class Evaluator:
+    """Accuracy of any (method, params, α) on a zoo's tasks, cached in a result store."""
+
+    def __init__(self, zoo: Zoo, merger: Merger | None = None, store: ResultStore | None = None,
+                 device: str | torch.device | None = None) -> None:
+        self.zoo = zoo
+        self.tasks: list[str] = list(zoo.tasks)
+        self.merger = merger if merger is not None else Merger(zoo.pretrained(), zoo.all_finetuned(), device=device)
+        self.store = store if store is not None else ResultStore()
+        self.decompositions = Decompositions(self.merger, self.tasks)
+        self._updates: OrderedDict[tuple[str, str], MergeUpdate] = OrderedDict()
+        self.evaluations = 0  # model × task evaluations actually run (not served by the store)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.zoo.fingerprint
+
+    def _require_data(self) -> None:
+        if not self.zoo.has_data:
+            raise IsoscopeError(f"zoo '{self.zoo.name}' has no evaluation data: accuracy needs a data folder (--data)")
+
+    def _cached(self, method: str, params: Mapping[str, Any], alpha: float, split: str,
+                compute: Any) -> dict[str, float]:
+        """Stored accuracies of one point; the missing tasks are computed by ``compute(tasks)``."""
+        found = self.store.get(self.fingerprint, method, params, alpha, split, self.tasks)
+        missing = [t for t in self.tasks if t not in found]
+        if missing:
+            self._require_data()
+            fresh = compute(missing)
+            self.evaluations += len(missing)
+            self.store.put(self.fingerprint, method, params, alpha, split, fresh)
+            found.update(fresh)
+        return {t: found[t] for t in self.tasks}
+
+    def zero_shot(self, split: str = "test") -> dict[str, float]:
+        """Accuracy of θ0 per task."""
+        return self._cached(ZERO_SHOT, {}, 0.0, split,
+                            lambda tasks: self.zoo.evaluate_tasks(self.zoo.pretrained(), tasks, split))
+
+    def finetuned(self, split: str = "test") -> dict[str, float]:
+        """Accuracy of θt on its own task t."""
+        return self._cached(FINETUNED, {}, 1.0, split,
+                            lambda tasks: {t: self.zoo.evaluate(self.zoo.finetuned(t), t, split) for t in tasks})
+
+    def update(self, method: str, params: Mapping[str, Any] | None = None) -> MergeUpdate:
+        """The merged update of ``method`` (a few held in memory; the Merger caches SVDs)."""
+        name, resolved = resolve(method, params)
+        key = (name, canonical_params(resolved))
+        if key not in self._updates:
+            self._updates[key] = self.merger.update(name, resolved)
+            while len(self._updates) > UPDATE_CACHE_SIZE:
+                self._updates.popitem(last=False)
+        self._updates.move_to_end(key)
+        return self._updates[key]
+
+    def accuracy(self, method: str, params: Mapping[str, Any] | None, alpha: float,
+                 split: str = "test") -> dict[str, float]:
+        """Accuracy per task of θ = base + α·Δ of ``method`` with ``params``."""
+        name, resolved = resolve(method, params)
+        return self._cached(name, resolved, alpha, split, lambda tasks: self.zoo.evaluate_tasks(
+            self.update(name, resolved).state(alpha), tasks, split))
+
+    def val_score(self, method: str, params: Mapping[str, Any] | None, alpha: float) -> float:
+        """Mean normalized validation accuracy at α (the α-selection criterion)."""
+        return mean_normalized(self.accuracy(method, params, alpha, "val"), self.finetuned("val"))
+
+    def choose_alpha(self, method: str, params: Mapping[str, Any] | None = None, alpha: float | None = None,
+                     grid: Sequence[float] = ALPHA_GRID) -> AlphaSearch:
+        """α given by the user, else fixed by the method, else chosen on validation."""
+        fixed = alpha if alpha is not None else method_alpha(get_method(method), self.merger.num_tasks)
+        if fixed is not None:
+            return fixed_alpha(fixed)
+        return search_alpha(lambda a: self.val_score(method, params, a), grid)
+
+    def table(self, method: str, params: Mapping[str, Any] | None = None, alpha: float | None = None,
+              splits: Sequence[str] = SPLITS) -> tuple[pd.DataFrame, AlphaSearch]:
+        """Per task accuracy, normalized accuracy and NAI on ``splits`` at the chosen α."""
+        choice = self.choose_alpha(method, params, alpha)
+        frames = [accuracy_table(method, choice.alpha, split, self.accuracy(method, params, choice.alpha, split),
+                                 self.zero_shot(split), self.finetuned(split)) for split in splits]
+        return pd.concat(frames, ignore_index=True), choice
+
+    def reference_table(self) -> pd.DataFrame:
+        """Zero-shot and fine-tuned rows in the layout of ``table``."""
+        frames = []
+        for split in SPLITS:
+            zs, ft = self.zero_shot(split), self.finetuned(split)
+            frames += [accuracy_table(ZERO_SHOT, 0.0, split, zs, zs, ft), accuracy_table(FINETUNED, 1.0, split, ft, zs, ft)]
+        return pd.concat(frames, ignore_index=True)

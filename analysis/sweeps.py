@@ -1,0 +1,95 @@
+"""Sweeps: accuracy as one parameter moves, through one ``Evaluator`` (so one ``Merger``: the
+decompositions are computed once and only the cheap recombination runs per point).
+
+- ``fraction_sweep``: Iso-CTS accuracy against ``common_fraction`` (Marczak et al., ICML 2025,
+  Fig. 5);
+- ``rank_sweep``: CART accuracy against ``rank_ratio`` (Choi et al., "Revisiting Weight
+  Averaging for Model Merging", Fig. 3);
+- ``alpha_sweep``: any method against α.
+
+Each point is looked up in the result store first, so a killed sweep resumes where it stopped.
+Rows are tidy: ``method, param, value, alpha, split, task, accuracy, zero_shot, finetuned,
+normalized, nai`` (test and val at the α used for that point).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.alpha import ALPHA_GRID
+from analysis.evaluation import SPLITS, Evaluator
+from merging.progress import Progress, silent
+
+log = logging.getLogger(__name__)
+
+ALPHA_PARAM = "alpha"
+
+
+def fractions(step: float = 0.1) -> list[float]:
+    """0, step, …, 1 (rounded, 1 included)."""
+    n = int(round(1.0 / step))
+    return [round(i * step, 6) for i in range(n + 1)]
+
+
+def _point(ev: Evaluator, method: str, params: Mapping[str, Any], alpha: float | None,
+           param: str, value: float, splits: Sequence[str]) -> pd.DataFrame:
+    out, _ = ev.table(method, params, alpha, splits)
+    out.insert(1, "param", param)
+    out.insert(2, "value", float(value))
+    return out
+
+
+def param_sweep(ev: Evaluator, method: str, param: str, values: Sequence[float],
+                params: Mapping[str, Any] | None = None, alpha: float | None = None,
+                progress: Progress | None = None, splits: Sequence[str] = SPLITS) -> pd.DataFrame:
+    """Accuracy of ``method`` as ``param`` takes each of ``values`` (others from ``params``);
+    α fixed when given (or by the method), else chosen on validation at every point. Rows for
+    each of ``splits`` (a fixed-α sweep that only plots test accuracy may pass ("test",))."""
+    report = progress or silent
+    frames = []
+    for i, value in enumerate(values):
+        report(i / len(values), f"{method}: {param} = {value:g}")
+        frames.append(_point(ev, method, {**(params or {}), param: value}, alpha, param, value, splits))
+        log.info("%s %s=%g done (%d/%d)", method, param, value, i + 1, len(values))
+    report(1.0, f"{method}: {len(values)} points")
+    return pd.concat(frames, ignore_index=True)
+
+
+def fraction_sweep(ev: Evaluator, values: Sequence[float] | None = None, params: Mapping[str, Any] | None = None,
+                   alpha: float | None = None, progress: Progress | None = None,
+                   splits: Sequence[str] = SPLITS) -> pd.DataFrame:
+    """Iso-CTS against the common-subspace fraction (default 0, 0.1, …, 1)."""
+    return param_sweep(ev, "iso_cts", "common_fraction", values if values is not None else fractions(0.1),
+                       params, alpha, progress, splits)
+
+
+def rank_sweep(ev: Evaluator, values: Sequence[float] | None = None, params: Mapping[str, Any] | None = None,
+               alpha: float | None = None, progress: Progress | None = None,
+               splits: Sequence[str] = SPLITS) -> pd.DataFrame:
+    """CART against the rank ratio ρ (default 0.02, 0.04, …, 0.5)."""
+    default = [round(x, 2) for x in np.arange(0.02, 0.5001, 0.02)]
+    return param_sweep(ev, "cart", "rank_ratio", values if values is not None else default, params, alpha, progress,
+                       splits)
+
+
+def alpha_sweep(ev: Evaluator, method: str, params: Mapping[str, Any] | None = None,
+                alphas: Sequence[float] = ALPHA_GRID, progress: Progress | None = None) -> pd.DataFrame:
+    """``method`` at each α of ``alphas`` (test and val)."""
+    report = progress or silent
+    frames = []
+    for i, a in enumerate(alphas):
+        report(i / len(alphas), f"{method}: α = {a:g}")
+        frames.append(_point(ev, method, dict(params or {}), a, ALPHA_PARAM, a, SPLITS))
+    report(1.0, f"{method}: {len(alphas)} values of α")
+    return pd.concat(frames, ignore_index=True)
+
+
+def sweep_average(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean over tasks per (method, param, value, alpha, split): the curves' "average" line."""
+    keys = ["method", "param", "value", "alpha", "split"]
+    return table.groupby(keys, sort=False)[["accuracy", "normalized", "nai"]].mean().reset_index()

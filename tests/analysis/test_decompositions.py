@@ -1,0 +1,75 @@
+"""Spectra, the Iso-CTS boundary and the SAR table on a real Merger, against plain references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.decompositions import Decompositions
+from analysis.sar import alignment_rank, sar_average, sar_table, merged_ranks
+from analysis.spectra import common_boundary, spectra
+from merging.merge import Merger
+from merging.methods.iso import common_rank
+from tests.analysis.synthetic import SyntheticZoo
+
+KEYS = ["transformer.resblocks.0.attn.in_proj_weight", "transformer.resblocks.0.mlp.c_fc.weight"]
+
+
+@pytest.fixture(scope="module")
+def dec() -> Decompositions:
+    zoo = SyntheticZoo()
+    return Decompositions(Merger(zoo.pretrained(), zoo.all_finetuned()), zoo.tasks)
+
+
+def _taus(dec: Decompositions, key: str) -> list[torch.Tensor]:
+    zoo_tvs = dec.merger.task_vectors()
+    return [tv[key].double() for tv in zoo_tvs]
+
+
+def test_spectra_match_plain_svdvals(dec: Decompositions) -> None:
+    frame = spectra(dec, {"iso_c": None})
+    assert set(frame["key"]) == set(KEYS) and set(frame["kind"]) == {"task", "sum", "merged"}
+    for key in KEYS:
+        taus = _taus(dec, key)
+        part = frame[frame["key"] == key]
+        got = part[part["source"] == "B"]["sigma"].to_numpy()
+        np.testing.assert_allclose(got, torch.linalg.svdvals(taus[1]).numpy(), rtol=1e-4, atol=1e-6)
+        total = part[part["source"] == "TA sum"]["sigma"].to_numpy()
+        np.testing.assert_allclose(total, torch.linalg.svdvals(sum(taus)).numpy(), rtol=1e-4, atol=1e-6)
+        iso = part[part["source"] == "Iso-C"]
+        assert np.allclose(iso["sigma"], iso["sigma"].iloc[0], rtol=1e-4)  # Iso-C flattens the spectrum
+        assert iso["energy"].iloc[-1] == pytest.approx(1.0) and (np.diff(iso["energy"]) >= 0).all()
+    assert set(frame["layer"]) == {"blk0 · attn.in_proj", "blk0 · mlp.c_fc"}
+
+
+def test_merged_decomposition_is_cached(dec: Decompositions, monkeypatch: pytest.MonkeyPatch) -> None:
+    dec.merged("iso_cts", {"common_fraction": 0.5})
+    calls = []
+    original = dec.merger.update
+    monkeypatch.setattr(dec.merger, "update", lambda *a, **k: calls.append(a) or original(*a, **k))
+    dec.merged("iso_cts", {"common_fraction": 0.5})
+    spectra(dec, {"iso_cts": {"common_fraction": 0.5}})
+    assert calls == []
+
+
+def test_boundary_uses_common_rank(dec: Decompositions) -> None:
+    bound = common_boundary(dec, 0.5)
+    assert list(bound["r"]) == [4, 4]
+    assert list(bound["k"]) == [common_rank(4, 3, 0.5)[0]] * 2
+
+
+def test_sar_table_matches_reference(dec: Decompositions) -> None:
+    table = sar_table(dec, "task_arithmetic", eps=0.05)
+    assert len(table) == len(KEYS) * 3
+    delta = dec.merger.update("task_arithmetic", {}).delta
+    for key in KEYS:
+        u, s, _ = torch.linalg.svd(delta[key].double(), full_matrices=False)
+        k = alignment_rank(s, 0.05)
+        for task, tau in zip("ABC", _taus(dec, key)):
+            ref = float(torch.linalg.matrix_norm(u[:, :k] @ u[:, :k].T @ tau) / torch.linalg.matrix_norm(tau))
+            row = table[(table["key"] == key) & (table["task"] == task)].iloc[0]
+            assert row["sar"] == pytest.approx(ref, abs=1e-5) and row["k_m"] == k
+    avg = sar_average(table)
+    assert len(avg) == 3 and avg["sar_avg"].between(0, 1 + 1e-6).all()
+    assert list(merged_ranks(table)["key"]) == KEYS
