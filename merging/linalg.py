@@ -222,29 +222,49 @@ def top_svd(a: torch.Tensor, rank: int) -> SVD:
     return truncated_svd(a, rank)
 
 
+def _orthonormalize(q: torch.Tensor) -> torch.Tensor:
+    """q (qᵀq)^{-1/2} in float64: removes the ~1e-7 orthonormality defect of float32 factors."""
+    q64 = q.double()  # (p, k)
+    lam, w = torch.linalg.eigh(q64.T @ q64)  # (k,), (k, k), all ≈ 1
+    return q64 @ ((w * lam.rsqrt()) @ w.T)
+
+
+def _extended(q64: torch.Tensor, x64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Q_C (k, l'), Φ = H^{-1/2} − I, λ(H)) for ``polar_extended``; all float64."""
+    qc, rc = torch.linalg.qr(q64.T @ x64)  # (k, l'), (l', l)
+    lp, l = qc.shape[1], x64.shape[1]
+    eye = torch.eye(lp, dtype=torch.float64, device=x64.device)
+    h = torch.cat([torch.cat([eye, rc], 1), torch.cat([rc.T, x64.T @ x64], 1)], 0)  # (l'+l, l'+l)
+    lam, w = torch.linalg.eigh(h)
+    lam = lam.clamp_min(torch.finfo(torch.float64).tiny)
+    phi = (w * lam.rsqrt()) @ w.T - torch.eye(lp + l, dtype=torch.float64, device=x64.device)
+    return qc, phi, lam
+
+
 def polar_extended(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """polar([q | x]) for ``q`` (p, k) with orthonormal columns and ``x`` (p, l), k + l ≤ p.
 
     The Gram G = [[I, C], [Cᵀ, XᵀX]] (C = qᵀx) differs from I by a rank ≤ 2l term
     Z (H − I) Zᵀ with Z = blockdiag(Q_C, I), C = Q_C R_C and H = [[I, R_C], [R_Cᵀ, XᵀX]],
-    so G^{-1/2} = I + Z (H^{-1/2} − I) Zᵀ needs one small (≤ 2l)² eigh; falls back to the
-    SVD when [q | x] is (numerically) rank deficient."""
-    p, k = q.shape
-    l = x.shape[1]
+    so G^{-1/2} = I + Z (H^{-1/2} − I) Zᵀ needs one small (≤ 2l)² eigh (float64).
+    The formula trusts qᵀq = I; when [q | x] is not well conditioned (κ > 30) the float32
+    defect of q would be amplified, so q is first re-orthonormalized in float64 and the big
+    products run in float64. Falls back to the SVD when [q | x] is numerically rank deficient."""
+    k, l = q.shape[1], x.shape[1]
     if l == 0:
         return q.clone()
-    c = (q.T @ x).double()  # (k, l)
-    qc, rc = torch.linalg.qr(c)  # (k, l'), (l', l)
-    lp = qc.shape[1]
-    xtx = (x.T @ x).double()  # (l, l)
-    eye = torch.eye(lp, dtype=torch.float64, device=x.device)
-    h = torch.cat([torch.cat([eye, rc], 1), torch.cat([rc.T, xtx], 1)], 0)  # (l'+l, l'+l)
-    lam, w = torch.linalg.eigh(h)
-    if not _finite(lam, w) or lam[0] < 1e-10 * lam[-1] or lam[-1] <= 0:
+    q64, x64 = q.double(), x.double()
+    qc, phi, lam = _extended(q64, x64)
+    if not _finite(lam, phi) or lam[0] < 1e-10 * lam[-1]:
         return polar(torch.cat([q, x], 1))
-    phi = (w * lam.rsqrt()) @ w.T - torch.eye(lp + l, dtype=torch.float64, device=x.device)
-    corr = torch.cat([q @ qc.to(q.dtype), x], 1) @ phi.to(q.dtype)  # (p, l'+l)
-    out = torch.cat([q, x], 1)  # (p, k+l)
-    out[:, :k] += corr[:, :lp] @ qc.T.to(q.dtype)
+    dtype = q.dtype
+    if lam[0] < 1e-3 * lam[-1]:
+        dtype, q64 = torch.float64, _orthonormalize(q)
+        qc, phi, lam = _extended(q64, x64)
+    qd, xd, qc, phi = q64.to(dtype), x64.to(dtype), qc.to(dtype), phi.to(dtype)
+    lp = qc.shape[1]
+    corr = torch.cat([qd @ qc, xd], 1) @ phi  # (p, l'+l)
+    out = torch.cat([qd, xd], 1)  # (p, k+l)
+    out[:, :k] += corr[:, :lp] @ qc.T
     out[:, k:] += corr[:, lp:]
-    return out
+    return out.to(q.dtype)

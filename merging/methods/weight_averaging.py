@@ -7,15 +7,8 @@ soup): θ = θ0 + (1/T) Σt τt, i.e. Δ = Σt τt with α fixed to 1/T.  DESIGN
 
 from __future__ import annotations
 
-import torch
-
-from merging.methods.common import Layer, Params
+from merging.methods.task_arithmetic import task_arithmetic
 from merging.registry import Method, register
-
-
-def weight_averaging(layer: Layer, _params: Params) -> torch.Tensor:
-    """Δ = Σt τt (the merge applies α = 1/T)."""
-    return layer.total()
 
 
 METHOD = register(Method(
@@ -23,6 +16,6 @@ METHOD = register(Method(
     display_name="Weight averaging",
     paper_url="https://arxiv.org/abs/2203.05482",
     summary="Averages the fine-tuned weights: θ = θ0 + (1/T)·Σt τt (α is fixed to 1/T).",
-    fn=weight_averaging,
+    fn=task_arithmetic,  # Δ = Σt τt; the merge applies α = 1/T
     extra={"alpha": "1/T"},
 ))

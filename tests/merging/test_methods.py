@@ -1,0 +1,129 @@
+"""Every method equals the plain float64 reference (tests/merging/reference.py), plus the
+identities DESIGN §3 implies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from merging.merge import Merger
+from merging.methods.iso import common_rank
+from merging.registry import all_methods, get_method
+from tests.merging import reference
+from tests.merging.conftest import make_models
+
+CASES = [
+    ("task_arithmetic", {}), ("weight_averaging", {}), ("ties", {}), ("ties", {"top_k": 55}),
+    ("tsv_m", {}), ("iso_c", {}), ("iso_cts", {}), ("iso_cts", {"common_fraction": 0.5}),
+    ("iso_cts", {"common_fraction": 0.0}), ("cart", {}), ("cart", {"rank_ratio": 0.3}),
+]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / max(float(b.norm()), 1e-30))
+
+
+def test_every_registered_method_has_a_case() -> None:
+    assert set(all_methods()) == {name for name, _ in CASES}
+
+
+@pytest.mark.parametrize(("method", "params"), CASES, ids=[f"{m}{p}" for m, p in CASES])
+def test_engine_equals_float64_reference(models, method: str, params: dict) -> None:
+    pre, fts = models
+    update = Merger(pre, fts, device="cpu").update(method, params)
+    base, delta, fixed = reference.reference_update(method, pre, fts, **params)
+    assert update.fixed_alpha == fixed
+    for key in pre:
+        assert update.delta[key].shape == pre[key].shape and update.delta[key].dtype == torch.float32
+        assert rel(update.base[key], base[key]) < 1e-6, key
+        if float(delta[key].norm()) < 1e-9:
+            assert float(update.delta[key].norm()) < 1e-5, key
+        else:
+            assert rel(update.delta[key], delta[key]) < 1e-4, (key, rel(update.delta[key], delta[key]))
+
+
+@pytest.mark.parametrize(("r", "tasks", "f", "expected"), [
+    (768, 8, 0.8, (616, 19)), (768, 14, 0.8, (614, 11)), (768, 20, 0.8, (608, 8)),
+    (768, 8, 1.0, (768, 0)), (768, 8, 0.0, (0, 96)), (13, 8, 0.0, (5, 1)), (20, 8, 0.0, (4, 2)),
+])
+def test_common_rank_examples(r: int, tasks: int, f: float, expected: tuple[int, int]) -> None:
+    assert common_rank(r, tasks, f) == expected
+    assert reference.common_rank(r, tasks, f) == expected
+
+
+def test_iso_c_spectrum_is_flat_and_equals_mean_singular_value() -> None:
+    pre, fts = make_models(4, seed=7)
+    merger = Merger(pre, fts, device="cpu")
+    delta = merger.update("iso_c").delta
+    for key in merger.matrix_keys:
+        s = torch.linalg.svdvals(delta[key].double())
+        total = torch.linalg.svdvals(sum(tv[key] for tv in merger.task_vectors()).double())
+        assert torch.allclose(s, torch.full_like(s, float(total.mean())), rtol=1e-5), key
+
+
+def test_iso_cts_with_common_fraction_one_is_iso_c() -> None:
+    pre, fts = make_models(3, seed=3)
+    merger = Merger(pre, fts, device="cpu")
+    a = merger.update("iso_cts", {"common_fraction": 1.0}).delta
+    b = merger.update("iso_c").delta
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in pre)
+
+
+def test_iso_cts_spectrum_is_flat() -> None:
+    pre, fts = make_models(4, seed=5)
+    merger = Merger(pre, fts, device="cpu")
+    delta = merger.update("iso_cts", {"common_fraction": 0.5}).delta
+    for key in merger.matrix_keys:
+        s = torch.linalg.svdvals(delta[key].double())
+        assert float(s.max() / s.min()) < 1 + 1e-4, key
+
+
+def test_cart_with_full_rank_is_weight_averaging() -> None:
+    """ρ = 1 keeps every centered vector whole; they sum to 0, so θ = θavg for any λ."""
+    pre, fts = make_models(4, seed=11)
+    merger = Merger(pre, fts, device="cpu")
+    wa = merger.merged("weight_averaging")
+    for lam in (0.5, 2.0):
+        cart = merger.merged("cart", {"rank_ratio": 1.0}, alpha=lam)
+        assert all(torch.allclose(cart[k], wa[k], atol=1e-5) for k in pre)
+
+
+def test_weight_averaging_ignores_alpha_and_is_the_mean() -> None:
+    pre, fts = make_models(3, seed=2)
+    merger = Merger(pre, fts, device="cpu")
+    merged = merger.merged("weight_averaging", alpha=2.5)
+    for k in pre:
+        assert torch.allclose(merged[k], sum(ft[k] for ft in fts) / 3, atol=1e-6)
+
+
+def test_ties_keeps_only_agreeing_top_entries_closed_form() -> None:
+    pre = {"w": torch.zeros(5)}
+    fts = [{"w": torch.tensor([3.0, -1.0, 0.5, 2.0, 0.0])}, {"w": torch.tensor([-1.0, -4.0, 0.2, 2.0, 0.1])}]
+    delta = Merger(pre, fts, device="cpu").update("ties", {"top_k": 40}).delta["w"]
+    # task 1 keeps {3, 2}, task 2 keeps {-4, 2}; elected signs +, -, 0, +, 0
+    assert delta.tolist() == [3.0, -4.0, 0.0, 2.0, 0.0]
+
+
+def test_unknown_method_and_bad_params_are_method_errors() -> None:
+    from merging.errors import MethodError
+
+    pre, fts = make_models(2)
+    merger = Merger(pre, fts, device="cpu")
+    with pytest.raises(MethodError, match="unknown method"):
+        merger.update("nope")
+    with pytest.raises(MethodError, match="outside"):
+        merger.update("iso_cts", {"common_fraction": 1.5})
+    with pytest.raises(MethodError, match="no parameter"):
+        merger.update("iso_c", {"common_fraction": 0.5})
+
+
+def test_registry_schema_is_complete() -> None:
+    for method in all_methods().values():
+        assert method.paper_url.startswith("https://arxiv.org/") and method.summary and callable(method.fn)
+        for p in method.params:
+            assert p.low <= p.default <= p.high and 0 < p.step <= p.high - p.low and p.help
+    assert get_method("iso_cts").defaults() == {"common_fraction": 0.8}
+    assert get_method("ties").defaults() == {"top_k": 20.0}
+    assert get_method("cart").defaults() == {"rank_ratio": 0.12}
+    assert get_method("iso_c").spectral and not get_method("ties").spectral
