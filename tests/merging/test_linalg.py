@@ -1,0 +1,153 @@
+"""The robust kernels of merging/linalg.py on tall, wide, square, rank-deficient and all-zero
+inputs, and the fallback chain when LAPACK fails."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from merging import linalg
+from merging.errors import NonFiniteError
+
+
+def _low_rank(m: int, n: int, rank: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, rank, generator=g) @ torch.randn(rank, n, generator=g)
+
+
+MATRICES = {
+    "tall": lambda: torch.randn(30, 12, generator=torch.Generator().manual_seed(1)),
+    "wide": lambda: torch.randn(12, 30, generator=torch.Generator().manual_seed(2)),
+    "square": lambda: torch.randn(16, 16, generator=torch.Generator().manual_seed(3)),
+    "rank_deficient_tall": lambda: _low_rank(30, 12, 4),
+    "rank_deficient_wide": lambda: _low_rank(12, 30, 3),
+    "all_zero": lambda: torch.zeros(10, 7),
+    "one_by_n": lambda: torch.arange(1.0, 6.0).view(1, 5),
+}
+
+
+def _orthonormal_cols(u: torch.Tensor) -> bool:
+    return torch.allclose(u.T @ u, torch.eye(u.shape[1]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MATRICES)
+def test_svd_reconstructs_with_orthonormal_factors(name: str) -> None:
+    a = MATRICES[name]()
+    u, s, vh = linalg.svd(a)
+    r = min(a.shape)
+    assert u.shape == (a.shape[0], r) and s.shape == (r,) and vh.shape == (r, a.shape[1])
+    assert torch.all(s[:-1] >= s[1:]) and torch.all(s >= 0)
+    assert _orthonormal_cols(u) and _orthonormal_cols(vh.T)
+    assert torch.allclose((u * s) @ vh, a, atol=1e-4 * max(1.0, float(a.abs().max())))
+    assert torch.allclose(linalg.singular_values(a), s, atol=1e-4 * max(1.0, float(s.max())))
+
+
+@pytest.mark.parametrize("name", MATRICES)
+def test_polar_is_orthonormal_and_closest(name: str) -> None:
+    a = MATRICES[name]()
+    q, s = linalg.polar_with_values(a)
+    assert q.shape == a.shape
+    assert _orthonormal_cols(q if a.shape[0] >= a.shape[1] else q.T)
+    if float(s[-1]) > 1e-3 * float(s[0]):  # unique polar factor: compare with U Vᵀ
+        u, _, vh = torch.linalg.svd(a.double(), full_matrices=False)
+        assert torch.allclose(q.double(), u @ vh, atol=1e-5)
+
+
+def test_polar_gram_path_and_svd_path_agree() -> None:
+    a = torch.randn(40, 10, generator=torch.Generator().manual_seed(4)).double()
+    fast = linalg._gram_polar(a)
+    assert fast is not None
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    assert torch.allclose(fast[0], u @ vh, atol=1e-10) and torch.allclose(fast[1], s, atol=1e-10)
+    assert linalg._gram_polar(_low_rank(40, 10, 3).double()) is None  # ill-conditioned: refuses
+
+
+@pytest.mark.parametrize(("shape", "rank"), [((50, 20), 5), ((20, 50), 5), ((30, 30), 15), ((30, 30), 30)])
+def test_top_svd_equals_truncated_svd(shape: tuple[int, int], rank: int) -> None:
+    g = torch.Generator().manual_seed(5)
+    m, n = shape
+    r = min(m, n)
+    u0, _ = torch.linalg.qr(torch.randn(m, r, generator=g))
+    v0, _ = torch.linalg.qr(torch.randn(n, r, generator=g))
+    a = (u0 * 0.9 ** torch.arange(r, dtype=torch.float32)) @ v0.T
+    u, s, vh = linalg.top_svd(a, rank)
+    ur, sr, vhr = torch.linalg.svd(a.double(), full_matrices=False)
+    assert u.shape == (m, rank) and vh.shape == (rank, n)
+    assert torch.allclose(s.double(), sr[:rank], rtol=1e-4)
+    assert torch.allclose(((u * s) @ vh).double(), (ur[:, :rank] * sr[:rank]) @ vhr[:rank], atol=1e-5)
+
+
+def test_polar_extended_equals_polar_of_the_stack() -> None:
+    g = torch.Generator().manual_seed(6)
+    q, _ = torch.linalg.qr(torch.randn(40, 12, generator=g))
+    for x in (torch.randn(40, 8, generator=g),  # generic
+              q[:, :3] @ torch.randn(3, 8, generator=g) + 1e-2 * torch.randn(40, 8, generator=g),  # near q
+              torch.zeros(40, 0)):
+        stack = torch.cat([q, x], 1).double()
+        u, _, vh = torch.linalg.svd(stack, full_matrices=False)
+        assert torch.allclose(linalg.polar_extended(q, x).double(), u @ vh, atol=1e-5)
+
+
+def test_polar_extended_rank_deficient_is_still_orthonormal() -> None:
+    g = torch.Generator().manual_seed(7)
+    q, _ = torch.linalg.qr(torch.randn(30, 10, generator=g))
+    x = torch.cat([q[:, :2], torch.zeros(30, 3)], 1)  # columns inside span(q), and zeros
+    assert _orthonormal_cols(linalg.polar_extended(q, x))
+
+
+def test_svd_falls_back_when_lapack_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = torch.linalg.svd
+    calls = []
+
+    def flaky(a: torch.Tensor, *args, **kwargs):
+        calls.append(a.dtype)
+        if a.shape[0] > 10:  # the first two kernels work on the full matrix: make them fail
+            raise torch.linalg.LinAlgError("simulated: SVD did not converge")
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky)
+    a = torch.randn(40, 10, generator=torch.Generator().manual_seed(8))
+    u, s, vh = linalg.svd(a.T)  # wide input: transposed, then fails twice, then QR route
+    assert calls[:2] == [torch.float32, torch.float64]
+    assert torch.allclose((u * s) @ vh, a.T, atol=1e-5) and u.dtype == torch.float32
+
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no lapack")))
+    u, s, vh = linalg.svd(a)  # every LAPACK route fails: the Gram eigh still answers
+    assert torch.allclose((u * s) @ vh, a, atol=1e-5) and _orthonormal_cols(u)
+    z = _low_rank(40, 10, 2)
+    u, s, vh = linalg.svd(z)  # Gram route with zero singular values: completed U
+    assert _orthonormal_cols(u) and torch.allclose((u * s) @ vh, z, atol=1e-3)
+
+
+def test_svd_survives_non_finite_lapack_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = torch.linalg.svd
+
+    def nan_once(a: torch.Tensor, *args, **kwargs):
+        u, s, vh = real(a, *args, **kwargs)
+        return (u * float("nan"), s, vh) if a.dtype == torch.float32 else (u, s, vh)
+
+    monkeypatch.setattr(torch.linalg, "svd", nan_once)
+    a = torch.randn(20, 8, generator=torch.Generator().manual_seed(9))
+    u, s, vh = linalg.svd(a)
+    assert torch.isfinite(u).all() and torch.allclose((u * s) @ vh, a, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [linalg.svd, linalg.singular_values, linalg.polar,
+                                    lambda a: linalg.top_svd(a, 2)])
+def test_non_finite_input_is_a_clear_error(kernel) -> None:
+    a = torch.ones(6, 4)
+    a[2, 1] = float("nan")
+    with pytest.raises(NonFiniteError, match="NaN/Inf"):
+        kernel(a)
+
+
+def test_wide_768x3072_residual_like_matrix_is_finite() -> None:
+    """The shape on which a plain float32 SVD can fail (DESIGN §6), rank-deficient like a
+    residual: the engine's kernels return finite factors."""
+    g = torch.Generator().manual_seed(10)
+    q, _ = torch.linalg.qr(torch.randn(96, 96, generator=g))
+    a = torch.zeros(96, 384)
+    a[:, :40] = q[:, 10:50] * 1e-3
+    u, s, vh = linalg.svd(a)
+    assert torch.isfinite(u).all() and torch.isfinite(vh).all() and _orthonormal_cols(u)
+    assert int((s > 1e-6).sum()) == 40

@@ -1,0 +1,124 @@
+"""Merger: API shape, device/dtype contract, and reuse of cached decompositions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from merging import linalg
+from merging.errors import MismatchError, NonFiniteError
+from merging.merge import MergeUpdate, Merger
+from merging.methods import common, iso
+from tests.merging.conftest import make_models
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts every full SVD and top-k SVD the methods ask for."""
+    calls = {"svd": 0, "top_svd": 0, "polar": 0}
+
+    def wrap(module, name):
+        real = getattr(module, name)
+
+        def counting(*args, **kwargs):
+            calls[name.split("_with")[0]] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+
+    wrap(iso, "svd")
+    wrap(iso, "polar_with_values")
+    wrap(common, "top_svd")
+    return calls
+
+
+def test_api_shape_and_contract() -> None:
+    pre, fts = make_models(3)
+    pre16 = {k: v.half() for k, v in pre.items()}
+    merger = Merger(pre16, [{k: v.half() for k, v in ft.items()} for ft in fts], device="cpu")
+    assert merger.num_tasks == 3 and merger.keys == list(pre)
+    assert set(merger.matrix_keys) == {k for k, v in pre.items() if v.dim() == 2 and k != "text_projection"}
+    tvs = merger.task_vectors()
+    assert len(tvs) == 3 and all(v.dtype == torch.float32 for v in tvs[0].values())
+    update = merger.update("task_arithmetic")
+    assert isinstance(update, MergeUpdate) and update.fixed_alpha is None
+    merged = merger.merged("task_arithmetic", alpha=0.5)
+    for k in pre:
+        assert merged[k].device.type == "cpu" and merged[k].dtype == torch.float32
+        assert torch.allclose(merged[k], pre16[k].float() + 0.5 * sum(tv[k] for tv in tvs))
+    assert torch.equal(update.state()["proj"], update.base["proj"] + update.delta["proj"])  # α defaults to 1
+    assert merger.update("weight_averaging").fixed_alpha == pytest.approx(1 / 3)
+
+
+def test_second_iso_cts_fraction_reuses_the_sum_svd(counted: dict[str, int]) -> None:
+    pre, fts = make_models(4)
+    merger = Merger(pre, fts, device="cpu")
+    merger.update("iso_cts", {"common_fraction": 0.5})  # s > 0 on every matrix
+    assert counted["svd"] == len(merger.matrix_keys)  # one SVD of Σt Δt per matrix
+    before = dict(counted)
+    for f in (0.8, 0.2, 0.9, 0.0, 1.0):
+        merger.update("iso_cts", {"common_fraction": f})
+    assert counted["svd"] == before["svd"]  # no new full SVD whatever the fraction
+    merger.update("iso_c")
+    assert counted["svd"] == before["svd"] and counted["polar"] == 0  # Iso-C reuses it too
+
+
+def test_second_cart_rank_and_tsv_reuse_decompositions(counted: dict[str, int]) -> None:
+    pre, fts = make_models(3)
+    merger = Merger(pre, fts, device="cpu")
+    merger.update("cart", {"rank_ratio": 0.4})
+    first = counted["top_svd"]
+    assert first > 0
+    merger.update("cart", {"rank_ratio": 0.2})
+    merger.update("cart", {"rank_ratio": 0.4})
+    assert counted["top_svd"] == first  # smaller ranks slice the cached triplets
+    merger.update("tsv_m")
+    after_tsv = counted["top_svd"]
+    merger.update("tsv_m")
+    assert counted["top_svd"] == after_tsv
+    merger.clear_cache()
+    merger.update("tsv_m")
+    assert counted["top_svd"] > after_tsv
+
+
+def test_cached_results_equal_fresh_results() -> None:
+    pre, fts = make_models(3, seed=9)
+    warm = Merger(pre, fts, device="cpu")
+    for f in (1.0, 0.3, 0.8):  # fill the caches in another order first
+        warm.update("iso_cts", {"common_fraction": f})
+    a = warm.update("iso_cts", {"common_fraction": 0.5}).delta
+    b = Merger(pre, fts, device="cpu").update("iso_cts", {"common_fraction": 0.5}).delta
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in pre)
+
+
+def test_bad_inputs_raise_readable_errors() -> None:
+    pre, fts = make_models(2)
+    with pytest.raises(MismatchError, match="at least one"):
+        Merger(pre, [], device="cpu")
+    bad = dict(fts[0])
+    bad["proj"] = torch.zeros(3, 3)
+    with pytest.raises(MismatchError, match="proj"):
+        Merger(pre, [fts[1], bad], device="cpu")
+    nan = dict(fts[0])
+    nan["proj"] = torch.full_like(nan["proj"], float("nan"))
+    with pytest.raises(NonFiniteError, match="proj"):
+        Merger(pre, [nan], device="cpu")
+
+
+def test_progress_reaches_one() -> None:
+    pre, fts = make_models(2)
+    seen = []
+    Merger(pre, fts, device="cpu").update("iso_c", progress=lambda f, m: seen.append((f, m)))
+    assert seen[-1][0] == pytest.approx(1.0) and all(0 <= f <= 1 for f, _ in seen)
+
+
+def test_linalg_is_the_only_svd_entry_point() -> None:
+    """Methods go through merging.linalg (robust kernels), never torch.linalg directly."""
+    import inspect
+
+    from merging.methods import cart, tsv_m
+
+    for module in (iso, cart, tsv_m, common):
+        source = inspect.getsource(module)
+        assert "torch.linalg.svd" not in source, module.__name__
+    assert linalg.svd is not None
