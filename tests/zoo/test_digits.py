@@ -1,0 +1,160 @@
+"""The embedded digits zoo: deterministic tiny builds, frozen heads, disjoint splits, evaluation
+against a direct forward pass, cache reuse and resumption, and the shipped asset's fingerprint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from merging.io import load_state_dict
+from zoo import digits as D
+from zoo import digits_data as dd
+from zoo import train
+from zoo.model import VitConfig, build_encoder, load_encoder
+
+TINY = "digits-tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> D.DigitsZoo:
+    return zoo.load_zoo(TINY, device="cpu")
+
+
+def _forbid_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*_a: object, **_k: object) -> None:
+        raise AssertionError("trained although the cache holds this step")
+
+    monkeypatch.setattr(train, "pretrain", boom)
+    monkeypatch.setattr(train, "finetune", boom)
+
+
+@pytest.mark.slow
+def test_tiny_build_is_deterministic(tiny: D.DigitsZoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(D.CACHE_ENV, str(tmp_path))  # an empty cache: build everything again
+    again = zoo.load_zoo(TINY, device="cpu")
+    assert again.path != tiny.path and again.fingerprint == tiny.fingerprint
+    assert load_state_dict(again.path).keys() == load_state_dict(tiny.path).keys()
+    for key, value in load_state_dict(tiny.path).items():
+        assert torch.equal(value, load_state_dict(again.path)[key]), key
+    task = tiny.tasks[0]
+    assert again.evaluate_tasks(again.finetuned(task)) == tiny.evaluate_tasks(tiny.finetuned(task))
+
+
+def test_fine_tuning_moves_the_encoder_not_the_heads() -> None:
+    recipe = D.RECIPES[TINY]
+    encoder = build_encoder(VitConfig(**recipe["model"]))
+    before = train.state_of(encoder)
+    head = torch.nn.functional.normalize(torch.randn(10, recipe["model"]["output_dim"]), dim=-1)
+    head_before = head.clone()
+    images, labels = D.task_split(recipe, "tinted", "train")
+    cfg = train.FinetuneConfig(steps=3, batch=16, lr=1e-3)
+    train.finetune(encoder, images, labels, head, cfg, seed=0, preprocess=dd.preprocess)
+    assert torch.equal(head, head_before) and not head.requires_grad
+    after = train.state_of(encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_heads_are_the_frozen_prompt_embeddings_of_theta0(tiny: D.DigitsZoo) -> None:
+    emb = D.digit_embeddings(tiny.pretrained(), tiny.recipe)  # (10, D)
+    torch.testing.assert_close(tiny.heads["inverted"], emb)
+    assert all(torch.equal(tiny.heads[t], tiny.heads["inverted"]) for t in ("tinted", "rotated", "noisy"))
+    even = torch.nn.functional.normalize(emb[[0, 2, 4, 6, 8]].mean(0), dim=0)
+    torch.testing.assert_close(tiny.heads["parity"][0], even)
+
+
+@pytest.mark.parametrize("name", sorted(D.RECIPES))
+def test_splits_are_disjoint_and_sized(name: str) -> None:
+    sizes = D.RECIPES[name]["data"]
+    parts = dd.split_indices(sizes, D.RECIPES[name]["seed"])
+    sets = {k: set(v.tolist()) for k, v in parts.items()}
+    assert {k: len(v) for k, v in sets.items()} == {k: sizes[k] for k in sets}
+    assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"])
+    assert not (sets["val"] & sets["test"])
+
+
+def test_labels_follow_the_label_maps() -> None:
+    digits = torch.arange(10)
+    assert dd.TASKS["parity"].labels(digits).tolist() == [0, 1] * 5
+    assert dd.TASKS["magnitude"].labels(digits).tolist() == [0] * 5 + [1] * 5
+    assert dd.TASKS["rotated"].labels(digits).tolist() == list(range(10))
+
+
+def test_evaluate_agrees_with_a_direct_forward_pass(tiny: D.DigitsZoo) -> None:
+    for task in ("corner", "parity"):
+        state = tiny.finetuned(task)
+        images, labels = D.task_split(tiny.recipe, task, "test")
+        encoder = build_encoder(tiny.config)
+        encoder.load_state_dict(state)
+        with torch.no_grad():
+            feats = encoder.eval()((images - 0.5) / 0.25)  # (N, D)
+        cos = torch.nn.functional.normalize(feats, dim=-1) @ torch.nn.functional.normalize(tiny.heads[task], dim=-1).T
+        expected = float((cos.argmax(-1) == labels).float().mean())
+        assert tiny.evaluate(state, task, "test") == pytest.approx(expected, abs=1e-6)
+        assert tiny.evaluate_tasks(state, [task, "noisy"], "test")[task] == pytest.approx(expected, abs=1e-6)
+
+
+def test_finetuned_is_pretrained_plus_task_vector(tiny: D.DigitsZoo) -> None:
+    theta0, tau = tiny.pretrained(), tiny.task_vector("mirrored")
+    key = "transformer.resblocks.0.attn.in_proj_weight"
+    assert torch.equal(tiny.finetuned("mirrored")[key], theta0[key] + tau[key])
+    assert float(tau[key].abs().max()) > 0
+
+
+def test_task_info_and_examples(tiny: D.DigitsZoo) -> None:
+    info = tiny.task_info("parity")
+    assert info["num_classes"] == 2 and info["class_names"] == ["even", "odd"]
+    assert info["sizes"] == D.RECIPES[TINY]["data"]
+    pics = tiny.examples("tinted", 5)
+    assert pics.shape == (5, 32, 32, 3) and pics.dtype == np.uint8
+    assert tiny.task_info("rotated")["num_classes"] == 10
+
+
+def test_second_load_uses_the_cache(tiny: D.DigitsZoo, monkeypatch: pytest.MonkeyPatch) -> None:
+    _forbid_training(monkeypatch)
+    again = zoo.load_zoo(TINY, device="cpu")
+    assert again.path == tiny.path
+
+
+@pytest.mark.slow
+def test_interrupted_build_resumes_from_finished_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(D.CACHE_ENV, str(tmp_path))
+    real, calls = train.finetune, []
+
+    class Killed(Exception):
+        pass
+
+    def dies_on_third(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "finetune", dies_on_third)
+    with pytest.raises(Killed):
+        zoo.load_zoo(TINY, device="cpu")
+    assert not list((tmp_path / "zoo").glob("*.tmp")) and not list((tmp_path / "zoo").glob(".*"))
+    calls.clear()
+    monkeypatch.setattr(train, "pretrain", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    zoo.load_zoo(TINY, device="cpu")
+    assert len(calls) == len(D.RECIPES[TINY]["tasks"]) - 2  # the two finished tasks came from the cache
+
+
+def test_shipped_asset_matches_the_recipe() -> None:
+    path = D.ASSETS / "digits.safetensors"
+    assert path.is_file(), "assets/zoo/digits.safetensors is missing: run python -m zoo build --out assets/zoo"
+    assert path.stat().st_size <= 20 * 2**20
+    assert D.read_metadata(path)["fingerprint"] == D.fingerprint_of(D.RECIPES["digits"])
+    assert D.zoo_file("digits") == path
+
+
+def test_unknown_names_raise_readable_errors(tiny: D.DigitsZoo) -> None:
+    from merging.errors import IsoscopeError
+
+    with pytest.raises(IsoscopeError, match="unknown task"):
+        tiny.evaluate(tiny.pretrained(), "cifar")
+    with pytest.raises(IsoscopeError):
+        zoo.load_zoo("no-such-zoo")

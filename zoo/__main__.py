@@ -1,0 +1,85 @@
+"""Zoo CLI (a thin shell):
+
+    python -m zoo build [--name digits] [--out assets/zoo]   build (or reuse from the cache) and copy
+    python -m zoo info  [--name digits]                      tasks, sizes and the fingerprint
+
+``build --out assets/zoo`` reproduces the shipped ``assets/zoo/digits.safetensors``; the method
+table of docs/readme-zoo.md comes from ``python -m analysis report --zoo digits``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from merging.errors import IsoscopeError
+from zoo import digits as D
+
+log = logging.getLogger("zoo")
+
+
+def _progress(every: float = 5.0):
+    last = {"t": 0.0}
+
+    def report(fraction: float, message: str) -> None:
+        if time.monotonic() - last["t"] >= every or fraction >= 1.0:
+            log.info("[%3.0f%%] %s", 100 * fraction, message)
+            last["t"] = time.monotonic()
+
+    return report
+
+
+def _build(args: argparse.Namespace) -> int:
+    recipe = D.RECIPES[args.name]
+    fp = D.fingerprint_of(recipe)
+    built = D.cache_dir() / f"{args.name}-{fp}.safetensors"
+    if not built.is_file():
+        D.build(recipe, built, _progress())
+    if args.out:
+        target = Path(args.out) / f"{args.name}.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(built, tmp)
+        tmp.replace(target)
+        built = target
+    print(f"{built}  fingerprint {fp}  {built.stat().st_size / 2**20:.1f} MiB")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    zoo = D.load_digits_zoo(args.name, progress=_progress())
+    print(f"{zoo.name}  fingerprint {zoo.fingerprint}  file {zoo.path}")
+    for task in zoo.tasks:
+        info = zoo.task_info(task)
+        print(f"  {task:10s} {info['num_classes']:2d} classes  {info['description']}")
+    return 0
+
+
+COMMANDS = {"build": _build, "info": _info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zoo", description="Build and inspect the digits zoo.")
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("--name", default="digits", choices=sorted(D.RECIPES))
+    parser.add_argument("--out", default=None, help="folder to copy the built zoo file into (e.g. assets/zoo)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    torch.set_num_threads(args.threads)
+    try:
+        return COMMANDS[args.command](args)
+    except IsoscopeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
