@@ -1,9 +1,77 @@
-"""🎚️ Common subspace view (see the explanation shown at the top of the page)."""
+"""Common-subspace view: Iso-CTS accuracy against ``common_fraction`` and CART against
+``rank_ratio`` (Marczak et al., ICML 2025, Fig. 5; Choi et al., CART, Fig. 3)."""
 
 from __future__ import annotations
 
-from ui.models import current_zoo
-from ui.page import header
+import pandas as pd
+import streamlit as st
 
-header("🎚️ Common subspace", "Accuracy as the size of the common subspace moves. Left: Iso-CTS against its common fraction (1 = Iso-C, smaller leaves more room for task-specific directions); right: CART against its rank ratio (the rank kept for each centred task vector). Thin lines are tasks, the thick line is their average; the ringed point is the value under the slider. α is chosen on validation at every point, or fixed from the sidebar. Sweeps are computed once, stored on disk, and return instantly on the next visit.")
+from analysis import figures
+from merging.registry import all_methods
+from ui.core import errors_in_place, progress_bar
+from ui.models import current_evaluator, current_zoo, require_data
+from ui.page import header, link
+from ui.state import alpha_choice, key, params_for, selection
+from ui.theme import palette, recolor
+
+header("🎚️ Common subspace",
+       "Accuracy as the size of the shared subspace moves. Left: Iso-CTS against its <b>common fraction</b> "
+       "(1 is Iso-C; smaller values leave more of each layer's rank to task-specific directions). Right: CART "
+       "against its <b>rank ratio</b> ρ (the rank kept for each centred task vector). Thin lines are tasks, the "
+       "thick line their average; the ringed point is the value under the slider, and the table below gives its "
+       "numbers per task. α is chosen on validation at every point, or fixed in the sidebar. Each sweep is computed "
+       "once with a progress bar, stored on disk, and comes back instantly on the next visit.")
+
+FRACTIONS = tuple(round(0.1 * i, 1) for i in range(11))
+RANKS = (0.02, 0.04, 0.08, 0.12, 0.16, 0.24, 0.32, 0.4, 0.5)
+SWEEPS = {  # method: (parameter, values, builder, slider label)
+    "iso_cts": ("common_fraction", FRACTIONS, figures.fraction_curve, "Common fraction (Iso-CTS)"),
+    "cart": ("rank_ratio", RANKS, figures.rank_curve, "Rank ratio ρ (CART)"),
+}
+
 zoo = current_zoo()
+require_data(zoo, "Accuracy against the subspace size")
+ev = current_evaluator()
+registry = all_methods()
+colors = palette(zoo.tasks)
+alpha = alpha_choice()
+alpha_text = "α chosen on validation at every point" if alpha is None else f"α = {alpha:g}"
+
+
+def sweep(method: str) -> pd.DataFrame:
+    """The stored sweep of ``method`` (computed with a progress bar the first time)."""
+    from analysis.sweeps import param_sweep
+
+    param, values, _, _ = SWEEPS[method]
+    memo = st.session_state.setdefault(key("sweeps"), {})
+    memo_key = (zoo.fingerprint, method, params_for(method), alpha)
+    if memo_key not in memo:
+        with progress_bar(f"{registry[method].display_name} sweep over {param} ({alpha_text})") as report:
+            with errors_in_place():
+                others = {k: v for k, v in params_for(method) if k != param}
+                memo[memo_key] = param_sweep(ev, method, param, values, others, alpha, report)
+    return memo[memo_key]
+
+
+def panel(method: str) -> None:
+    param, values, builder, label = SWEEPS[method]
+    table = sweep(method)
+    default = dict(params_for(method)).get(param, registry[method].defaults().get(param, values[len(values) // 2]))
+    current = min(values, key=lambda v: abs(v - default))
+    value = st.select_slider(label, values, value=current, key=key(f"common_{method}"))
+    st.plotly_chart(recolor(builder(table, value), colors), key=key(f"common_fig_{method}"))
+    here = table[(table["split"] == "test") & ((table["value"] - value).abs() < 1e-9)]
+    st.dataframe(here[["task", "accuracy", "normalized", "nai", "alpha"]], hide_index=True, key=key(f"common_tab_{method}"),
+                 column_config={"accuracy": st.column_config.NumberColumn("test accuracy", format="percent"),
+                                "normalized": st.column_config.NumberColumn("normalized", format="percent"),
+                                "nai": st.column_config.NumberColumn("NAI", format="%.3f"),
+                                "alpha": st.column_config.NumberColumn("α", format="%.1f")})
+
+
+columns = st.columns(len([m for m in SWEEPS if m in registry]) or 1)
+for column, method in zip(columns, [m for m in SWEEPS if m in registry]):
+    with column:
+        st.fragment(panel)(method)
+st.caption(f"{alpha_text}. Sweeps are stored in the result store under the cache folder: rerunning one evaluates "
+           "only the points not stored yet.")
+link("merge", "Next: merge with your chosen settings and export")

@@ -60,7 +60,7 @@ def step_spectrum() -> None:
 
 
 def _merged_delta(merger: object, method: str, params: dict | None = None) -> object:
-    return merger.update(method, params or {}, None).delta[toy.KEY]  # (8, 8)
+    return merger.update(method, params or {}).delta[toy.KEY]  # (8, 8)
 
 
 @st.fragment
@@ -107,8 +107,8 @@ def step_common() -> None:
 
 def _common_rank(fraction: float) -> int | None:
     """k of DESIGN §3 for the toy (r = 8, T = 3), from the engine's own rule when it exports one."""
-    rule = optional("merging.methods.iso_cts", "common_rank")
-    return None if rule is None else int(rule(toy.SIZE, toy.TASKS, fraction))
+    rule = optional("merging.methods.iso", "common_rank")
+    return None if rule is None else int(rule(toy.SIZE, toy.TASKS, fraction)[0])
 
 
 @st.fragment
@@ -119,7 +119,7 @@ def step_alignment() -> None:
                 "reach all but ε of its energy). 1 means the task is fully represented. The paper finds that "
                 "tasks with higher SAR lose less accuracy, and that flattening raises SAR for every task.")
     eps = st.slider("ε (energy left out)", 0.01, 0.5, 0.05, 0.01, key=key("learn_eps"))
-    sar = available("analysis.alignment", "sar", "The alignment analysis")
+    sar = available("analysis.sar", "sar", "The alignment analysis")
     merger_cls = available("merging.merge", "Merger", "The merge engine") if sar else None
     if sar is None or merger_cls is None:
         return

@@ -1,9 +1,57 @@
-"""🗂️ Overview view (see the explanation shown at the top of the page)."""
+"""Overview view: the zoo's tasks, zero-shot vs fine-tuned accuracy, task-vector norms and
+pairwise cosine similarity."""
 
 from __future__ import annotations
 
-from ui.models import current_zoo
-from ui.page import header
+import streamlit as st
 
-header("🗂️ Overview", "The zoo at a glance: which tasks there are, how well the pretrained model (zero-shot) and each fine-tuned model do on them, and how big and how similar the task vectors are. Read the accuracy bars as the two ends of the range any merge lands in: zero-shot is the floor, fine-tuned the ceiling. Large norms mean fine-tuning moved the weights far; a cosine similarity near 0 means two tasks changed the weights in unrelated directions (the usual case), which is why plain sums interfere less than one might fear, and why what matters is the spectrum (next view).")
+from analysis.labels import layer_labels
+from ui import charts, data
+from ui.core import errors_in_place, progress_bar
+from ui.models import current_evaluator, current_merger, current_zoo
+from ui.page import header, link
+from ui.state import key
+from ui.theme import palette, task_colors
+
+header("🗂️ Overview",
+       "The zoo at a glance: which tasks there are, how well the pretrained model (zero-shot) and each fine-tuned "
+       "model do on them, and how large and how similar the task vectors τt = θt − θ0 are. Read the accuracy bars "
+       "as the two ends of the range any merge lands in: zero-shot is the floor, fine-tuned the ceiling. A large "
+       "norm means fine-tuning moved the weights far; a cosine near 0 means two tasks changed the weights in "
+       "unrelated directions (the usual case), which is why what matters is how their matrices' spectra overlap "
+       "(next view). Pick a single layer to see where the tasks agree most.")
+
 zoo = current_zoo()
+merger = current_merger()
+colors = task_colors(zoo.tasks)
+pills = " ".join(f"<span class='iso-pill' style='background:{colors[t]}'>{t}</span>" for t in zoo.tasks)
+st.markdown(f"**{zoo.name}** · {len(zoo.tasks)} tasks · {len(merger.matrix_keys)} matrix layers<br>{pills}",
+            unsafe_allow_html=True)
+
+st.subheader("Zero-shot and fine-tuned accuracy")
+if not zoo.has_data:
+    st.warning("No evaluation data for this zoo: accuracy needs a data folder (sidebar). The task-vector "
+               "geometry below needs only the weights.", icon="📂")
+else:
+    with progress_bar("Scoring the pretrained and fine-tuned models") as report, errors_in_place(stop=False):
+        report(0.1, "zero-shot and fine-tuned, every task")
+        refs = current_evaluator().reference_table()
+        test = refs[refs["split"] == "test"]
+        wide = test.pivot_table(index="task", columns="method", values="accuracy", sort=False).reset_index()
+        fig = charts.reference_bars(wide,
+                                    {"zero_shot": "zero-shot θ0", "finetuned": "fine-tuned θt"})
+        fig.update_layout(title="Test accuracy per task (top-1)")
+        st.plotly_chart(fig, key=key("overview_acc"))
+        z, f = wide["zero_shot"].mean(), wide["finetuned"].mean()
+        st.caption(f"Average: zero-shot {z:.1%}, fine-tuned {f:.1%}. Every merge is judged inside this gap.")
+
+st.subheader("Task-vector geometry")
+labels = layer_labels(merger.matrix_keys)
+scope = st.selectbox("Parameters", ["all parameters", *merger.matrix_keys], key=key("overview_scope"),
+                     format_func=lambda k: labels.get(k, k), help="All parameters, or one matrix layer.")
+keys = None if scope == "all parameters" else (scope,)
+norms, cosines = data.geometry(zoo.fingerprint, merger, tuple(zoo.tasks), keys)
+left, right = st.columns(2)
+left.plotly_chart(charts.norm_bars(norms, palette(zoo.tasks)), key=key("overview_norms"))
+right.plotly_chart(charts.cosine_heatmap(cosines), key=key("overview_cos"))
+link("spectra", "Next: the spectra behind the merge")

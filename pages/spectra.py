@@ -1,9 +1,73 @@
-"""📉 Spectra view (see the explanation shown at the top of the page)."""
+"""Spectra view: singular values per matrix layer before and after flattening (DESIGN §4)."""
 
 from __future__ import annotations
 
-from ui.models import current_zoo
-from ui.page import header
+import streamlit as st
 
-header("📉 Spectra", "Singular values of one layer's matrices, largest first, on a log scale. Grey lines: the task matrices Δt; dark: their Task Arithmetic sum (before flattening); coloured: the merged matrices of Iso-C, Iso-CTS, TSV-M and CART (after). A steep curve means a few directions dominate (tasks with weak, specific directions get drowned); a flat curve means every direction gets the same weight. The right chart shows cumulative energy (share of ‖Δ‖F² in the top-k directions). The common-fraction slider moves the Iso-CTS boundary between the common subspace (left) and the task-specific slots (right).")
+from analysis import figures
+from merging.registry import all_methods
+from ui import charts, data
+from ui.models import current_zoo, decompositions
+from ui.page import header, link
+from ui.state import key, params_for, selection
+from ui.theme import palette, recolor
+
+header("📉 Spectra",
+       "Singular values of one layer's matrices, largest first, on a log scale. Thin coloured lines: the task "
+       "matrices Δt; dashed black: their Task Arithmetic sum (before flattening); thick: the merged matrices of "
+       "Iso-C, Iso-CTS, TSV-M and CART (after). A steep curve means a few directions dominate, so tasks whose "
+       "directions are weak get drowned; a flat curve gives every direction the same weight. The second chart "
+       "shows cumulative energy (share of ‖Δ‖F² in the top i directions). The common-fraction slider moves the "
+       "Iso-CTS boundary between the common subspace (left of the dotted line) and the task-specific slots.")
+
+PREFERRED = ("iso_c", "iso_cts", "tsv_m", "cart")
+
 zoo = current_zoo()
+dec = decompositions()
+registry = all_methods()
+methods = [m for m in PREFERRED if m in registry]
+colors = palette(zoo.tasks)
+labels = dec.labels
+
+c1, c2, c3 = st.columns([2, 3, 1])
+layout = c1.radio("Show", ["One layer", "All layers"], horizontal=True, key=key("spectra_layout"),
+                  help="All layers: small multiples, one chart per matrix layer.")
+shown = c2.multiselect("Merged methods (after flattening)", methods, default=methods, key=key("spectra_methods"),
+                       format_func=lambda m: registry[m].display_name)
+log_scale = c3.toggle("Log scale", value=True, key=key("spectra_log"))
+
+
+def method_params(fraction: float) -> tuple[tuple[str, tuple], ...]:
+    """Each shown method with its parameters; Iso-CTS takes the slider's fraction."""
+    return tuple((m, tuple(sorted({**dict(params_for(m)), **({"common_fraction": fraction} if m == "iso_cts" else {})}.items())))
+                 for m in shown)
+
+
+@st.fragment
+def spectrum_view() -> None:
+    default = float(dict(params_for("iso_cts")).get("common_fraction", 0.8))
+    fraction = st.slider("Common fraction of Iso-CTS", 0.0, 1.0, default, 0.05, key=key("spectra_fraction"),
+                         help="Share of each layer's rank r given to the common subspace (the rest is split "
+                              "equally among the tasks). 1.0 is Iso-C.")
+    if layout == "All layers":
+        table = data.spectra(zoo.fingerprint, dec, method_params(fraction), tuple(dec.keys))
+        fig = charts.small_multiples(table, log=log_scale)
+        st.plotly_chart(recolor(fig, colors), key=key("spectra_fig_all"))
+        return
+    layer_key = st.selectbox("Layer", dec.keys, format_func=lambda k: f"{labels[k]}  {dec.shape(k)}",
+                             key=key("spectra_layer"))
+    table = data.spectra(zoo.fingerprint, dec, method_params(fraction), (layer_key,))
+    bound = data.boundary(zoo.fingerprint, dec, fraction).set_index("key").loc[layer_key]
+    left, right = st.columns([3, 2])
+    fig = figures.spectrum_figure(table, labels[layer_key], bound.to_dict())
+    fig.update_yaxes(type="log" if log_scale else "linear")
+    left.plotly_chart(recolor(fig, colors), key=key("spectra_fig"))
+    right.plotly_chart(recolor(figures.energy_figure(table, labels[layer_key], bound.to_dict()), colors),
+                       key=key("spectra_fig_energy"))
+    r, k, s = int(bound["r"]), int(bound["k"]), int(bound["s"])
+    st.caption(f"{labels[layer_key]}: rank r = {r}; Iso-CTS keeps k = {k} common directions and s = {s} per task "
+               f"({len(zoo.tasks)} tasks × {s} = {len(zoo.tasks) * s}).")
+
+
+spectrum_view()
+link("alignment", "Next: how well each task is aligned with the merged subspace")

@@ -64,3 +64,21 @@ def require_data(zoo: Any, view: str) -> None:
                    "sidebar (one folder per task, `<data>/<Task>/{val,test}/<class>/<image>`). "
                    "The weight-space views (Spectra, Alignment's heatmap) work without it.", icon="📂")
         st.stop()
+
+
+def current_evaluator(sel: Selection | None = None) -> Any:
+    """One ``analysis.evaluation.Evaluator`` per zoo and device: it shares the Merger, holds the
+    cached decompositions (spectra, SAR) and reads/writes the on-disk result store."""
+    sel = sel or selection()
+    zoo = current_zoo(sel)
+    merger = current_merger(sel)
+    evaluator_cls = need("analysis.evaluation", "Evaluator", "The evaluation layer")
+    store_cls = need("analysis.store", "ResultStore", "The result store")
+    with errors_in_place():
+        return cached("evaluator", (zoo.fingerprint, sel.device),
+                      lambda: evaluator_cls(zoo, merger=merger, store=store_cls(), device=sel.device))
+
+
+def decompositions(sel: Selection | None = None) -> Any:
+    """The evaluator's cached ``Decompositions`` (task and merged SVDs, computed once)."""
+    return current_evaluator(sel).decompositions

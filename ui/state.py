@@ -54,3 +54,15 @@ def store_selection(sel: Selection) -> None:
 def selection() -> Selection:
     """The sidebar's current selection (the embedded default before the sidebar has run)."""
     return st.session_state.get(SELECTION_KEY) or Selection(zoo_spec=default_zoo_spec())
+
+
+def params_for(method: str, sel: Selection | None = None) -> tuple[tuple[str, float], ...]:
+    """The sidebar's parameters when ``method`` is the sidebar's method, else () (= defaults)."""
+    sel = sel or selection()
+    return sel.params if sel.method == method else ()
+
+
+def alpha_choice(sel: Selection | None = None) -> float | None:
+    """α for the evaluator: None means 'choose on validation' (fixed-α methods fix it themselves)."""
+    sel = sel or selection()
+    return None if sel.alpha_mode == "validation" else sel.alpha

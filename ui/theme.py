@@ -37,6 +37,29 @@ def task_colors(tasks: list[str]) -> dict[str, str]:
     return {t: TASK_PALETTE[i % len(TASK_PALETTE)] for i, t in enumerate(tasks)}
 
 
+def palette(tasks: list[str]) -> dict[str, str]:
+    """Trace name → colour for every task and method, by registry name and by display name."""
+    from merging.registry import all_methods
+
+    names = {m.display_name: method_color(n) for n, m in all_methods().items()}
+    return {**task_colors(tasks), **METHOD_COLORS, **names, "TA sum": METHOD_COLORS["task_arithmetic"],
+            "average": METHOD_COLORS["finetuned"]}
+
+
+def recolor(fig: go.Figure, colors: dict[str, str]) -> go.Figure:
+    """Give every trace whose name is in ``colors`` its house colour (line and marker), so a task
+    or a method has the same colour in every view, whatever order a builder met it in."""
+    for trace in fig.data:
+        color = colors.get(trace.name)
+        if color is None:
+            continue
+        if getattr(trace, "line", None) is not None and trace.type == "scatter":
+            trace.line.color = color
+        if trace.type in ("scatter", "bar"):
+            trace.marker.color = color
+    return fig
+
+
 def style_figure(fig: go.Figure, height: int | None = None) -> go.Figure:
     """House layout for every chart: white background, compact margins, legend on top."""
     fig.update_layout(template="plotly_white", margin=dict(l=10, r=10, t=40, b=10),
