@@ -448,6 +448,17 @@ def _unshared(state: Mapping[str, torch.Tensor]) -> StateDict:
     return out
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path,
                      metadata: Mapping[str, str] | None = None) -> None:
     """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, then rename."""
@@ -457,6 +468,7 @@ def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path,
     os.close(fd)
     try:
         save_file(_unshared(state), tmp, metadata=dict(metadata or {}))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600; give it a normal file's mode
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

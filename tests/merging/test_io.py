@@ -162,6 +162,15 @@ def test_save_is_atomic_on_failure(tmp_path: Path, monkeypatch) -> None:
     assert torch.equal(load_state_dict(target)["a"], torch.ones(2))
 
 
+def test_saved_files_get_the_umask_mode_not_the_temp_files_0600(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        save_safetensors({"a": torch.ones(1)}, tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o640
+
+
 def test_save_handles_tied_and_view_tensors(tmp_path: Path) -> None:
     base = torch.arange(12.0)
     state = {"w": base.view(3, 4), "tied": base.view(3, 4), "slice": base[4:8], "t": base.view(3, 4).t()}
