@@ -2,6 +2,7 @@
 
     python -m zoo build [--name digits] [--out assets/zoo]   build (or reuse from the cache) and copy
     python -m zoo info  [--name digits]                      tasks, sizes and the fingerprint
+    python -m zoo table --report reports/digits/results.json  per-task markdown table of a report
 
 ``build --out assets/zoo`` reproduces the shipped ``assets/zoo/digits.safetensors``; the method
 table of docs/readme-zoo.md comes from ``python -m analysis report --zoo digits``.
@@ -62,7 +63,31 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"build": _build, "info": _info}
+def _row(name: str, acc: dict[str, float], ft: dict[str, float], tasks: list[str], alpha: str) -> str:
+    cells = [f"{100 * acc[t]:.1f}" for t in tasks]
+    mean = sum(acc[t] for t in tasks) / len(tasks)
+    norm = sum(acc[t] / ft[t] for t in tasks) / len(tasks)
+    return f"| {name} | {alpha} | " + " | ".join(cells) + f" | **{100 * mean:.1f}** | {100 * norm:.1f} |"
+
+
+def markdown_table(results: dict) -> str:
+    """Per-task test accuracy (%) of a report's results.json, with means (absolute, normalized)."""
+    tasks, ft = results["tasks"], results["finetuned"]
+    head = ["| method | α | " + " | ".join(tasks) + " | mean | normalized |",
+            "|---|---|" + "---|" * len(tasks) + "---|---|"]
+    rows = [_row("zero-shot", results["zero_shot"], ft, tasks, "–"), _row("fine-tuned", ft, ft, tasks, "–")]
+    rows += [_row(name, e["test_acc"], ft, tasks, f"{e['alpha']:g}") for name, e in results["methods"].items()]
+    return "\n".join(head + rows)
+
+
+def _table(args: argparse.Namespace) -> int:
+    import json
+
+    print(markdown_table(json.loads(Path(args.report).read_text())))
+    return 0
+
+
+COMMANDS = {"build": _build, "info": _info, "table": _table}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("--name", default="digits", choices=sorted(D.RECIPES))
     parser.add_argument("--out", default=None, help="folder to copy the built zoo file into (e.g. assets/zoo)")
+    parser.add_argument("--report", default="reports/digits/results.json", help="table: a report's results.json")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)

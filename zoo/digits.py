@@ -100,10 +100,38 @@ def _prompt_images(recipe: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
     return dd.render_prompt(images[train_idx]), digits[train_idx]
 
 
-def _pretrain_pool(recipe: Mapping) -> torch.Tensor:
-    """Train images of every task domain plus the neutral rendering, labels dropped."""  # (M, 3, 32, 32)
+def _domain_views(recipe: Mapping) -> train.Views:
+    """Two jittered copies of images pooled from every task domain and the prompt rendering."""
     parts = [task_split(recipe, t, "train")[0] for t in recipe["tasks"]]
-    return torch.cat(parts + [_prompt_images(recipe)[0]])
+    pool = torch.cat(parts + [_prompt_images(recipe)[0]])  # (M, 3, 32, 32)
+    shift = recipe["pretrain"].get("shift", 3)
+
+    def views(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = pool[torch.randint(0, pool.shape[0], (batch,), generator=gen)]
+        return tuple(dd.preprocess(train.augment(x, shift, gen, jitter=True)) for _ in range(2))
+
+    return views
+
+
+def _style_views(recipe: Mapping) -> train.Views:
+    """A random style (scale, position, colours, blur, noise) of a base train digit, paired with
+    either a jittered copy of itself (probability ``pretrain.easy``) or another random style of the
+    same digit: the hard pairs alone are too hard for a tiny ViT at the start (it collapses)."""
+    images = dd.base_digits()[0][dd.split_indices(recipe["data"], recipe["seed"])["train"]]  # (N, 8, 8)
+    easy, shift = recipe["pretrain"].get("easy", 0.5), recipe["pretrain"].get("shift", 3)
+
+    def views(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images[torch.randint(0, images.shape[0], (batch,), generator=gen)]
+        first = dd.random_style(x, gen)  # (B, 3, 32, 32)
+        other = dd.random_style(x, gen)
+        jittered = train.augment(first, shift, gen, jitter=True)
+        pick = (torch.rand(batch, generator=gen) < easy).view(batch, 1, 1, 1)
+        return dd.preprocess(first), dd.preprocess(torch.where(pick, jittered, other))
+
+    return views
+
+
+VIEWS = {"domains": _domain_views, "styles": _style_views}
 
 
 # --- heads -----------------------------------------------------------------------------------
@@ -136,9 +164,8 @@ def _pretrained_state(recipe: Mapping, progress: Progress) -> StateDict:
         return load_state_dict(path)
     torch.manual_seed(recipe["seed"])
     encoder = build_encoder(VitConfig(**recipe["model"]))
-    pool = _pretrain_pool(recipe)
     cfg, _ = train.configs_from(recipe)
-    train.pretrain(encoder, pool, cfg, _seed(recipe, "pretrain"), dd.preprocess,
+    train.pretrain(encoder, VIEWS[cfg.views](recipe), cfg, _seed(recipe, "pretrain"),
                    lambda f, m: progress(f, f"Pretraining the encoder: {m}"))
     state = _half(train.state_of(encoder))
     save_safetensors(state, path)

@@ -141,6 +141,30 @@ def _magnitude(d: torch.Tensor, _g: torch.Generator) -> torch.Tensor:
     return _paint((1.5 * blurred).clamp(0, 1), (0.7, 0.8, 1.0), (0.4, 0.05, 0.05))
 
 
+def random_style(digits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """SimCLR-style augmentation of base digits (N, 8, 8) into (N, 3, 32, 32): random scale and
+    position (random resized crop), random ink and paper colours (colour distortion), random blur
+    and pixel noise. No rotation or mirroring, and never a task's exact rendering."""
+    n = digits.shape[0]
+    mask = _centred(digits)  # (N, 1, 32, 32)
+    scale = 0.55 + 0.75 * torch.rand(n, generator=gen)  # digit size relative to the centred one
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (1 - 0.6 * scale[:, None]).clamp(min=0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = -shift / scale[:, None]
+    grid = F.affine_grid(theta, list(mask.shape), align_corners=False)
+    mask = F.grid_sample(mask, grid, align_corners=False, padding_mode="zeros")
+    blur = torch.rand(n, generator=gen) < 0.3
+    mask = torch.where(blur.view(n, 1, 1, 1), F.avg_pool2d(mask, 3, stride=1, padding=1, count_include_pad=False), mask)
+    noisy = (torch.rand(n, generator=gen) < 0.3).view(n, 1, 1, 1)
+    mask = (mask + noisy * 0.3 * torch.rand(mask.shape, generator=gen)).clamp(0, 1)
+    fg = torch.rand(n, 3, 1, 1, generator=gen)
+    bg = torch.rand(n, 3, 1, 1, generator=gen)
+    far = (fg - bg).abs().mean(dim=1, keepdim=True) < 0.3  # too little contrast: push paper away
+    bg = torch.where(far, (fg + 0.5) % 1.0, bg)
+    return (bg * (1 - mask) + fg * mask).clamp(0, 1)
+
+
 TASKS: dict[str, DigitTask] = {t.name: t for t in (
     DigitTask("inverted", "Dark ink on white paper; which digit (10 classes).", _inverted),
     DigitTask("tinted", "Red digits on a green background; which digit.", _tinted),

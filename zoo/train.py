@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +38,8 @@ class PretrainConfig:
     weight_decay: float = 0.05
     temperature: float = 0.2
     shift: int = 3
+    views: str = "domains"  # how the two views are made (zoo.digits.VIEWS)
+    easy: float = 0.5  # "styles" views: share of easy (jittered-copy) positive pairs
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,12 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim, target)
 
 
-def pretrain(encoder: VisionTransformer, images: torch.Tensor, cfg: PretrainConfig, seed: int,
-             preprocess, progress: Progress | None = None) -> None:
-    """SimCLR on ``images`` (N, 3, H, W) in [0, 1]; trains ``encoder`` in place."""
+Views = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]  # two (B, 3, H, W) encoder inputs
+
+
+def pretrain(encoder: VisionTransformer, views: Views, cfg: PretrainConfig, seed: int,
+             progress: Progress | None = None) -> None:
+    """SimCLR: NT-Xent between two views of each of ``cfg.batch`` samples; trains ``encoder`` in place."""
     progress = progress or silent
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -102,11 +107,10 @@ def pretrain(encoder: VisionTransformer, images: torch.Tensor, cfg: PretrainConf
         group["base_lr"] = group["lr"]
     encoder.train()
     for step in range(cfg.steps):
-        batch = images[torch.randint(0, images.shape[0], (cfg.batch,), generator=gen)]
-        views = [preprocess(augment(batch, cfg.shift, gen, jitter=True)) for _ in range(2)]
+        first, second = views(cfg.batch, gen)
         _set_lr(opt, _schedule(step, cfg.steps, 0.05))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = nt_xent(encoder(views[0]).float(), encoder(views[1]).float(), cfg.temperature)
+            loss = nt_xent(encoder(first).float(), encoder(second).float(), cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
