@@ -25,7 +25,15 @@ def _digits(spec: str, **kwargs: object) -> Zoo:
     return load_digits_zoo(spec, **kwargs)
 
 
-LOADERS: dict[str, Loader] = {"digits": _digits, "digits-tiny": _digits}
+def _folder(spec: str, *, progress: Progress | None = None, **kwargs: object) -> Zoo:
+    from zoo.folders import open_folder
+
+    if not Path(spec).is_dir():
+        raise IsoscopeError(f"{spec!r} is neither a zoo name (digits, digits-tiny) nor a checkpoint folder")
+    return open_folder(spec, **kwargs)
+
+
+LOADERS: dict[str, Loader] = {"digits": _digits, "digits-tiny": _digits, PATH_SOURCE: _folder}
 
 
 def load_zoo(spec: str = "digits", *, data: str | Path | None = None, trust_pickle: bool = False,

@@ -1,0 +1,187 @@
+"""Checkpoint folder layouts (DESIGN §5 items 2–5): one small reader per layout, in a table.
+
+A reader looks at a folder and either returns ``FolderFiles`` (which file is θ0, which file is
+θt for each task, which head file belongs to each task) or None when the folder is not in its
+layout. Readers only list files; reading tensors is ``zoo.folders``' job.
+
+- ``tall_masks``: ``<root>/<model>/<Task>Val/nonlinear_finetuned.pt``,
+  ``<root>/<model>/MNISTVal/nonlinear_zeroshot.pt``, heads ``<root>/<model>/head_<Task>Val.pt``
+  (TALL-masks, Wang et al. 2024, and TSV, Gargiulo et al. 2025, release their fine-tunes so).
+- ``task_vectors``: ``<root>/<model>/<Task>/finetuned.pt``, ``<root>/<model>/zeroshot.pt``,
+  ``head_<Task>.pt`` (Ilharco et al. 2023): pickled whole modules, so loading runs code.
+- ``hf``: Hugging Face ``CLIPVisionModel`` folders (config.json + model.safetensors), one per
+  task plus the base, named ``<base>`` and ``<base>_<task>`` (FusionBench, Tang et al. 2024)
+  or with the base named ``pretrained``; heads ``head_<task>.*`` next to them.
+- ``plain``: ``pretrained.<ext>`` (or zeroshot/base) and ``<task>.<ext>`` in one folder,
+  heads ``head_<task>.<ext>``; ext is safetensors, pt, pth or bin.
+Models from OpenAI CLIP (the first two layouts) use QuickGELU; a folder may say otherwise in
+an optional ``isoscope.json`` (``{"act": "gelu", "heads": 4}``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from merging.errors import CheckpointError
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+PRETRAINED_STEMS = ("pretrained", "zeroshot", "zero_shot", "base", "theta0")
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+OPTIONS_FILE = "isoscope.json"
+OPTION_TYPES = {"act": str, "heads": int, "mean": list, "std": list}
+
+
+@dataclass(frozen=True)
+class FolderFiles:
+    """Where θ0, each θt and each head live. A task's checkpoint may be a file or an HF folder."""
+
+    layout: str
+    root: Path
+    pretrained: Path
+    tasks: dict[str, Path]
+    heads: dict[str, Path] = field(default_factory=dict)
+    pickled: bool = False  # whole pickled modules: loading them runs code from the files
+    act: str = "gelu"
+    options: dict = field(default_factory=dict)  # from isoscope.json: act, heads, mean, std
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    pattern: str  # what a person should put in the folder
+    read: Callable[[Path], FolderFiles | None]
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+
+
+def _heads(folder: Path, names: dict[str, str]) -> dict[str, Path]:
+    """Head file per task: ``head_<name>.<ext>`` in ``folder`` for each task -> name."""
+    found = {p.stem[len("head_"):]: p for p in _checkpoints(folder) if p.stem.startswith("head_")}
+    return {task: found[name] for task, name in names.items() if name in found}
+
+
+def _model_dir(path: Path, is_model: Callable[[Path], bool]) -> Path | None:
+    """``path`` when it is a model folder, else its only child that is one (``<root>/<model>``)."""
+    if is_model(path):
+        return path
+    models = [d for d in sorted(path.iterdir()) if d.is_dir() and is_model(d)]
+    if len(models) > 1:
+        raise CheckpointError(f"{path} holds several models ({', '.join(d.name for d in models)}); "
+                              "point at one of those folders")
+    return models[0] if models else None
+
+
+def read_tall_masks(path: Path) -> FolderFiles | None:
+    model = _model_dir(path, lambda d: any(d.glob("*/nonlinear_finetuned.pt")))
+    if model is None:
+        return None
+    folders = {d.name: d for d in sorted(model.iterdir()) if (d / "nonlinear_finetuned.pt").is_file()}
+    zeroshots = [model / "MNISTVal" / "nonlinear_zeroshot.pt", *sorted(model.glob("*/nonlinear_zeroshot.pt"))]
+    pretrained = next((p for p in zeroshots if p.is_file()), None)
+    if pretrained is None:
+        raise CheckpointError(f"{model}: TALL-masks layout without a zero-shot model "
+                              "(expected MNISTVal/nonlinear_zeroshot.pt)")
+    tasks = {name.removesuffix("Val"): d / "nonlinear_finetuned.pt" for name, d in folders.items()}
+    return FolderFiles("tall_masks", model, pretrained, tasks,
+                       _heads(model, {name.removesuffix("Val"): name for name in folders}), act="quick_gelu")
+
+
+def read_task_vectors(path: Path) -> FolderFiles | None:
+    model = _model_dir(path, lambda d: (d / "zeroshot.pt").is_file() and any(d.glob("*/finetuned.pt")))
+    if model is None:
+        return None
+    tasks = {d.name: d / "finetuned.pt" for d in sorted(model.iterdir()) if (d / "finetuned.pt").is_file()}
+    return FolderFiles("task_vectors", model, model / "zeroshot.pt", tasks,
+                       _heads(model, {t: t for t in tasks}), pickled=True, act="quick_gelu")
+
+
+def _hf_weights(folder: Path) -> Path | None:
+    return next((folder / w for w in HF_WEIGHTS if (folder / w).is_file()), None) \
+        if (folder / "config.json").is_file() else None
+
+
+def read_hf(path: Path) -> FolderFiles | None:
+    models = {d.name: d for d in sorted(path.iterdir()) if d.is_dir() and _hf_weights(d)}
+    if len(models) < 2:
+        return None
+    base = next((n for n in PRETRAINED_STEMS if n in models), None) or \
+        next((n for n in models if all(o.startswith(n) for o in models)), None)
+    if base is None:
+        raise CheckpointError(f"{path}: cannot tell which Hugging Face folder is the pretrained model "
+                              f"(found {', '.join(models)}); name it 'pretrained', or name the "
+                              "fine-tunes <base>_<task> next to <base>")
+    prefix = base if all(n.startswith(base) for n in models) else ""
+    tasks = {n[len(prefix):].lstrip("_-.") or n: d for n, d in models.items() if n != base}
+    return FolderFiles("hf", path, models[base], tasks, _heads(path, {t: t for t in tasks}))
+
+
+def read_plain(path: Path) -> FolderFiles | None:
+    files = [p for p in _checkpoints(path) if not p.stem.startswith("head_")]
+    pretrained = next((p for stem in PRETRAINED_STEMS for p in files if p.stem == stem), None)
+    if pretrained is None or len(files) < 2:
+        return None
+    tasks = {p.stem: p for p in files if p != pretrained}
+    return FolderFiles("plain", path, pretrained, tasks, _heads(path, {t: t for t in tasks}))
+
+
+LAYOUTS: tuple[Layout, ...] = (
+    Layout("tall_masks", "<model>/<Task>Val/nonlinear_finetuned.pt + <model>/MNISTVal/nonlinear_zeroshot.pt "
+           "(+ head_<Task>Val.pt)", read_tall_masks),
+    Layout("task_vectors", "<model>/<Task>/finetuned.pt + <model>/zeroshot.pt (+ head_<Task>.pt; pickled)",
+           read_task_vectors),
+    Layout("hf", "one Hugging Face folder (config.json + model.safetensors) per task and one for the base: "
+           "<base>/ + <base>_<task>/, or pretrained/ + <task>/ (+ head_<task>.safetensors)", read_hf),
+    Layout("plain", "pretrained.safetensors (or .pt) + one <task>.safetensors per task "
+           "(+ head_<task>.safetensors)", read_plain),
+)
+
+
+def read_options(folder: Path) -> dict:
+    """The optional ``isoscope.json`` of a folder: {"act", "heads", "mean", "std"}."""
+    path = folder / OPTIONS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        options = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable JSON file ({err})") from err
+    bad = [k for k, v in options.items() if k not in OPTION_TYPES or not isinstance(v, OPTION_TYPES[k])] \
+        if isinstance(options, dict) else ["(not an object)"]
+    if bad:
+        raise CheckpointError(f"{path}: unknown or mistyped entries {bad} "
+                              f"(allowed: {', '.join(f'{k}: {t.__name__}' for k, t in OPTION_TYPES.items())})")
+    return options
+
+
+def find_layout(path: str | Path) -> FolderFiles:
+    """The files of the folder at ``path``, by the first layout whose reader recognises it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a folder")
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        raise CheckpointError(f"{path} is empty: {_supported()}")
+    for layout in LAYOUTS:
+        files = layout.read(path)
+        if files is not None:
+            if not files.tasks:
+                raise CheckpointError(f"{path}: {layout.name} layout with no fine-tuned task")
+            options = read_options(files.root)
+            return dataclasses.replace(files, act=options.get("act", files.act), options=options)
+    shown = ", ".join(entries[:10]) + (f", … ({len(entries)} entries)" if len(entries) > 10 else "")
+    raise CheckpointError(f"{path} is not in a supported checkpoint layout (found: {shown}). {_supported()}")
+
+
+def _supported() -> str:
+    return "Supported layouts: " + "; ".join(f"{l.name}: {l.pattern}" for l in LAYOUTS)
+
+
+def detect_layout(path: str | Path) -> str:
+    """The name of the layout of the folder at ``path`` (one of ``LAYOUTS``); CheckpointError otherwise."""
+    return find_layout(path).layout
