@@ -54,7 +54,8 @@ def spectrum_view() -> None:
         fig = charts.small_multiples(table, log=log_scale)
         st.plotly_chart(recolor(fig, colors), key=key("spectra_fig_all"))
         return
-    layer_key = st.selectbox("Layer", dec.keys, format_func=lambda k: f"{labels[k]}  {dec.shape(k)}",
+    first_attn = next((i for i, k in enumerate(dec.keys) if "attn" in k), 0)
+    layer_key = st.selectbox("Layer", dec.keys, index=first_attn, format_func=lambda k: f"{labels[k]}  {dec.shape(k)}",
                              key=key("spectra_layer"))
     table = data.spectra(zoo.fingerprint, dec, method_params(fraction), (layer_key,))
     bound = data.boundary(zoo.fingerprint, dec, fraction).set_index("key").loc[layer_key]

@@ -1,0 +1,132 @@
+"""Every page in AppTest on the digits-tiny zoo: move its controls and check that the charts
+change as the maths says they must (not merely that something changed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from merging.methods.iso import common_rank
+from merging.registry import all_methods
+from tests.app.conftest import chart, open_page, trace, values
+
+pytestmark = pytest.mark.slow  # the first test builds digits-tiny (seconds); the rest reuse it
+
+
+def test_overview_geometry_follows_the_parameter_scope() -> None:
+    at = open_page()
+    acc = chart(at, "iso_overview_acc")
+    zero, fine = values(trace(acc, "zero-shot θ0")["y"]), values(trace(acc, "fine-tuned θt")["y"])
+    assert len(zero) == 8 and fine.mean() > zero.mean()  # fine-tuning helps on average
+    whole_cos = values(chart(at, "iso_overview_cos")["data"][0]["z"])
+    whole_norm = values(chart(at, "iso_overview_norms")["data"][0]["y"])
+    np.testing.assert_allclose(np.diag(whole_cos), 1.0, atol=1e-9)
+    np.testing.assert_allclose(whole_cos, whole_cos.T, atol=1e-12)
+    layer = at.selectbox(key="iso_overview_scope")
+    layer.set_value(layer.options[1]).run()
+    one_cos = values(chart(at, "iso_overview_cos")["data"][0]["z"])
+    one_norm = values(chart(at, "iso_overview_norms")["data"][0]["y"])
+    assert not np.allclose(one_cos, whole_cos)
+    assert (one_norm < whole_norm).all()  # one layer holds part of each task vector's norm
+
+
+def test_spectra_fraction_slider_moves_the_boundary_and_the_flat_level() -> None:
+    at = open_page("pages/spectra.py")
+    tasks = 8
+    levels = {}
+    for fraction in (0.8, 0.3):
+        at.slider(key="iso_spectra_fraction").set_value(fraction).run()
+        fig = chart(at, "iso_spectra_fig")
+        r = len(values(trace(fig, "TA sum")["y"]))
+        k, _ = common_rank(r, tasks, fraction)
+        assert fig["layout"]["shapes"][0]["x0"] == pytest.approx(k + 0.5)
+        iso_cts = values(trace(fig, "Iso-CTS")["y"])
+        np.testing.assert_allclose(iso_cts, iso_cts[0], rtol=1e-4)  # flattened: every σ equals σ̄
+        energy = values(trace(chart(at, "iso_spectra_fig_energy"), "TA sum")["y"])
+        assert energy[-1] == pytest.approx(100.0) and (np.diff(energy) >= -1e-9).all()
+        levels[fraction] = iso_cts[0]
+    assert levels[0.8] != pytest.approx(levels[0.3])
+    at.toggle(key="iso_spectra_log").set_value(False).run()
+    assert chart(at, "iso_spectra_fig")["layout"]["yaxis"]["type"] == "linear"
+    at.radio(key="iso_spectra_layout").set_value("All layers").run()
+    assert len(chart(at, "iso_spectra_fig_all")["layout"]["annotations"]) >= 10  # one title per layer
+
+
+def test_alignment_eps_slider_can_only_lower_sar() -> None:
+    at = open_page("pages/alignment.py")
+    before = chart(at, "iso_align_heatmap")["data"][0]
+    at.slider(key="iso_align_eps").set_value(0.3).run()
+    after = chart(at, "iso_align_heatmap")["data"][0]
+    z0, z1 = values(before["z"]), values(after["z"])
+    k0, k1 = values(before["customdata"]), values(after["customdata"])
+    assert ((z0 >= 0) & (z0 <= 1 + 1e-6)).all()  # float32 bases: |UᵀU − I| ~ 1e-7
+    assert (z1 <= z0 + 1e-6).all() and (z1 < z0 - 1e-3).any()  # smaller k_M, smaller projection
+    assert (k1 <= k0).all() and (k1 < k0).any()
+    bars = chart(at, "iso_align_bars")
+    assert {t["name"] for t in bars["data"]} >= {"Task Arithmetic", "Iso-C", "Iso-CTS"}
+    scatter = chart(at, "iso_align_scatter")
+    assert "Pearson r" in scatter["layout"]["title"]["text"]
+
+
+def test_common_subspace_sliders_move_the_highlighted_point() -> None:
+    at = open_page()
+    at.radio(key="iso_alpha_mode").set_value("Fixed (slider)").run()
+    at.switch_page("pages/common_subspace.py").run()
+    assert not at.exception and not at.error
+    for method, value in (("iso_cts", 0.3), ("cart", 0.32)):
+        at.select_slider(key=f"iso_common_{method}").set_value(value).run()
+        fig = chart(at, f"iso_common_fig_{method}")
+        current, average = trace(fig, "current"), trace(fig, "average")
+        xs, ys = values(average["x"]), values(average["y"])
+        assert values(current["x"]).tolist() == [value]
+        assert values(current["y"])[0] == pytest.approx(ys[np.argmin(abs(xs - value))])
+        per_task = [values(t["y"]) for t in fig["data"] if t["name"] not in ("average", "current")]
+        np.testing.assert_allclose(np.mean(per_task, axis=0), ys, atol=1e-9)
+
+
+def test_merge_page_follows_alpha_and_offers_downloads() -> None:
+    at = open_page()
+    at.radio(key="iso_alpha_mode").set_value("Fixed (slider)").run()
+    at.switch_page("pages/merge_export.py").run()
+    merged = {}
+    for alpha in (0.3, 1.5):
+        at.slider(key="iso_alpha").set_value(alpha).run()
+        assert not at.exception and not at.error
+        fig = chart(at, "iso_merge_fig")
+        merged[alpha] = values(trace(fig, "Iso-CTS")["y"])
+        assert at.metric[3].value == f"{alpha:g}"
+        zero, fine = values(trace(fig, "zero-shot θ0")["y"]), values(trace(fig, "fine-tuned θt")["y"])
+        assert len(zero) == len(fine) == len(merged[alpha]) == 8
+    assert not np.allclose(merged[0.3], merged[1.5])
+    assert {b.key for b in at.get("download_button")} >= {"iso_dl_model", "iso_dl_table", "iso_dl_refs"}
+
+
+def test_learn_examples_respond_exactly() -> None:
+    at = open_page("pages/learn.py")
+    taus = {}
+    for strength in (1.0, 2.0):
+        at.slider(key="iso_learn_strength").set_value(strength).run()
+        taus[strength] = values(chart(at, "iso_learn_fig_tv")["data"][2]["z"])
+    np.testing.assert_allclose(taus[2.0], 2 * taus[1.0], rtol=1e-5, atol=1e-6)  # τ is linear in the strength
+    for fraction in (0.5, 0.9):
+        at.slider(key="iso_learn_fraction").set_value(fraction).run()
+        shapes = chart(at, "iso_learn_fig_common")["layout"]["shapes"]
+        assert shapes[0]["x0"] == pytest.approx(common_rank(8, 3, fraction)[0] + 0.5)
+    flat = values(trace(chart(at, "iso_learn_fig_flat"), "Iso-C")["y"])
+    np.testing.assert_allclose(flat, flat.mean(), rtol=1e-4)
+    sar = {}
+    for eps in (0.01, 0.4):
+        at.slider(key="iso_learn_eps").set_value(eps).run()
+        sar[eps] = np.concatenate([values(t["y"]) for t in chart(at, "iso_learn_fig_sar")["data"]])
+    assert (sar[0.4] <= sar[0.01] + 1e-9).all() and (sar[0.4] < sar[0.01]).any()
+
+
+def test_sidebar_builds_one_slider_per_registry_parameter() -> None:
+    at = open_page()
+    for name, method in all_methods().items():
+        at.selectbox(key="iso_method").set_value(name).run()
+        for param in method.params:
+            slider = at.slider(key=f"iso_p_{name}_{param.name}")
+            assert (slider.min, slider.max) == (param.low, param.high)
+            assert slider.value == param.default
+        assert (method.fixed_alpha is None) == any(r.key == "iso_alpha_mode" for r in at.radio)
