@@ -103,17 +103,18 @@ class Evaluator:
         return mean_normalized(self.accuracy(method, params, alpha, "val"), self.finetuned("val"))
 
     def choose_alpha(self, method: str, params: Mapping[str, Any] | None = None, alpha: float | None = None,
-                     grid: Sequence[float] = ALPHA_GRID) -> AlphaSearch:
-        """α given by the user, else fixed by the method, else chosen on validation."""
+                     grid: Sequence[float] = ALPHA_GRID, start: float | None = None) -> AlphaSearch:
+        """α given by the user, else fixed by the method, else chosen on validation (coarse-to-fine,
+        or a hill-climb from ``start``; see ``analysis.alpha``)."""
         fixed = alpha if alpha is not None else method_alpha(get_method(method), self.merger.num_tasks)
         if fixed is not None:
             return fixed_alpha(fixed)
-        return search_alpha(lambda a: self.val_score(method, params, a), grid)
+        return search_alpha(lambda a: self.val_score(method, params, a), grid, start=start)
 
     def table(self, method: str, params: Mapping[str, Any] | None = None, alpha: float | None = None,
-              splits: Sequence[str] = SPLITS) -> tuple[pd.DataFrame, AlphaSearch]:
+              splits: Sequence[str] = SPLITS, start: float | None = None) -> tuple[pd.DataFrame, AlphaSearch]:
         """Per task accuracy, normalized accuracy and NAI on ``splits`` at the chosen α."""
-        choice = self.choose_alpha(method, params, alpha)
+        choice = self.choose_alpha(method, params, alpha, start=start)
         frames = [accuracy_table(method, choice.alpha, split, self.accuracy(method, params, choice.alpha, split),
                                  self.zero_shot(split), self.finetuned(split)) for split in splits]
         return pd.concat(frames, ignore_index=True), choice

@@ -139,11 +139,11 @@ def format_summary(rep: Report) -> str:
 
 
 def _figures(rep: Report) -> list:
+    sar = rep.sar.assign(method=rep.sar["method"].map(lambda m: get_method(m).display_name))
     figs = [figures.method_bars(rep.summary[~rep.summary["method"].isin(["zero-shot", "fine-tuned"])]),
-            figures.sar_nai_scatter(rep.points, rep.results["correlation"]), figures.sar_avg_bars(
-                rep.sar.pipe(sar_average).assign(method=lambda d: d["method"].map(lambda m: get_method(m).display_name)))]
+            figures.sar_nai_scatter(rep.points, rep.results["correlation"]), figures.sar_avg_bars(sar_average(sar))]
     if "iso_cts" in set(rep.sar["method"]):
-        figs.append(figures.sar_heatmap(rep.sar, "iso_cts"))
+        figs.append(figures.sar_heatmap(sar, get_method("iso_cts").display_name))
     layers = list(dict.fromkeys(rep.spectra["layer"]))
     if layers:
         layer = layers[len(layers) // 2]

@@ -34,3 +34,10 @@ def test_plateau_keeps_first_best_and_fixed_alpha() -> None:
     fixed = fixed_alpha(0.125, lambda a: 2 * a)
     assert fixed.alpha == 0.125 and fixed.score == 0.25 and fixed.evaluations == 1
     assert fixed_alpha(0.5).evaluations == 0
+
+
+@pytest.mark.parametrize(("peak", "start"), [(1.5, 1.4), (1.5, 1.5), (0.1, 0.3), (3.0, 2.6), (2.0, 0.1)])
+def test_warm_start_hill_climbs_to_the_argmax(peak: float, start: float) -> None:
+    result = search_alpha(lambda a: -abs(a - peak), start=start)
+    steps = round(abs(peak - start) * 10)
+    assert result.alpha == peak and result.evaluations <= steps + 3
