@@ -26,6 +26,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from merging.errors import IsoscopeError
+from merging.paths import allowed_path
 from zoo.base import SPLITS
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class ImageFolderData:
     """Per-task ImageFolder trees under ``root``; decoded splits are cached in memory."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = allowed_path(root)
         if not self.root.is_dir():
             raise DataError(f"data folder {self.root} does not exist (expected <data>/<Task>/val|test/<class>/<image>)")
         self._cache: dict[tuple[str, str, Preprocess], Split] = {}
@@ -116,7 +117,7 @@ class ImageFolderData:
         if not files:
             raise DataError(f"{folder} holds no images (expected {folder}/<class>/<image>)")
         log.info("decoding %d images of %s/%s", len(files), task, split)
-        images = torch.stack([_decode(f, preprocess) for f, _ in files])  # (N, 3, S, S) uint8
+        images = torch.stack([_decode(allowed_path(f), preprocess) for f, _ in files])  # (N, 3, S, S) uint8
         labels = torch.tensor([label for _, label in files], dtype=torch.long)  # (N,)
         return Split(images=images, labels=labels, classes=classes)
 

@@ -35,6 +35,7 @@ import torch
 from merging.device import pick_device
 from merging.errors import CheckpointError, IsoscopeError, UntrustedPickleError
 from merging.io import Checkpoint, load_state_dict, open_checkpoint, save_safetensors
+from merging.paths import allowed_path
 from merging.progress import Progress, silent
 from merging.tensors import StateDict, check_compatible, check_finite
 from zoo.base import SPLITS, Zoo
@@ -133,6 +134,8 @@ class FolderZoo(Zoo):
             raise UntrustedPickleError(_untrusted_message(files))
         self.files, self.name, self.tasks = files, files.root.name, list(files.tasks)
         self._trust, self._device = trust_pickle, device
+        for path in self._files():  # served mode: no symlink inside the folder may lead outside
+            allowed_path(path)
         self._base = open_visual(files.pretrained, trust_pickle)
         self._views = {t: self._task_view(t) for t in self.tasks}
         self.config = self._config()
@@ -305,7 +308,7 @@ def _hash_file(digest: "hashlib._Hash", path: Path, root: Path) -> None:
 def _untrusted_message(files: FolderFiles) -> str:
     return (f"{files.root} holds pickled whole models ({files.layout} layout): loading them runs code "
             "stored in the files. Open it only if you trust where the files come from (app: tick "
-            "'I trust these files'; Python: trust_pickle=True), or convert it once to safetensors "
+            "'Trust pickled files'; Python: trust_pickle=True), or convert it once to safetensors "
             f"with zoo.folders.convert_folder('{files.root}', '<out>', trust_pickle=True) and open "
             "the converted folder from then on.")
 
@@ -313,7 +316,7 @@ def _untrusted_message(files: FolderFiles) -> str:
 def open_folder(path: str | Path, data: str | Path | None = None, trust_pickle: bool = False,
                 device: str | torch.device | None = None) -> FolderZoo:
     """The zoo stored in the folder at ``path`` (any layout of ``zoo.layouts.LAYOUTS``)."""
-    return FolderZoo(find_layout(path), data=data, trust_pickle=trust_pickle, device=device)
+    return FolderZoo(find_layout(allowed_path(path)), data=data, trust_pickle=trust_pickle, device=device)
 
 
 def open_files(pretrained: str | Path, finetuned: Mapping[str, str | Path],
@@ -323,9 +326,9 @@ def open_files(pretrained: str | Path, finetuned: Mapping[str, str | Path],
     """A zoo from explicit files: θ0, one checkpoint per task, optional heads per task."""
     if not finetuned:
         raise IsoscopeError("give at least one fine-tuned checkpoint")
-    files = FolderFiles("files", Path(pretrained).parent, Path(pretrained),
-                        {t: Path(p) for t, p in finetuned.items()},
-                        {t: Path(p) for t, p in (heads or {}).items()}, act=act)
+    pretrained = allowed_path(pretrained)
+    files = FolderFiles("files", pretrained.parent, pretrained, {t: allowed_path(p) for t, p in finetuned.items()},
+                        {t: allowed_path(p) for t, p in (heads or {}).items()}, act=act)
     return FolderZoo(files, data=data, trust_pickle=trust_pickle, device=device)
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from merging.errors import CheckpointError
+from merging.paths import allowed_path
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 PRETRAINED_STEMS = ("pretrained", "zeroshot", "zero_shot", "base", "theta0")
@@ -148,7 +149,7 @@ def read_options(folder: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        options = json.loads(path.read_text())
+        options = json.loads(allowed_path(path).read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable JSON file ({err})") from err
     bad = [k for k, v in options.items() if k not in OPTION_TYPES or not isinstance(v, OPTION_TYPES[k])] \

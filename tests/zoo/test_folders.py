@@ -443,3 +443,23 @@ def test_explicit_file_lists(models: dict, data: Path, tmp_path: Path) -> None:
                      heads={"a": root / "head_MNIST.safetensors"})
     assert zoo.tasks == ["a"] and zoo.config.act == "gelu" and zoo.config.heads == 1
     assert torch.equal(zoo.finetuned("a")["proj"], models["gelu"]["MNIST"].proj)
+
+
+def test_served_mode_refuses_folders_and_symlinks_outside_the_roots(models: dict, data: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from merging.errors import PathNotAllowedError
+    from merging.paths import ALLOWED_ROOTS_ENV
+
+    served, outside = tmp_path / "served", tmp_path / "outside"
+    root = write_plain(served / "ckpt", models["gelu"])
+    write_plain(outside, models["gelu"])
+    monkeypatch.setenv(ALLOWED_ROOTS_ENV, str(served))
+    assert open_folder(root).tasks == sorted(TASKS)
+    with pytest.raises(PathNotAllowedError):
+        open_folder(outside)
+    with pytest.raises(PathNotAllowedError):
+        open_folder(root, data=data)  # the data folder lies outside too
+    (root / "SVHN.safetensors").unlink()
+    (root / "SVHN.safetensors").symlink_to(outside / "SVHN.safetensors")
+    with pytest.raises(PathNotAllowedError):
+        open_folder(root)
