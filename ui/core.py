@@ -24,7 +24,7 @@ T = TypeVar("T")
 # What the user can do about each kind of error (most specific class first).
 HINTS: tuple[tuple[type[BaseException], str], ...] = (
     (UntrustedPickleError, "These files are pickled Python objects: loading them runs code stored in them. "
-                           "Tick **Trust pickled files** in the sidebar only if you made them or trust their source."),
+                           "Tick **Trust these files** in the sidebar only if you made them or trust their source."),
     (CheckpointError, "Check the checkpoint folder in the sidebar: it must hold a pretrained model and one "
                       "fine-tuned model per task in one of the layouts listed under *Supported layouts*."),
     (MismatchError, "Every checkpoint must come from the same architecture as the pretrained model."),

@@ -52,8 +52,8 @@ def _zoo_source() -> tuple[str | None, str | None, bool, bool]:
                                        help="One folder per task: `<data>/<Task>/{val,test}/<class>/<image>`. "
                                             "Without it, only the weight-space views work."),
                          "Data folder")
-    trust = st.checkbox("Trust pickled files", key=key("trust_pickle"),
-                        help="Pickled checkpoints run code when loaded. Tick only for files you trust.")
+    trust = st.checkbox("Trust these files", key=key("trust_pickle"),
+                        help="Pickled checkpoints (.pt whole modules) run code when loaded: tick only for files you made or trust.")
     if folder:
         _show_layout(folder)
     return folder, data, trust, False
