@@ -138,6 +138,7 @@ def test_interrupted_build_resumes_from_finished_steps(tmp_path: Path, monkeypat
         zoo.load_zoo(TINY, device="cpu")
     assert not list((tmp_path / "zoo").glob("*.tmp")) and not list((tmp_path / "zoo").glob(".*"))
     calls.clear()
+    monkeypatch.setattr(train, "finetune", lambda *a, **k: (calls.append(1), real(*a, **k)))
     monkeypatch.setattr(train, "pretrain", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
     zoo.load_zoo(TINY, device="cpu")
     assert len(calls) == len(D.RECIPES[TINY]["tasks"]) - 2  # the two finished tasks came from the cache
