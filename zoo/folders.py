@@ -42,7 +42,7 @@ from zoo.base import SPLITS, Zoo
 from zoo.data import ImageFolderData, Preprocess
 from zoo.hf import Plan, apply_recipe, hf_plan, is_hf_state, open_clip_rank, read_hf_config, recipe_shape
 from zoo.layouts import HF_WEIGHTS, OPTIONS_FILE, FolderFiles, detect_layout, find_layout
-from zoo.model import VitConfig, encode, infer_vit_config, load_encoder, state_prefix
+from zoo.model import encode, infer_vit_config, load_encoder, state_prefix
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,11 @@ class FolderZoo(Zoo):
             allowed_path(path)
         self._base = open_visual(files.pretrained, trust_pickle)
         self._views = {t: self._task_view(t) for t in self.tasks}
-        self.config = self._config()
-        self.preprocess = self._preprocess()
+        settings = self._settings()
+        config = infer_vit_config(_meta(self._base), heads=settings.get("heads"))
+        self.config = dataclasses.replace(config, act=settings["act"])
+        self.preprocess = Preprocess(self.config.image_size, **{k: tuple(settings[k]) for k in ("mean", "std")
+                                                                if settings.get(k)})
         self.data = ImageFolderData(data) if data is not None else None
         self._states: dict[str, StateDict] = {}
         self._heads: dict[str, Head] = {}
@@ -154,21 +157,10 @@ class FolderZoo(Zoo):
                          f"fine-tuned checkpoint of task {task} ({self.files.tasks[task]})")
         return view
 
-    def _config(self) -> VitConfig:
-        options = dict(self.files.options)
-        if self.files.layout == "hf":
-            hf = read_hf_config(self.files.pretrained)
-            options = {"act": hf.act, "heads": hf.heads, **options}
-        config = infer_vit_config(_meta(self._base), heads=options.get("heads"))
-        return dataclasses.replace(config, act=options.get("act", self.files.act))
-
-    def _preprocess(self) -> Preprocess:
-        extra = {}
-        if self.files.layout == "hf":
-            hf = read_hf_config(self.files.pretrained)
-            extra = {k: v for k, v in (("mean", hf.mean), ("std", hf.std)) if v}
-        extra.update({k: tuple(self.files.options[k]) for k in ("mean", "std") if k in self.files.options})
-        return Preprocess(self.config.image_size, **extra)
+    def _settings(self) -> dict:
+        """act, heads, mean, std: the layout's defaults < a Hugging Face config < isoscope.json."""
+        hf = dataclasses.asdict(read_hf_config(self.files.pretrained)) if self.files.layout == "hf" else {}
+        return {"act": self.files.act} | {k: v for k, v in hf.items() if v} | self.files.options
 
     @property
     def device(self) -> torch.device:
@@ -202,11 +194,7 @@ class FolderZoo(Zoo):
 
     def _load(self, name: str, view: Mapping[str, torch.Tensor]) -> StateDict:
         if name not in self._states:
-            source = f"{self.files.pretrained if not name else self.files.tasks[name]}"
-            state = {k: view[k] for k in view}
-            for key, value in state.items():
-                check_finite(key, value, source)
-            self._states[name] = state
+            self._states[name] = _read_checked(view, self.files.tasks.get(name, self.files.pretrained))
         return self._states[name]
 
     def missing(self, split: str | None = None, tasks: Iterable[str] | None = None) -> list[str]:
@@ -294,6 +282,14 @@ class _Overlay(Mapping[str, torch.Tensor]):
         return self._owner(key).shape(key)
 
 
+def _read_checked(view: Mapping[str, torch.Tensor], source: Path) -> StateDict:
+    """Every tensor of ``view``; NonFiniteError naming the key and ``source`` on NaN/Inf."""
+    state = {k: view[k] for k in view}
+    for key, value in state.items():
+        check_finite(key, value, str(source))
+    return state
+
+
 def _hash_stat(digest: "hashlib._Hash", path: Path, root: Path) -> None:
     stat = path.stat()
     digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
@@ -336,8 +332,10 @@ def convert_folder(path: str | Path, out: str | Path, trust_pickle: bool = False
                    progress: Progress | None = None) -> Path:
     """Write the zoo at ``path`` to ``out`` in the plain layout: safetensors only, open_clip names."""
     zoo, out, progress = open_folder(path, trust_pickle=trust_pickle), Path(out), progress or silent
-    steps: list[tuple[str, Callable[[], StateDict]]] = [("pretrained", zoo.pretrained)]
-    steps += [(t, lambda t=t: zoo.finetuned(t)) for t in zoo.tasks]
+    files = {"pretrained": (zoo._base, zoo.files.pretrained)} | \
+        {t: (zoo._views[t], zoo.files.tasks[t]) for t in zoo.tasks}  # read one at a time, not cached
+    steps: list[tuple[str, Callable[[], StateDict]]] = [
+        (name, lambda view=view, src=src: _read_checked(view, src)) for name, (view, src) in files.items()]
     steps += [(f"head_{t}", lambda t=t: _head_state(zoo.head(t))) for t in zoo.files.heads]
     for i, (name, load) in enumerate(steps):
         progress(i / len(steps), f"writing {name}.safetensors")

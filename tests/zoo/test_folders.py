@@ -463,3 +463,26 @@ def test_served_mode_refuses_folders_and_symlinks_outside_the_roots(models: dict
     (root / "SVHN.safetensors").symlink_to(outside / "SVHN.safetensors")
     with pytest.raises(PathNotAllowedError):
         open_folder(root)
+
+
+def test_hf_config_and_isoscope_json_set_activation_heads_and_preprocessing(models: dict, tmp_path: Path) -> None:
+    root = write_hf(tmp_path, models["quick_gelu"])
+    config = hf_config(heads=4)
+    config["vision_config"]["hidden_act"] = "gelu"
+    (root / "clip-vit-tiny" / "config.json").write_text(json.dumps(config))
+    (root / "clip-vit-tiny" / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.2, 0.3, 0.4]}))
+    zoo = open_folder(root)
+    assert (zoo.config.act, zoo.config.heads) == ("gelu", 4)
+    assert (zoo.preprocess.mean, zoo.preprocess.std) == ((0.5, 0.5, 0.5), (0.2, 0.3, 0.4))
+    (root / "isoscope.json").write_text(json.dumps({"act": "quick_gelu", "std": [1, 1, 1]}))
+    zoo = open_folder(root)
+    assert (zoo.config.act, zoo.config.heads, zoo.preprocess.std) == ("quick_gelu", 4, (1, 1, 1))
+    (root / "isoscope.json").write_text(json.dumps({"activation": "relu"}))
+    with pytest.raises(CheckpointError, match=r"isoscope.json: unknown or mistyped entries \['activation'\]"):
+        open_folder(root)
+    config["vision_config"]["hidden_act"] = "relu"
+    (root / "isoscope.json").unlink()
+    (root / "clip-vit-tiny" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="hidden_act 'relu' is not supported"):
+        open_folder(root)
