@@ -50,7 +50,7 @@ RECIPES: dict[str, dict] = {
         "version": RECIPE_VERSION, "seed": 0, "tasks": list(dd.TASKS),
         "data": {"test": 497, "val": 200, "train": 1100},
         "model": {"image_size": 32, "patch_size": 8, "width": 128, "layers": 4, "heads": 2, "output_dim": 64},
-        "pretrain": {"steps": 600, "batch": 256, "lr": 1e-3, "weight_decay": 0.05, "temperature": 0.2},
+        "pretrain": {"steps": 1200, "batch": 256, "lr": 1e-3, "weight_decay": 0.05, "temperature": 0.2},
         "finetune": {"steps": 300, "batch": 64, "lr": 3e-4, "weight_decay": 0.0, "stem_lr_scale": 0.1,
                      "logit_scale": 30.0},
     },
@@ -242,8 +242,7 @@ class DigitsZoo(Zoo):
         self.path = Path(path)
         self.recipe: dict = json.loads(meta["recipe"])
         self._fingerprint = meta["fingerprint"]
-        self.name = "digits" if self.recipe == RECIPES["digits"] else f"digits-{self._fingerprint[:6]}"
-        self.name = next((n for n, r in RECIPES.items() if r == self.recipe), self.name)
+        self.name = next((n for n, r in RECIPES.items() if r == self.recipe), f"digits-{self._fingerprint[:6]}")
         self.tasks = list(self.recipe["tasks"])
         self.config = VitConfig(**self.recipe["model"])
         raw = load_state_dict(path)
