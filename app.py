@@ -15,13 +15,13 @@ inject_css()
 
 PAGES = {
     "Explore": [
-        st.Page(PAGE_FILES["overview"], title="Overview", icon="🗂️", default=True),
-        st.Page(PAGE_FILES["spectra"], title="Spectra", icon="📉"),
-        st.Page(PAGE_FILES["alignment"], title="Alignment", icon="🧭"),
-        st.Page(PAGE_FILES["common"], title="Common subspace", icon="🎚️"),
+        st.Page(PAGE_FILES["overview"], title="Overview", icon=":material/dashboard:", default=True),
+        st.Page(PAGE_FILES["spectra"], title="Spectra", icon=":material/show_chart:"),
+        st.Page(PAGE_FILES["alignment"], title="Alignment", icon=":material/explore:"),
+        st.Page(PAGE_FILES["common"], title="Common subspace", icon=":material/tune:"),
     ],
-    "Use": [st.Page(PAGE_FILES["merge"], title="Merge & export", icon="📦")],
-    "Teach": [st.Page(PAGE_FILES["learn"], title="Learn", icon="🎓")],
+    "Use": [st.Page(PAGE_FILES["merge"], title="Merge & export", icon=":material/download:")],
+    "Teach": [st.Page(PAGE_FILES["learn"], title="Learn", icon=":material/school:")],
 }
 
 page = st.navigation(PAGES)

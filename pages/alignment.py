@@ -15,7 +15,7 @@ from ui.page import header, link
 from ui.state import alpha_choice, key, params_for, selection
 from ui.theme import palette, recolor
 
-header("🧭 Alignment",
+header(":material/explore: Alignment",
        "How much of each task survives the merge, measured by the <b>Subspace Alignment Ratio</b> (SAR): the share "
        "of a task matrix's norm that lies in the span of the merged matrix's dominant directions, those that hold "
        "all but ε of its energy. The heatmap shows SAR for every task (rows) and layer (columns) for the method "
@@ -63,7 +63,7 @@ def scatter(averages: pd.DataFrame, nai: pd.DataFrame | None) -> None:
     st.subheader("Does alignment predict accuracy?")
     if nai is None:
         st.warning("The SAR–NAI scatter needs accuracies, and this zoo has no evaluation data: give a data folder "
-                   "in the sidebar. The heatmap and bars above need only the weights.", icon="📂")
+                   "in the sidebar. The heatmap and bars above need only the weights.", icon=":material/folder_open:")
         return
     points = averages.merge(nai, on=["method", "task"])
     stats = sar_nai_correlation(points)

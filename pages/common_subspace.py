@@ -14,7 +14,7 @@ from ui.page import header, link
 from ui.state import alpha_choice, key, params_for, selection
 from ui.theme import palette, recolor
 
-header("🎚️ Common subspace",
+header(":material/tune: Common subspace",
        "Accuracy as the size of the shared subspace moves. Left: Iso-CTS against its <b>common fraction</b> "
        "(1 is Iso-C; smaller values leave more of each layer's rank to task-specific directions). Right: CART "
        "against its <b>rank ratio</b> ρ (the rank kept for each centred task vector). Thin lines are tasks, the "

@@ -13,7 +13,7 @@ from ui.page import header, link
 from ui.state import key
 from ui.theme import method_color, style_figure
 
-header("🎓 Learn: spectral merging in five steps",
+header(":material/school: Learn: spectral merging in five steps",
        "A guided tour for a first encounter (or a lecture). Each step explains one idea and shows it on a "
        "toy: a pretrained 8×8 <i>layer</i> θ0 and three copies fine-tuned on three <i>tasks</i>. Move the "
        "sliders and watch the numbers respond; then follow the link to the same picture on the real zoo. "

@@ -19,7 +19,7 @@ from ui.page import header, link
 from ui.state import alpha_choice, key, selection
 from ui.theme import recolor, palette
 
-header("📦 Merge & export",
+header(":material/download: Merge & export",
        "Merge with the method, parameters and α chosen in the sidebar, check the result task by task against the "
        "pretrained model (zero-shot, the floor) and the fine-tuned experts (the ceiling), then download the merged "
        "encoder as safetensors and the tables as CSV. <b>Normalized accuracy</b> is merged ÷ fine-tuned: 100% means "
@@ -56,7 +56,7 @@ def csv_bytes(table: pd.DataFrame) -> bytes:
 if not zoo.has_data:
     alpha = sel.alpha if method.fixed_alpha is None else method.fixed_alpha
     st.warning("This zoo has no evaluation data, so the merge cannot be scored: give a data folder in the sidebar. "
-               f"You can still download the merge at α = {alpha:g}.", icon="📂")
+               f"You can still download the merge at α = {alpha:g}.", icon=":material/folder_open:")
     table = None
 else:
     with progress_bar(f"Merging with {method.display_name} and scoring every task") as report, errors_in_place():
@@ -85,12 +85,12 @@ else:
 st.subheader("Download")
 d1, d2, d3 = st.columns(3)
 stem = f"{zoo.name}-{method.name}-alpha{alpha:g}"
-d1.download_button("⬇️ Merged encoder (.safetensors)", data=lambda: merged_bytes(alpha), file_name=f"{stem}.safetensors",
-                   mime="application/octet-stream", key=key("dl_model"),
+d1.download_button("Merged encoder (.safetensors)", data=lambda: merged_bytes(alpha), file_name=f"{stem}.safetensors",
+                   mime="application/octet-stream", key=key("dl_model"), icon=":material/download:", type="primary",
                    help="The full merged image-encoder state dict; the task heads are unchanged.")
 if table is not None:
-    d2.download_button("⬇️ Accuracy table (.csv)", data=csv_bytes(table), file_name=f"{stem}-accuracy.csv",
+    d2.download_button("Accuracy table (.csv)", data=csv_bytes(table), file_name=f"{stem}-accuracy.csv",
                        mime="text/csv", key=key("dl_table"), help="Test and validation rows, with references.")
-    d3.download_button("⬇️ References (.csv)", data=csv_bytes(refs), file_name=f"{zoo.name}-references.csv",
+    d3.download_button("References (.csv)", data=csv_bytes(refs), file_name=f"{zoo.name}-references.csv",
                        mime="text/csv", key=key("dl_refs"), help="Zero-shot and fine-tuned accuracy per task.")
-link("learn", "New to spectral merging? Take the guided tour", icon="🎓")
+link("learn", "New to spectral merging? Take the guided tour", icon=":material/school:")

@@ -13,7 +13,7 @@ from ui.page import header, link
 from ui.state import key
 from ui.theme import palette, task_colors
 
-header("🗂️ Overview",
+header(":material/dashboard: Overview",
        "The zoo at a glance: which tasks there are, how well the pretrained model (zero-shot) and each fine-tuned "
        "model do on them, and how large and how similar the task vectors τt = θt − θ0 are. Read the accuracy bars "
        "as the two ends of the range any merge lands in: zero-shot is the floor, fine-tuned the ceiling. A large "
@@ -31,7 +31,7 @@ st.markdown(f"**{zoo.name}** · {len(zoo.tasks)} tasks · {len(merger.matrix_key
 st.subheader("Zero-shot and fine-tuned accuracy")
 if not zoo.has_data:
     st.warning("No evaluation data for this zoo: accuracy needs a data folder (sidebar). The task-vector "
-               "geometry below needs only the weights.", icon="📂")
+               "geometry below needs only the weights.", icon=":material/folder_open:")
 else:
     with progress_bar("Scoring the pretrained and fine-tuned models") as report, errors_in_place(stop=False):
         report(0.1, "zero-shot and fine-tuned, every task")

@@ -12,7 +12,7 @@ from ui.page import header, link
 from ui.state import key, params_for, selection
 from ui.theme import palette, recolor
 
-header("📉 Spectra",
+header(":material/show_chart: Spectra",
        "Singular values of one layer's matrices, largest first, on a log scale. Thin coloured lines: the task "
        "matrices Δt; dashed black: their Task Arithmetic sum (before flattening); thick: the merged matrices of "
        "Iso-C, Iso-CTS, TSV-M and CART (after). A steep curve means a few directions dominate, so tasks whose "
@@ -63,7 +63,8 @@ def spectrum_view() -> None:
     fig = figures.spectrum_figure(table, labels[layer_key], bound.to_dict())
     fig.update_yaxes(type="log" if log_scale else "linear")
     left.plotly_chart(recolor(fig, colors), key=key("spectra_fig"))
-    right.plotly_chart(recolor(figures.energy_figure(table, labels[layer_key], bound.to_dict()), colors),
+    energy = figures.energy_figure(table, labels[layer_key], bound.to_dict()).update_layout(showlegend=False)
+    right.plotly_chart(recolor(energy, colors),
                        key=key("spectra_fig_energy"))
     r, k, s = int(bound["r"]), int(bound["k"]), int(bound["s"])
     st.caption(f"{labels[layer_key]}: rank r = {r}; Iso-CTS keeps k = {k} common directions and s = {s} per task "

@@ -23,7 +23,7 @@ def current_zoo(sel: Selection | None = None) -> Any:
     sel = sel or selection()
     if not sel.zoo_spec:
         st.info("Type the path of a checkpoint folder in the sidebar (or pick the embedded digits zoo).",
-                icon="📂")
+                icon=":material/folder_open:")
         st.stop()
     load_zoo = need("zoo", "load_zoo", "The model zoo")
 
@@ -62,7 +62,7 @@ def require_data(zoo: Any, view: str) -> None:
     if not getattr(zoo, "has_data", True):
         st.warning(f"**{view} needs evaluation data**, and this zoo has none. Give a data folder in the "
                    "sidebar (one folder per task, `<data>/<Task>/{val,test}/<class>/<image>`). "
-                   "The weight-space views (Spectra, Alignment's heatmap) work without it.", icon="📂")
+                   "The weight-space views (Spectra, Alignment's heatmap) work without it.", icon=":material/folder_open:")
         st.stop()
 
 

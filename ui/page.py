@@ -20,5 +20,5 @@ def header(title: str, lead: str) -> None:
     st.markdown(f"<div class='iso-lead'>{lead}</div>", unsafe_allow_html=True)
 
 
-def link(page: str, label: str, icon: str = "➡️") -> None:
+def link(page: str, label: str, icon: str = ":material/arrow_forward:") -> None:
     st.page_link(PAGE_FILES[page], label=label, icon=icon)

@@ -34,7 +34,7 @@ def _checked_path(text: str, label: str) -> str | None:
         show_error(err)
         return None
     if not path.is_dir():
-        st.error(f"**{label}: {path} is not a folder.** Type the path of an existing folder.", icon="⚠️")
+        st.error(f"**{label}: {path} is not a folder.** Type the path of an existing folder.", icon=":material/error:")
         return None
     return str(path)
 
@@ -78,7 +78,7 @@ def param_widget(method: Method, param: Param) -> float | int:
 
 def _method_section(methods: dict[str, Method]) -> tuple[str | None, dict[str, Any]]:
     if not methods:
-        st.info("No merge method is registered yet (the engine is landing).", icon="🛠️")
+        st.info("No merge method is registered yet (the engine is landing).", icon=":material/construction:")
         return None, {}
     names = list(methods)
     default = names.index("iso_cts") if "iso_cts" in names else 0
@@ -106,7 +106,7 @@ def _alpha_section(method: Method | None, has_data: bool) -> tuple[str, float]:
 def render() -> Selection:
     """Draw the sidebar and store (and return) the selection."""
     with st.sidebar:
-        st.markdown("### 🔭 Isoscope")
+        st.markdown("### :material/biotech: Isoscope")
         spec, data, trust, embedded = _zoo_source()
         devices = available_devices()
         device = st.selectbox("Device", devices, key=key("device"),

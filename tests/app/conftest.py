@@ -77,3 +77,19 @@ def values(data: object) -> np.ndarray:
             shape = [int(s) for s in shape.split(",")]
         return flat.reshape(shape) if shape else flat
     return np.asarray(data, dtype=float)
+
+
+@pytest.fixture(scope="session")
+def e2e_zoo() -> Iterator[str]:
+    """The zoo the end-to-end server opens: digits-tiny, or $ISOSCOPE_E2E_ZOO (``digits`` for the
+    README screenshot). Must be requested before ``streamlit_server``, which copies the env."""
+    import os
+
+    spec = os.environ.get("ISOSCOPE_E2E_ZOO", "digits-tiny")
+    old = os.environ.get("ISOSCOPE_ZOO")
+    os.environ["ISOSCOPE_ZOO"] = spec
+    yield spec
+    if old is None:
+        os.environ.pop("ISOSCOPE_ZOO", None)
+    else:
+        os.environ["ISOSCOPE_ZOO"] = old
