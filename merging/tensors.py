@@ -39,15 +39,30 @@ def task_vectors(pretrained: Mapping[str, torch.Tensor], finetuned: Mapping[str,
     return {k: task_vector(v, finetuned[k]) for k, v in pretrained.items()}
 
 
+def _shape(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    """Shape without reading data when ``state`` is lazy (merging.io.Checkpoint has ``shape``)."""
+    return tuple(state.shape(key)) if hasattr(state, "shape") else tuple(state[key].shape)
+
+
+def _is_float(state: Mapping[str, torch.Tensor], key: str) -> bool:
+    dtype = state.dtype(key) if hasattr(state, "dtype") else state[key].dtype
+    return dtype.is_floating_point
+
+
 def check_compatible(reference: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor], name: str) -> None:
-    """Raise MismatchError naming the first few differing keys or shapes."""
+    """Raise MismatchError naming the first few missing/unexpected keys, differing shapes, and
+    float-vs-integer dtype differences (fp16 against fp32 is fine: merging computes in fp32).
+    Lazy checkpoints are checked from their headers, without reading tensors."""
     missing = [k for k in reference if k not in other]
     extra = [k for k in other if k not in reference]
-    shapes = [f"{k} {tuple(reference[k].shape)} vs {tuple(other[k].shape)}"
-              for k in reference if k in other and tuple(reference[k].shape) != tuple(other[k].shape)]
+    common = [k for k in reference if k in other]
+    shapes = [f"{k} {_shape(reference, k)} vs {_shape(other, k)}"
+              for k in common if _shape(reference, k) != _shape(other, k)]
+    kinds = [k for k in common if _is_float(reference, k) != _is_float(other, k)]
     problems = ([f"missing keys: {', '.join(missing[:3])}"] if missing else []) + \
                ([f"unexpected keys: {', '.join(extra[:3])}"] if extra else []) + \
-               ([f"shape differs: {'; '.join(shapes[:3])}"] if shapes else [])
+               ([f"shape differs: {'; '.join(shapes[:3])}"] if shapes else []) + \
+               ([f"float vs integer dtype: {', '.join(kinds[:3])}"] if kinds else [])
     if problems:
         raise MismatchError(f"{name} does not match the pretrained model ({'; '.join(problems)})")
 

@@ -309,3 +309,22 @@ def test_hand_made_files_with_honest_sizes_do_load(tmp_path: Path) -> None:
     assert open_checkpoint(write_torch_zip_with_numel(tmp_path / "ok.pt", 1))["w"].shape == (1,)
     assert open_checkpoint(write_torch_legacy_with_numel(tmp_path / "ok_l.pt", 1))["w"].shape == (1,)
 
+
+
+def test_mismatches_are_named_from_headers_without_reading_tensors(tmp_path: Path, monkeypatch) -> None:
+    from merging.errors import MismatchError
+    from merging.tensors import check_compatible
+
+    base = {f"k{i}": torch.zeros(2, 3) for i in range(5)} | {"steps": torch.zeros(4)}
+    other = {f"k{i}": torch.zeros(3, 2) for i in range(5)} | {"steps": torch.arange(4), "extra": torch.ones(1)}
+    save_safetensors(base, tmp_path / "a.safetensors")
+    save_safetensors(other, tmp_path / "b.safetensors")
+    a, b = open_checkpoint(tmp_path / "a.safetensors"), open_checkpoint(tmp_path / "b.safetensors")
+    for ckpt in (a, b):
+        monkeypatch.setattr(ckpt, "_read", lambda key: pytest.fail(f"read {key}"))
+    with pytest.raises(MismatchError) as info:
+        check_compatible(a, b, "fine-tuned model 1")
+    message = str(info.value)
+    assert "unexpected keys: extra" in message and "float vs integer dtype: steps" in message
+    assert message.count("(2, 3) vs (3, 2)") == 3 and "fine-tuned model 1" in message
+    check_compatible(a, {k: v.half() if v.is_floating_point() else v for k, v in base.items()}, "fp16 twin")
