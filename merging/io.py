@@ -267,7 +267,7 @@ def untrusted_message(path: Path, names: list[str]) -> str:
         ", ".join(_printable(n, 50) for n in list(dict.fromkeys(names))[:3]) + ", …"
     return (f"{path}: refused: it is a pickled Python object (it imports {shown}) and loading it would "
             f"execute code from the file; if you trust its source, pass --trust-pickle (in the app, tick "
-            f"'trust these files') and convert it once to safetensors with: python -m merging convert "
+            f"'Trust pickled files') and convert it once to safetensors with: python -m merging convert "
             f"{path} --out {path.with_suffix('.safetensors')} --trust-pickle")
 
 
