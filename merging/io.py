@@ -263,8 +263,8 @@ def _open_safetensors(path: Path, _size: int, _trust: bool) -> _Opened:
 
 def untrusted_message(path: Path, names: list[str]) -> str:
     """The one-line refusal: why, and how to proceed."""
-    shown = ", ".join(_printable(n, 50) for n in dict.fromkeys(names)) if len(set(names)) <= 3 else \
-        ", ".join(_printable(n, 50) for n in list(dict.fromkeys(names))[:3]) + ", …"
+    unique = list(dict.fromkeys(names))
+    shown = ", ".join(_printable(n, 50) for n in unique[:3]) + (", …" if len(unique) > 3 else "")
     return (f"{path}: refused: it is a pickled Python object (it imports {shown}) and loading it would "
             f"execute code from the file; if you trust its source, pass --trust-pickle (in the app, tick "
             f"'Trust pickled files') and convert it once to safetensors with: python -m merging convert "
