@@ -102,6 +102,10 @@ def hf_plan(keys: Iterable[str]) -> Plan:
             plan[entry[0]] = entry[1]
     if unmapped:
         raise CheckpointError(f"Hugging Face keys with no open_clip counterpart: {', '.join(unmapped[:3])}")
+    present = set(keys)
+    absent = sorted({s for _, sources in plan.values() for s in sources if s not in present})
+    if absent:
+        raise CheckpointError(f"incomplete Hugging Face checkpoint: missing {', '.join(absent[:3])}")
     outer = prefix[: -len("vision_model.")] if prefix.endswith("vision_model.") else prefix
     if outer + PROJECTION in keys:
         plan["proj"] = ("t", (outer + PROJECTION,))
@@ -195,7 +199,7 @@ class HfVision:
     std: tuple[float, ...] | None = None
 
 
-_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
+ACTS = ("quick_gelu", "gelu")  # Hugging Face hidden_act values with an open_clip counterpart
 
 
 def read_hf_config(folder: str | Path) -> HfVision:
@@ -204,12 +208,12 @@ def read_hf_config(folder: str | Path) -> HfVision:
     config = _read_json(folder / "config.json")
     vision = config.get("vision_config", config)
     act = vision.get("hidden_act", HfVision.act)
-    if act not in _ACTS:
+    if act not in ACTS:
         raise CheckpointError(f"{folder}/config.json: hidden_act {act!r} is not supported "
-                              f"(supported: {', '.join(_ACTS)})")
+                              f"(supported: {', '.join(ACTS)})")
     pre = _read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
     mean, std = pre.get("image_mean"), pre.get("image_std")
-    return HfVision(act=_ACTS[act], heads=vision.get("num_attention_heads"),
+    return HfVision(act=act, heads=vision.get("num_attention_heads"),
                     mean=tuple(mean) if mean else None, std=tuple(std) if std else None)
 
 

@@ -329,6 +329,12 @@ def test_hf_mapping_gives_the_same_encoder_outputs() -> None:
     assert torch.allclose(reference, want, atol=1e-5)  # the HF names hold the same network
     assert torch.allclose(got, want, atol=1e-5)
     assert set(hf_state) >= {"vision_model.encoder.layers.1.self_attn.v_proj.bias", "visual_projection.weight"}
+    del hf_state["vision_model.encoder.layers.1.self_attn.k_proj.weight"]
+    with pytest.raises(CheckpointError, match="incomplete Hugging Face checkpoint: missing "
+                                              "vision_model.encoder.layers.1.self_attn.k_proj.weight"):
+        hf_to_open_clip(hf_state)
+    with pytest.raises(CheckpointError, match="no open_clip counterpart: vision_model.encoder.layers.0.extra.weight"):
+        hf_to_open_clip({**hf_state, "vision_model.encoder.layers.0.extra.weight": torch.ones(1)})
 
 
 def test_hf_base_can_be_named_pretrained(models: dict, tmp_path: Path) -> None:
