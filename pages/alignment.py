@@ -9,7 +9,7 @@ import streamlit as st
 from analysis import figures
 from merging.registry import all_methods
 from ui import data
-from ui.core import errors_in_place, progress_bar
+from ui.core import errors_in_place, progress_bar, timed
 from ui.models import current_evaluator, current_zoo
 from ui.page import header, link
 from ui.state import alpha_choice, key, params_for, selection
@@ -75,6 +75,11 @@ def scatter(averages: pd.DataFrame, nai: pd.DataFrame | None) -> None:
 
 @st.fragment
 def alignment_view(nai: pd.DataFrame | None) -> None:
+    with timed("alignment"):
+        _alignment_view(nai)
+
+
+def _alignment_view(nai: pd.DataFrame | None) -> None:
     eps = st.slider("ε: energy of the merged matrix left out of its subspace", 0.01, 0.5, 0.05, 0.01,
                     key=key("align_eps"), help="k_M is the smallest rank holding all but ε of ‖ΔM‖F² "
                                                "(paper default 0.05). Larger ε: smaller subspace, lower SAR.")

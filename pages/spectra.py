@@ -7,6 +7,7 @@ import streamlit as st
 from analysis import figures
 from merging.registry import all_methods
 from ui import charts, data
+from ui.core import timed
 from ui.models import current_zoo, decompositions
 from ui.page import header, link
 from ui.state import key, params_for, selection
@@ -45,6 +46,11 @@ def method_params(fraction: float) -> tuple[tuple[str, tuple], ...]:
 
 @st.fragment
 def spectrum_view() -> None:
+    with timed("spectra"):
+        _spectrum_view()
+
+
+def _spectrum_view() -> None:
     default = float(dict(params_for("iso_cts")).get("common_fraction", 0.8))
     fraction = st.slider("Common fraction of Iso-CTS", 0.0, 1.0, default, 0.05, key=key("spectra_fraction"),
                          help="Share of each layer's rank r given to the common subspace (the rest is split "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -140,3 +141,16 @@ def cached(kind: str, key: Any, build: Callable[[], T]) -> T:
 
 def is_cached(kind: str, key: Any) -> bool:
     return key in _store(kind)
+
+
+@contextmanager
+def timed(name: str) -> Iterator[None]:
+    """Server-side time of a view's redraw, in ms, kept in ``st.session_state['iso_timings']``
+    (read by benchmarks/app_redraw.py) and logged at DEBUG."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = (time.perf_counter() - start) * 1000
+        st.session_state.setdefault("iso_timings", {})[name] = elapsed
+        log.debug("%s redrawn in %.0f ms", name, elapsed)
