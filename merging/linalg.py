@@ -11,8 +11,10 @@ converge on some wide Iso-CTS residuals (DESIGN §6), so ``svd`` walks a fallbac
    completion of the left vectors of zero singular values.
 
 ``polar`` returns the orthogonal polar factor U⊥ = P Qᵀ of A = P D Qᵀ (Higham, *Functions of
-Matrices*, ch. 8); for well-conditioned inputs it is computed from one float64 eigh of the
-small Gram matrix, AᵀA = W Λ Wᵀ ⇒ U⊥ = A W Λ^{-1/2} Wᵀ, and from the SVD otherwise.
+Matrices*, ch. 8); for well-conditioned tall inputs it is computed from one float32 eigh of
+the small Gram matrix, AᵀA = W Λ Wᵀ ⇒ U⊥ = A W Λ^{-1/2} Wᵀ, and from the SVD otherwise.
+``polar_extended`` handles [orthonormal block | extra columns] with one small eigh, and
+``top_svd`` the top-k triplets from the small-side Gram (TSV-M, Iso-CTS residuals).
 """
 
 from __future__ import annotations
@@ -27,18 +29,26 @@ from merging.errors import NonFiniteError
 log = logging.getLogger(__name__)
 
 SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-# Gram-based polar/SVD is used only when σ_min/σ_max exceeds this (float64 eigh keeps
-# ~1e-16·λ_max absolute accuracy, so λ_min ≥ 1e-16 leaves ≥ 8 correct digits on σ_min²).
-GRAM_MIN_RATIO = 1e-4
+# The float32 Gram route of ``polar`` is taken only up to this condition number (measured on
+# 3072×768: κ 10 → 3e-6 like a float32 SVD; κ 30 → 2e-5; κ 100 → 2e-4).
+GRAM_POLAR_MAX_COND = 20.0
+
+
+def _all_finite(a: torch.Tensor) -> bool:
+    """True when ``a`` holds no NaN/Inf. One reduction (NaN/Inf propagate into the sum); the
+    exact elementwise check runs only when the sum is not finite (NaN/Inf, or overflow)."""
+    if a.numel() == 0 or bool(torch.isfinite(a.sum())):
+        return True
+    return bool(torch.isfinite(a).all())
 
 
 def _check_finite(a: torch.Tensor, what: str) -> None:
-    if not bool(torch.isfinite(a).all()):
+    if not _all_finite(a):
         raise NonFiniteError(f"{what}: input matrix {tuple(a.shape)} holds NaN/Inf values")
 
 
 def _finite(*tensors: torch.Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    return all(_all_finite(t) for t in tensors)
 
 
 def _lapack(a: torch.Tensor) -> SVD:  # a (m, n), m ≥ n
@@ -149,15 +159,19 @@ def polar_from_svd(u: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
 
 
 def _gram_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(polar factor, singular values) from one float64 eigh of the small Gram, or None when
-    ``a`` is too ill-conditioned for it.  ``a`` is tall (m ≥ n)."""
-    a64 = a.double()  # (m, n)
-    lam, w = torch.linalg.eigh(a64.T @ a64)  # ascending (n,), (n, n)
-    if not _finite(lam, w) or lam[-1] <= 0 or lam[0] < (GRAM_MIN_RATIO ** 2) * lam[-1]:
+    """(polar factor, singular values) of a tall float32 ``a`` (m ≥ 2n) from one float32 eigh of
+    its small Gram, AᵀA = W Λ Wᵀ ⇒ U⊥ = A W Λ^{-1/2} Wᵀ; None when κ(A) > GRAM_POLAR_MAX_COND
+    (the Gram would lose accuracy; measured: κ ≤ 10 matches a float32 SVD, 3e-6)."""
+    if a.dtype != torch.float32 or a.shape[0] < 2 * a.shape[1]:
+        return None  # square-ish: the SVD is as fast as Gram + eigh + two products
+    try:
+        lam, w = torch.linalg.eigh(a.T @ a)  # ascending (n,), (n, n)
+    except RuntimeError:
+        return None
+    if not _finite(lam, w) or lam[-1] <= 0 or lam[0] < lam[-1] / GRAM_POLAR_MAX_COND ** 2:
         return None
     s = lam.sqrt()  # (n,)
-    q = (a64 @ (w / s)) @ w.T  # A W Λ^{-1/2} Wᵀ  (m, n)
-    return q.to(a.dtype), s.flip(0).to(a.dtype)
+    return a @ ((w / s) @ w.T), s.flip(0)  # (m, n), (n,) descending
 
 
 def polar_with_values(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,11 +236,16 @@ def top_svd(a: torch.Tensor, rank: int) -> SVD:
     return truncated_svd(a, rank)
 
 
+# λ_min/λ_max of H below which polar_extended re-orthonormalizes q (κ([q | x]) > 100).
+ORTHONORMALIZE_BELOW = 1e-4
+
+
 def _orthonormalize(q: torch.Tensor) -> torch.Tensor:
-    """q (qᵀq)^{-1/2} in float64: removes the ~1e-7 orthonormality defect of float32 factors."""
+    """q (I − E/2) in float64, E = qᵀq − I: one Newton–Schulz step removes the ~1e-7 float32
+    orthonormality defect of ``q`` (p, k), leaving O(E²) ≈ 1e-14."""
     q64 = q.double()  # (p, k)
-    lam, w = torch.linalg.eigh(q64.T @ q64)  # (k,), (k, k), all ≈ 1
-    return q64 @ ((w * lam.rsqrt()) @ w.T)
+    defect = q64.T @ q64 - torch.eye(q.shape[1], dtype=torch.float64, device=q.device)  # (k, k)
+    return q64 - 0.5 * (q64 @ defect)
 
 
 def _extended(q64: torch.Tensor, x64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -247,9 +266,9 @@ def polar_extended(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     The Gram G = [[I, C], [Cᵀ, XᵀX]] (C = qᵀx) differs from I by a rank ≤ 2l term
     Z (H − I) Zᵀ with Z = blockdiag(Q_C, I), C = Q_C R_C and H = [[I, R_C], [R_Cᵀ, XᵀX]],
     so G^{-1/2} = I + Z (H^{-1/2} − I) Zᵀ needs one small (≤ 2l)² eigh (float64).
-    The formula trusts qᵀq = I; when [q | x] is not well conditioned (κ > 30) the float32
-    defect of q would be amplified, so q is first re-orthonormalized in float64 and the big
-    products run in float64. Falls back to the SVD when [q | x] is numerically rank deficient."""
+    The formula trusts qᵀq = I; when [q | x] is ill-conditioned (κ > 100) the ~1e-7 float32
+    defect of q would be amplified (∝ κ²), so q is first re-orthonormalized in float64 and the
+    big products run in float64. Falls back to the SVD when [q | x] is numerically rank deficient."""
     k, l = q.shape[1], x.shape[1]
     if l == 0:
         return q.clone()
@@ -258,7 +277,7 @@ def polar_extended(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if not _finite(lam, phi) or lam[0] < 1e-10 * lam[-1]:
         return polar(torch.cat([q, x], 1))
     dtype = q.dtype
-    if lam[0] < 1e-3 * lam[-1]:
+    if lam[0] < ORTHONORMALIZE_BELOW * lam[-1]:
         dtype, q64 = torch.float64, _orthonormalize(q)
         qc, phi, lam = _extended(q64, x64)
     qd, xd, qc, phi = q64.to(dtype), x64.to(dtype), qc.to(dtype), phi.to(dtype)

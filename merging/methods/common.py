@@ -60,7 +60,13 @@ class Layer:
 
     def total(self) -> torch.Tensor:
         """Σt τt (cached)."""
-        return self.memo("sum", lambda: torch.stack(list(self.taus)).sum(0))
+        return self.memo("sum", self._sum)
+
+    def _sum(self) -> torch.Tensor:
+        total = self.taus[0].clone()
+        for tau in self.taus[1:]:
+            total += tau
+        return total
 
     def mean(self) -> torch.Tensor:
         """mean of the τt (cached through ``total``)."""

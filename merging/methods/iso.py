@@ -80,7 +80,7 @@ def _residual_top_tall(layer: Layer, t: int, k: int, s: int) -> SVD:
     """Top-s triplets of Rt when m > n, from the n×n Gram Nt + Ft[k:]ᵀFt[k:]."""
     f, n_t = _tall_grams(layer, t)
     gram = n_t + f[k:].T @ f[k:]  # (n, n)
-    lam, w = torch.linalg.eigh(gram.double())
+    lam, w = torch.linalg.eigh(gram)
     lam, w = lam.flip(0)[:s].clamp_min(0), w.flip(1)[:, :s]  # (s,), (n, s)
     if s and lam[-1] <= 1e-12 * max(float(lam[0]), 1e-300):
         return _residual_top_plain(layer, t, k, s)

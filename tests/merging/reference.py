@@ -65,34 +65,23 @@ def ties(tvs: list[State], pre: Mapping[str, Tensor], top_k: float = 20.0) -> St
     return res
 
 
-def tsv_m(tvs: list[State], pre: Mapping[str, Tensor]) -> State:
-    res = {}
-    for k in pre:
-        if not is_matrix(k, pre[k]):
-            res[k] = mean_tv(tvs, k)
-            continue
-        r = min(pre[k].shape)
-        s = r // len(tvs)
-        us, ss, vs = [], [], []
-        for tv in tvs:
-            u, sig, vh = torch.linalg.svd(tv[k], full_matrices=False)
-            us.append(u[:, :s])
-            ss.append(sig[:s])
-            vs.append(vh[:s].T)
-        u, sig, v = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
-        res[k] = polar(u) @ torch.diag(sig) @ polar(v).T
-    return res
+def tsv_m_matrix(taus: Sequence[Tensor]) -> Tensor:
+    """TSV-M on one task matrix, in the dtype of ``taus``."""
+    s = min(taus[0].shape) // len(taus)
+    us, ss, vs = [], [], []
+    for tau in taus:
+        u, sig, vh = torch.linalg.svd(tau, full_matrices=False)
+        us.append(u[:, :s])
+        ss.append(sig[:s])
+        vs.append(vh[:s].T)
+    u, sig, v = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
+    return polar(u) @ torch.diag(sig) @ polar(v).T
 
 
-def iso_c(tvs: list[State], pre: Mapping[str, Tensor]) -> State:
-    res = {}
-    for k in pre:
-        if not is_matrix(k, pre[k]):
-            res[k] = mean_tv(tvs, k)
-            continue
-        u, sig, vh = torch.linalg.svd(sum(tv[k] for tv in tvs), full_matrices=False)
-        res[k] = sig.mean() * u @ vh
-    return res
+def iso_c_matrix(taus: Sequence[Tensor]) -> Tensor:
+    """Iso-C on one task matrix, in the dtype of ``taus``."""
+    u, sig, vh = torch.linalg.svd(sum(taus), full_matrices=False)
+    return sig.mean() * u @ vh
 
 
 def common_rank(r: int, num_tasks: int, f: float) -> tuple[int, int]:
@@ -103,25 +92,37 @@ def common_rank(r: int, num_tasks: int, f: float) -> tuple[int, int]:
     return k, (r - k) // num_tasks
 
 
+def iso_cts_matrix(taus: Sequence[Tensor], common_fraction: float = 0.8) -> Tensor:
+    """Iso-CTS on one task matrix, in the dtype of ``taus``."""
+    k, s = common_rank(min(taus[0].shape), len(taus), common_fraction)
+    u, sig, vh = torch.linalg.svd(sum(taus), full_matrices=False)
+    us, ss, vs = [u[:, :k]], [sig[:k]], [vh[:k].T]
+    for tau in taus:
+        resid = tau - u[:, :k] @ (u[:, :k].T @ tau)
+        ru, rs, rvh = torch.linalg.svd(resid, full_matrices=False)
+        us.append(ru[:, :s])
+        ss.append(rs[:s])
+        vs.append(rvh[:s].T)
+    ustar, sstar, vstar = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
+    return sstar.mean() * polar(ustar) @ polar(vstar).T
+
+
+def spectral(matrix_fn, tvs: list[State], pre: Mapping[str, Tensor], **params: float) -> State:
+    """Apply a per-matrix method to every matrix key; other keys take the mean of the τt."""
+    return {k: matrix_fn([tv[k] for tv in tvs], **params) if is_matrix(k, pre[k]) else mean_tv(tvs, k)
+            for k in pre}
+
+
+def tsv_m(tvs: list[State], pre: Mapping[str, Tensor]) -> State:
+    return spectral(tsv_m_matrix, tvs, pre)
+
+
+def iso_c(tvs: list[State], pre: Mapping[str, Tensor]) -> State:
+    return spectral(iso_c_matrix, tvs, pre)
+
+
 def iso_cts(tvs: list[State], pre: Mapping[str, Tensor], common_fraction: float = 0.8) -> State:
-    res = {}
-    for key in pre:
-        if not is_matrix(key, pre[key]):
-            res[key] = mean_tv(tvs, key)
-            continue
-        r = min(pre[key].shape)
-        k, s = common_rank(r, len(tvs), common_fraction)
-        u, sig, vh = torch.linalg.svd(sum(tv[key] for tv in tvs), full_matrices=False)
-        us, ss, vs = [u[:, :k]], [sig[:k]], [vh[:k].T]
-        for tv in tvs:
-            resid = tv[key] - u[:, :k] @ u[:, :k].T @ tv[key]
-            ru, rs, rvh = torch.linalg.svd(resid, full_matrices=False)
-            us.append(ru[:, :s])
-            ss.append(rs[:s])
-            vs.append(rvh[:s].T)
-        ustar, sstar, vstar = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
-        res[key] = sstar.mean() * polar(ustar) @ polar(vstar).T
-    return res
+    return spectral(iso_cts_matrix, tvs, pre, common_fraction=common_fraction)
 
 
 def cart(tvs: list[State], pre: Mapping[str, Tensor], rank_ratio: float = 0.12) -> tuple[State, State]:

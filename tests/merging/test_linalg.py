@@ -54,12 +54,20 @@ def test_polar_is_orthonormal_and_closest(name: str) -> None:
 
 
 def test_polar_gram_path_and_svd_path_agree() -> None:
-    a = torch.randn(40, 10, generator=torch.Generator().manual_seed(4)).double()
+    a = torch.randn(40, 10, generator=torch.Generator().manual_seed(4))  # κ ≈ 3: Gram route
     fast = linalg._gram_polar(a)
     assert fast is not None
-    u, s, vh = torch.linalg.svd(a, full_matrices=False)
-    assert torch.allclose(fast[0], u @ vh, atol=1e-10) and torch.allclose(fast[1], s, atol=1e-10)
-    assert linalg._gram_polar(_low_rank(40, 10, 3).double()) is None  # ill-conditioned: refuses
+    u, s, vh = torch.linalg.svd(a.double(), full_matrices=False)
+    assert torch.allclose(fast[0].double(), u @ vh, atol=2e-6) and torch.allclose(fast[1].double(), s, rtol=1e-5)
+    assert linalg._gram_polar(_low_rank(40, 10, 3)) is None  # ill-conditioned: refuses
+    assert linalg._gram_polar(torch.randn(15, 10)) is None  # square-ish: the SVD route
+
+
+def test_finite_check_is_exact_on_overflowing_sums() -> None:
+    big = torch.full((4, 4), 3e38)  # finite, but the sum overflows to inf
+    assert linalg._all_finite(big)
+    big[1, 2] = float("inf")
+    assert not linalg._all_finite(big)
 
 
 @pytest.mark.parametrize(("shape", "rank"), [((50, 20), 5), ((20, 50), 5), ((30, 30), 15), ((30, 30), 30)])

@@ -1,0 +1,272 @@
+"""Merge-engine speed and memory against the plain reference (DESIGN §6).
+
+    flock /tmp/isoscope-cpu.lock .venv/bin/python -m benchmarks.merge_speed            # full
+    flock /tmp/isoscope-cpu.lock .venv/bin/python -m benchmarks.merge_speed --quick    # 2 blocks, small stream
+
+Workload: synthetic task vectors with the 2-D shapes of open_clip ViT-B-32's visual tower
+(12 blocks × in_proj 2304×768, out_proj 768×768, c_fc 3072×768, c_proj 768×3072, plus
+proj 768×512 and positional_embedding 50×768), T = 8, float32, fixed seed, 2 threads; each
+task matrix has random orthogonal factors and σi = 0.01·0.99^i.
+
+Reported: per method the reference time (the plain DESIGN §3 formulation, full float32 SVDs,
+tests/merging/reference.py; LAPACK failures are counted, not fatal), the engine time (the
+per-layer method functions of merging/methods on a fresh cache, exactly what Merger.update
+runs), the speedup, the max relative Frobenius difference per matrix, and the peak RSS of each
+phase; the cost of an 11-point Iso-CTS common-fraction sweep (shared cache) as a ratio to one
+merge; the low-rank-plus-flat-noise case; and a streaming `python -m merging merge` of T = 20
+ViT-L/14-shaped float16 checkpoint files written to a temporary folder, with its peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from merging.methods.common import Layer
+from merging.registry import get_method
+from tests.merging import reference
+
+ROOT = Path(__file__).resolve().parents[1]
+VIT_B32_BLOCK = [("attn.in_proj_weight", (2304, 768)), ("attn.out_proj.weight", (768, 768)),
+                 ("mlp.c_fc.weight", (3072, 768)), ("mlp.c_proj.weight", (768, 3072))]
+REFERENCE: dict[str, tuple[Callable[..., torch.Tensor], dict]] = {
+    "tsv_m": (reference.tsv_m_matrix, {}),
+    "iso_c": (reference.iso_c_matrix, {}),
+    "iso_cts": (reference.iso_cts_matrix, {"common_fraction": 0.8}),
+}
+SWEEP = [round(0.1 * i, 1) for i in range(11)]
+
+log = logging.getLogger("benchmarks.merge_speed")
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_gb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+# -- workload -----------------------------------------------------------------------------------
+
+def shapes(blocks: int) -> list[tuple[str, tuple[int, int]]]:
+    out = [("positional_embedding", (50, 768))]
+    for b in range(blocks):
+        out += [(f"transformer.resblocks.{b}.{name}", shape) for name, shape in VIT_B32_BLOCK]
+    return out + [("proj", (768, 512))]
+
+
+def _orthonormal(n: int, r: int, gen: torch.Generator) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(n, r, generator=gen))
+    return q  # (n, r)
+
+
+def smooth_task_matrix(m: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Random orthogonal factors, σi = 0.01·0.99^i (the regime of real task vectors)."""
+    r = min(m, n)
+    sigma = 0.01 * 0.99 ** torch.arange(r, dtype=torch.float32)
+    return (_orthonormal(m, r, gen) * sigma) @ _orthonormal(n, r, gen).T
+
+
+def noisy_low_rank_matrix(m: int, n: int, gen: torch.Generator, rank: int = 32) -> torch.Tensor:
+    """A rank-32 signal plus a flat noise floor: the Iso-CTS boundary falls in the noise."""
+    signal = (_orthonormal(m, rank, gen) * (0.01 * torch.rand(rank, generator=gen) + 0.005)) @ _orthonormal(n, rank, gen).T
+    return signal + 2e-5 * torch.randn(m, n, generator=gen)
+
+
+def workload(blocks: int, tasks: int, make: Callable[..., torch.Tensor], seed: int = 0) -> dict[str, list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return {key: [make(m, n, gen) for _ in range(tasks)] for key, (m, n) in shapes(blocks)}
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+def run_reference(name: str, data: dict[str, list[torch.Tensor]]) -> tuple[dict[str, torch.Tensor | None], float, int]:
+    fn, params = REFERENCE[name]
+    out: dict[str, torch.Tensor | None] = {}
+    failures, start = 0, time.perf_counter()
+    for key, taus in data.items():
+        try:
+            out[key] = fn(taus, **params)
+        except RuntimeError as err:  # torch.linalg.LinAlgError: SVD did not converge
+            log.warning("reference %s failed on %s %s: %s", name, key, tuple(taus[0].shape), err)
+            out[key], failures = None, failures + 1
+    return out, time.perf_counter() - start, failures
+
+
+def run_engine(name: str, data: dict[str, list[torch.Tensor]], caches: dict[str, dict] | None = None,
+               params: dict | None = None) -> tuple[dict[str, torch.Tensor], float]:
+    spec = get_method(name)
+    values = spec.resolve(params)
+    caches = caches if caches is not None else {}
+    start = time.perf_counter()
+    out = {key: spec.fn(Layer(key=key, taus=taus, matrix=True, cache=caches.setdefault(key, {})), values)
+           for key, taus in data.items()}
+    return out, time.perf_counter() - start
+
+
+def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor | None]) -> float:
+    worst = 0.0
+    for key, ref in b.items():
+        if ref is not None:
+            worst = max(worst, float((a[key].double() - ref.double()).norm() / ref.double().norm()))
+    return worst
+
+
+def compare(data: dict[str, list[torch.Tensor]], methods: Sequence[str], with_reference: bool) -> list[tuple]:
+    rows = []
+    for name in methods:
+        ref_s, fails, diff, ref_rss = float("nan"), 0, float("nan"), float("nan")
+        if with_reference:
+            reset_peak_rss()
+            ref, ref_s, fails = run_reference(name, data)
+            ref_rss = peak_rss_gb()
+        reset_peak_rss()
+        eng, eng_s = run_engine(name, data)
+        eng_rss = peak_rss_gb()
+        if with_reference:
+            diff = max_rel_diff(eng, ref)
+            del ref
+        del eng
+        rows.append((name, ref_s, eng_s, ref_s / eng_s, diff, fails, ref_rss, eng_rss))
+        print_row(rows[-1])
+    return rows
+
+
+HEADER = (f"| {'method':9s} | {'reference s':>11s} | {'engine s':>8s} | {'speedup':>7s} | {'max rel diff':>12s} "
+          f"| {'ref failures':>12s} | {'ref peak RSS GB':>15s} | {'engine peak RSS GB':>18s} |")
+
+
+def print_row(row: tuple) -> None:
+    name, ref_s, eng_s, speedup, diff, fails, ref_rss, eng_rss = row
+    print(f"| {name:9s} | {ref_s:11.2f} | {eng_s:8.2f} | {speedup:6.1f}× | {diff:12.1e} | {fails:12d} "
+          f"| {ref_rss:15.2f} | {eng_rss:18.2f} |", flush=True)
+
+
+def sweep(data: dict[str, list[torch.Tensor]]) -> tuple[float, float]:
+    """(one fresh Iso-CTS merge s, 11-fraction sweep on one shared cache s)."""
+    _, one = run_engine("iso_cts", data)
+    caches: dict[str, dict] = {}
+    start = time.perf_counter()
+    for f in SWEEP:
+        run_engine("iso_cts", data, caches, {"common_fraction": f})
+    return one, time.perf_counter() - start
+
+
+# -- streaming ----------------------------------------------------------------------------------
+
+def vit_l14_state(gen: torch.Generator, base: dict[str, torch.Tensor] | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor of an open_clip ViT-L/14 visual tower (304M parameters), random."""
+    width, layers, grid = 1024, 24, 16
+    spec: list[tuple[str, tuple[int, ...]]] = [
+        ("conv1.weight", (width, 3, 14, 14)), ("class_embedding", (width,)),
+        ("positional_embedding", (grid * grid + 1, width)), ("ln_pre.weight", (width,)), ("ln_pre.bias", (width,))]
+    for b in range(layers):
+        p = f"transformer.resblocks.{b}."
+        spec += [(p + "ln_1.weight", (width,)), (p + "ln_1.bias", (width,)),
+                 (p + "attn.in_proj_weight", (3 * width, width)), (p + "attn.in_proj_bias", (3 * width,)),
+                 (p + "attn.out_proj.weight", (width, width)), (p + "attn.out_proj.bias", (width,)),
+                 (p + "ln_2.weight", (width,)), (p + "ln_2.bias", (width,)),
+                 (p + "mlp.c_fc.weight", (4 * width, width)), (p + "mlp.c_fc.bias", (4 * width,)),
+                 (p + "mlp.c_proj.weight", (width, 4 * width)), (p + "mlp.c_proj.bias", (width,))]
+    spec += [("ln_post.weight", (width,)), ("ln_post.bias", (width,)), ("proj", (width, 768))]
+    out = {}
+    for key, shape in spec:
+        noise = torch.randn(*shape, generator=gen)
+        out[key] = ((0.02 * noise) if base is None else (base[key].float() + 1e-3 * noise)).to(dtype)
+    return out
+
+
+def streaming(tasks: int, method: str, folder: Path, dtype: torch.dtype = torch.float16) -> tuple[float, float, float]:
+    """(checkpoint size GB, merge wall s, peak RSS GB of the merging subprocess)."""
+    gen = torch.Generator().manual_seed(0)
+    pre = vit_l14_state(gen, None, dtype)
+    save_file(pre, str(folder / "pre.safetensors"))
+    size = sum(v.numel() * v.element_size() for v in pre.values()) / 2 ** 30
+    fts = []
+    for t in range(tasks):
+        fts.append(folder / f"ft{t}.safetensors")
+        save_file(vit_l14_state(gen, pre, dtype), str(fts[-1]))
+    del pre
+    out = folder / "merged.safetensors"
+    cmd = [sys.executable, "-m", "merging", "merge", "--pretrained", str(folder / "pre.safetensors"),
+           "--finetuned", *map(str, fts), "--method", method, "--device", "cpu", "--out", str(out)]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"streaming merge failed: {done.stderr.strip()}")
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20
+    return size, wall, rss
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 blocks, T=4 streaming: a smoke run")
+    parser.add_argument("--blocks", type=int, default=None, help="ViT-B/32 blocks (default 12, quick 2)")
+    parser.add_argument("--tasks", type=int, default=8)
+    parser.add_argument("--methods", default="iso_cts,iso_c,tsv_m")
+    parser.add_argument("--no-reference", action="store_true", help="engine only")
+    parser.add_argument("--skip-noise", action="store_true")
+    parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--skip-stream", action="store_true")
+    parser.add_argument("--stream-tasks", type=int, default=None, help="default 20 (quick 3)")
+    parser.add_argument("--stream-method", default="iso_c")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    blocks = args.blocks if args.blocks is not None else (2 if args.quick else 12)
+    methods = [m for m in args.methods.split(",") if m]
+    print(f"ViT-B/32 visual 2-D shapes, {blocks} blocks, T={args.tasks}, float32, {args.threads} threads")
+
+    start = time.perf_counter()
+    data = workload(blocks, args.tasks, smooth_task_matrix)
+    print(f"workload generated in {time.perf_counter() - start:.1f} s; peak RSS so far {peak_rss_gb():.2f} GB\n")
+    print(HEADER)
+    print("|" + "|".join("-" * (len(c) + 2) for c in HEADER.strip("|").split("|")[:-1]) + "|")
+    compare(data, methods, not args.no_reference)
+    if not args.skip_sweep:
+        one, swept = sweep(data)
+        print(f"\nIso-CTS sweep over 11 common fractions (0.0…1.0, shared cache): {swept:.2f} s = "
+              f"{swept / one:.2f}× one merge ({one:.2f} s)")
+    del data
+    if not args.skip_noise:
+        noisy = workload(min(blocks, 2), args.tasks, noisy_low_rank_matrix, seed=1)
+        print(f"\nLow-rank-plus-flat-noise task matrices ({min(blocks, 2)} blocks; the Iso-CTS boundary "
+              "falls in the noise floor, so float32 implementations legitimately differ):")
+        print(HEADER)
+        compare(noisy, ["iso_cts"], not args.no_reference)
+        del noisy
+    if not args.skip_stream:
+        tasks = args.stream_tasks or (3 if args.quick else 20)
+        with tempfile.TemporaryDirectory(prefix="isoscope-stream-") as tmp:
+            size, wall, rss = streaming(tasks, args.stream_method, Path(tmp))
+        print(f"\nStreaming `python -m merging merge --method {args.stream_method}` of {tasks} ViT-L/14-shaped "
+              f"float16 files ({size:.2f} GB each, {tasks + 1} files): {wall:.1f} s, peak RSS {rss:.2f} GB "
+              f"(= {rss / size:.1f} checkpoints; target ≤ 8 GB)")
+
+
+if __name__ == "__main__":
+    main()
