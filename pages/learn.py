@@ -6,9 +6,13 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+import torch
 
+from analysis.sar import sar
+from merging.merge import Merger
+from merging.methods.iso import common_rank
 from ui import toy
-from ui.core import available, errors_in_place, optional
+from ui.core import errors_in_place
 from ui.page import header, link
 from ui.state import key
 from ui.theme import method_color, style_figure
@@ -59,8 +63,16 @@ def step_spectrum() -> None:
     return None
 
 
-def _merged_delta(merger: object, method: str, params: dict | None = None) -> object:
+def _merged_delta(merger: Merger, method: str, params: dict | None = None) -> torch.Tensor:
     return merger.update(method, params or {}).delta[toy.KEY]  # (8, 8)
+
+
+def _before_after(shared: float, method: str, label: str, params: dict | None = None) -> dict[str, torch.Tensor]:
+    """σ of the TA sum (before) and of ``method``'s merged toy matrix (after), by the real engine."""
+    pretrained, finetuned = _toy(shared)
+    merger = Merger(pretrained, finetuned, device="cpu")
+    return {"TA sum": toy.singular_values(sum(toy.task_matrices(pretrained, finetuned))),
+            label: toy.singular_values(_merged_delta(merger, method, params))}
 
 
 @st.fragment
@@ -70,15 +82,8 @@ def step_flattening() -> None:
                 "its singular values by their mean: Δ = σ̄ U Vᵀ. The spectrum becomes *isotropic* (flat), so "
                 "the weak directions of each task are no longer drowned by the dominant shared ones.")
     shared = st.slider("How much the tasks share", 0.0, 1.0, 0.7, 0.05, key=key("learn_shared_flat"))
-    merger_cls = available("merging.merge", "Merger", "The merge engine")
-    if merger_cls is None:
-        return
-    pretrained, finetuned = _toy(shared)
     with errors_in_place(stop=False):
-        merger = merger_cls(pretrained, finetuned, device="cpu")
-        deltas = toy.task_matrices(pretrained, finetuned)
-        curves = {"TA sum": toy.singular_values(sum(deltas)),
-                  "Iso-C": toy.singular_values(_merged_delta(merger, "iso_c"))}
+        curves = _before_after(shared, "iso_c", "Iso-C")
         st.plotly_chart(toy.spectrum_figure(curves, toy.method_color_map()), key=key("learn_fig_flat"))
     link("spectra", "Before and after flattening on the real zoo")
 
@@ -91,41 +96,24 @@ def step_common() -> None:
                 "flattens the lot. The dashed line is the boundary: left of it, shared knowledge; right of it, "
                 "task-specific directions. With fraction 1 it is Iso-C.")
     fraction = st.slider("Common fraction", 0.0, 1.0, 0.5, 0.05, key=key("learn_fraction"))
-    merger_cls = available("merging.merge", "Merger", "The merge engine")
-    if merger_cls is None:
-        return
-    pretrained, finetuned = _toy(0.5)
     with errors_in_place(stop=False):
-        merger = merger_cls(pretrained, finetuned, device="cpu")
-        common = _common_rank(fraction)
-        curves = {"TA sum": toy.singular_values(sum(toy.task_matrices(pretrained, finetuned))),
-                  "Iso-CTS": toy.singular_values(_merged_delta(merger, "iso_cts", {"common_fraction": fraction}))}
-        st.plotly_chart(toy.spectrum_figure(curves, toy.method_color_map(), marker_at=common),
-                        key=key("learn_fig_common"))
+        curves = _before_after(0.5, "iso_cts", "Iso-CTS", {"common_fraction": fraction})
+        k, _ = common_rank(toy.SIZE, toy.TASKS, fraction)
+        st.plotly_chart(toy.spectrum_figure(curves, toy.method_color_map(), marker_at=k), key=key("learn_fig_common"))
     link("common", "Accuracy as the common fraction moves, on the real zoo")
-
-
-def _common_rank(fraction: float) -> int | None:
-    """k of DESIGN §3 for the toy (r = 8, T = 3), from the engine's own rule when it exports one."""
-    rule = optional("merging.methods.iso", "common_rank")
-    return None if rule is None else int(rule(toy.SIZE, toy.TASKS, fraction)[0])
 
 
 @st.fragment
 def step_alignment() -> None:
     st.subheader("5 · Alignment: does the merge keep each task's directions?")
-    st.markdown("The **Subspace Alignment Ratio** SAR(Δt, ΔM) = ‖Π ΔM-projection of Δt‖ / ‖Δt‖ measures how much "
-                "of task t's matrix lies in the span of the merged matrix's dominant directions (those needed to "
-                "reach all but ε of its energy). 1 means the task is fully represented. The paper finds that "
+    st.markdown("The **Subspace Alignment Ratio** SAR(Δt, ΔM) = ‖Πk Δt‖F / ‖Δt‖F, where Πk projects onto the top-k "
+                "left singular vectors of the merged matrix ΔM, and k is the fewest that hold all but ε of its "
+                "energy. SAR = 1 means task t lies entirely in the merge's dominant subspace. The paper finds that "
                 "tasks with higher SAR lose less accuracy, and that flattening raises SAR for every task.")
     eps = st.slider("ε (energy left out)", 0.01, 0.5, 0.05, 0.01, key=key("learn_eps"))
-    sar = available("analysis.sar", "sar", "The alignment analysis")
-    merger_cls = available("merging.merge", "Merger", "The merge engine") if sar else None
-    if sar is None or merger_cls is None:
-        return
     pretrained, finetuned = _toy(0.5)
     with errors_in_place(stop=False):
-        merger = merger_cls(pretrained, finetuned, device="cpu")
+        merger = Merger(pretrained, finetuned, device="cpu")
         deltas = toy.task_matrices(pretrained, finetuned)
         rows = [{"task": f"task {i + 1}", "method": label, "SAR": float(sar(d, _merged_delta(merger, m), eps))}
                 for label, m in (("Task Arithmetic", "task_arithmetic"), ("Iso-C", "iso_c"))

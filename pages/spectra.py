@@ -66,10 +66,12 @@ def _spectrum_view() -> None:
     table = data.spectra(zoo.fingerprint, dec, method_params(fraction), (layer_key,))
     bound = data.boundary(zoo.fingerprint, dec, fraction).set_index("key").loc[layer_key]
     left, right = st.columns([3, 2])
-    fig = figures.spectrum_figure(table, labels[layer_key], bound.to_dict())
+    span = [0.5, int(bound["r"]) + 0.5]  # keep the boundary label from widening the axis
+    fig = figures.spectrum_figure(table, labels[layer_key], bound.to_dict()).update_xaxes(range=span)
     fig.update_yaxes(type="log" if log_scale else "linear")
     left.plotly_chart(recolor(fig, colors), key=key("spectra_fig"))
-    energy = figures.energy_figure(table, labels[layer_key], bound.to_dict()).update_layout(showlegend=False)
+    energy = figures.energy_figure(table, labels[layer_key], bound.to_dict())
+    energy.update_layout(showlegend=False).update_xaxes(range=span)
     right.plotly_chart(recolor(energy, colors),
                        key=key("spectra_fig_energy"))
     r, k, s = int(bound["r"]), int(bound["k"]), int(bound["s"])

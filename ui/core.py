@@ -58,14 +58,6 @@ def need(module: str, attr: str, what: str) -> Any:
     return found
 
 
-def available(module: str, attr: str, what: str) -> Any | None:
-    """Like ``need`` but only for one section: shows the info box and returns None."""
-    found = optional(module, attr)
-    if found is None:
-        st.info(f"**{what}** is not available yet: waiting for `{module}.{attr}` in the core.", icon=":material/construction:")
-    return found
-
-
 def show_error(err: BaseException) -> None:
     hint = hint_for(err)
     st.error(f"**{err}**" + (f"\n\n{hint}" if hint else ""), icon=":material/error:")
