@@ -223,7 +223,7 @@ def streaming(tasks: int, method: str, folder: Path, dtype: torch.dtype = torch.
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 blocks, T=4 streaming: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="2 blocks and a T=3 stream: a smoke run")
     parser.add_argument("--blocks", type=int, default=None, help="ViT-B/32 blocks (default 12, quick 2)")
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--methods", default="iso_cts,iso_c,tsv_m")
@@ -233,14 +233,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--skip-stream", action="store_true")
     parser.add_argument("--stream-tasks", type=int, default=None, help="default 20 (quick 3)")
     parser.add_argument("--stream-method", default="iso_c")
+    parser.add_argument("--stream-only", action="store_true", help="only the streaming run")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(args.threads)
     blocks = args.blocks if args.blocks is not None else (2 if args.quick else 12)
     methods = [m for m in args.methods.split(",") if m]
-    print(f"ViT-B/32 visual 2-D shapes, {blocks} blocks, T={args.tasks}, float32, {args.threads} threads")
+    if not args.stream_only:
+        spectral(args, blocks, methods)
+    if not args.skip_stream:
+        tasks = args.stream_tasks or (3 if args.quick else 20)
+        with tempfile.TemporaryDirectory(prefix="isoscope-stream-") as tmp:
+            size, wall, rss = streaming(tasks, args.stream_method, Path(tmp))
+        print(f"\nStreaming `python -m merging merge --method {args.stream_method}` of {tasks} ViT-L/14-shaped "
+              f"float16 files ({size:.2f} GB each, {tasks + 1} files): {wall:.1f} s, peak RSS {rss:.2f} GB "
+              f"(= {rss / size:.1f} checkpoints; target ≤ 8 GB)")
 
+
+def float64_check(data: dict[str, list[torch.Tensor]], name: str) -> tuple[float, float]:
+    """(max rel diff engine vs float64 reference, float32 reference vs float64 reference)."""
+    fn, params = REFERENCE[name]
+    eng, _ = run_engine(name, data)
+    ref32, _, _ = run_reference(name, data)
+    ref64 = {k: fn([t.double() for t in taus], **params) for k, taus in data.items()}
+    return max_rel_diff(eng, ref64), max_rel_diff({k: v for k, v in ref32.items() if v is not None}, ref64)
+
+
+def spectral(args: argparse.Namespace, blocks: int, methods: Sequence[str]) -> None:
+    print(f"ViT-B/32 visual 2-D shapes, {blocks} blocks, T={args.tasks}, float32, {args.threads} threads")
     start = time.perf_counter()
     data = workload(blocks, args.tasks, smooth_task_matrix)
     print(f"workload generated in {time.perf_counter() - start:.1f} s; peak RSS so far {peak_rss_gb():.2f} GB\n")
@@ -258,14 +279,9 @@ def main(argv: Sequence[str] | None = None) -> None:
               "falls in the noise floor, so float32 implementations legitimately differ):")
         print(HEADER)
         compare(noisy, ["iso_cts"], not args.no_reference)
+        eng64, ref64 = float64_check(noisy, "iso_cts")
+        print(f"against a float64 reference: engine max rel diff {eng64:.1e}, float32 reference {ref64:.1e}")
         del noisy
-    if not args.skip_stream:
-        tasks = args.stream_tasks or (3 if args.quick else 20)
-        with tempfile.TemporaryDirectory(prefix="isoscope-stream-") as tmp:
-            size, wall, rss = streaming(tasks, args.stream_method, Path(tmp))
-        print(f"\nStreaming `python -m merging merge --method {args.stream_method}` of {tasks} ViT-L/14-shaped "
-              f"float16 files ({size:.2f} GB each, {tasks + 1} files): {wall:.1f} s, peak RSS {rss:.2f} GB "
-              f"(= {rss / size:.1f} checkpoints; target ≤ 8 GB)")
 
 
 if __name__ == "__main__":

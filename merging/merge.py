@@ -104,12 +104,8 @@ class Merger:
 
     def layer(self, key: str, shared: Mapping[str, Any] | None = None) -> Layer:
         """The per-key view methods compute from (its cache outlives the call)."""
-        return Layer(key=key, taus=[tv[key] for tv in self._tvs], matrix=key in self._matrix_set,
+        return Layer(key=key, taus=[tv[key] for tv in self._tvs], matrix=is_matrix(key, self._pretrained[key]),
                      cache=self._cache[key], shared=shared or {})
-
-    @property
-    def _matrix_set(self) -> set[str]:
-        return set(self.matrix_keys)
 
     def update(self, method: str, params: Mapping[str, float] | None = None,
                progress: Progress | None = None) -> MergeUpdate:
@@ -136,7 +132,7 @@ class Merger:
 # ---------------------------------------------------------------------------------------------
 # Streaming merge from files.
 
-STREAM_CHUNK_ELEMENTS = 16 * 2 ** 20  # parameters read per pass over the files
+STREAM_CHUNK_ELEMENTS = 4 * 2 ** 20  # parameters read per pass over the files (bounds mapped pages)
 
 
 def _chunks(keys: Sequence[str], numel: Callable[[str], int], budget: int) -> Iterator[list[str]]:
