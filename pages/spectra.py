@@ -65,15 +65,15 @@ def _spectrum_view() -> None:
                              key=key("spectra_layer"))
     table = data.spectra(zoo.fingerprint, dec, method_params(fraction), (layer_key,))
     bound = data.boundary(zoo.fingerprint, dec, fraction).set_index("key").loc[layer_key]
-    left, right = st.columns([3, 2])
     span = [0.5, int(bound["r"]) + 0.5]  # keep the boundary label from widening the axis
-    fig = figures.spectrum_figure(table, labels[layer_key], bound.to_dict()).update_xaxes(range=span)
+    fig = figures.spectrum_figure(table, labels[layer_key], bound.to_dict())
     fig.update_yaxes(type="log" if log_scale else "linear")
+    energy = figures.energy_figure(table, labels[layer_key], bound.to_dict()).update_layout(showlegend=False)
+    for shown_fig in (fig, energy):  # boundary label left of its line, clear of the legend
+        shown_fig.update_xaxes(range=span).update_annotations(xanchor="right", font_size=11)
+    left, right = st.columns([3, 2])
     left.plotly_chart(recolor(fig, colors), key=key("spectra_fig"))
-    energy = figures.energy_figure(table, labels[layer_key], bound.to_dict())
-    energy.update_layout(showlegend=False).update_xaxes(range=span)
-    right.plotly_chart(recolor(energy, colors),
-                       key=key("spectra_fig_energy"))
+    right.plotly_chart(recolor(energy, colors), key=key("spectra_fig_energy"))
     r, k, s = int(bound["r"]), int(bound["k"]), int(bound["s"])
     st.caption(f"{labels[layer_key]}: rank r = {r}; Iso-CTS keeps k = {k} common directions and s = {s} per task "
                f"({len(zoo.tasks)} tasks × {s} = {len(zoo.tasks) * s}).")

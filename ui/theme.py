@@ -63,7 +63,7 @@ def recolor(fig: go.Figure, colors: dict[str, str]) -> go.Figure:
 def style_figure(fig: go.Figure, height: int | None = None) -> go.Figure:
     """House layout for every chart: white background, compact margins, legend on top."""
     fig.update_layout(template="plotly_white", margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=1, xanchor="right"),
                       hoverlabel=dict(namelength=-1))
     if height:
         fig.update_layout(height=height)
