@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -22,9 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from merging.paths import cache_root
+
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "ISOSCOPE_CACHE"
 STORE_NAME = "results.sqlite"
 BUSY_TIMEOUT_MS = 30_000
 SCHEMA_VERSION = 1
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS points (
 
 def cache_dir() -> Path:
     """The cache directory: $ISOSCOPE_CACHE, else ~/.cache/isoscope."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "isoscope")
+    return cache_root()
 
 
 def canonical_params(params: Mapping[str, Any] | None) -> str:

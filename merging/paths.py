@@ -16,6 +16,12 @@ from pathlib import Path
 from merging.errors import PathNotAllowedError
 
 ALLOWED_ROOTS_ENV = "ISOSCOPE_ALLOWED_ROOTS"
+CACHE_ENV = "ISOSCOPE_CACHE"
+
+
+def cache_root() -> Path:
+    """Isoscope's cache directory: $ISOSCOPE_CACHE, else ~/.cache/isoscope (zoo builds, result store)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "isoscope")
 
 
 def allowed_roots() -> list[Path] | None:

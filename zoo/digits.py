@@ -21,7 +21,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from merging.device import pick_device
 from merging.errors import IsoscopeError
 from merging.io import load_state_dict, save_safetensors
+from merging.paths import cache_root
 from merging.progress import Progress, scaled, silent
 from merging.tensors import StateDict
 from zoo import digits_data as dd
@@ -41,7 +41,6 @@ from zoo.model import VitConfig, accuracy, build_encoder, encode, load_encoder
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "ISOSCOPE_CACHE"
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "zoo"
 RECIPE_VERSION = 1
 
@@ -78,8 +77,7 @@ def _pretrain_part(recipe: Mapping) -> dict:
 
 def cache_dir() -> Path:
     """``$ISOSCOPE_CACHE/zoo`` (default ``~/.cache/isoscope/zoo``)."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "isoscope"
-    return Path(root) / "zoo"
+    return cache_root() / "zoo"
 
 
 def _seed(recipe: Mapping, *parts: str) -> int:

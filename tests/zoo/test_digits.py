@@ -11,6 +11,7 @@ import torch
 
 import zoo
 from merging.io import load_state_dict
+from merging.paths import CACHE_ENV
 from zoo import digits as D
 from zoo import digits_data as dd
 from zoo import train
@@ -34,7 +35,7 @@ def _forbid_training(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.slow
 def test_tiny_build_is_deterministic(tiny: D.DigitsZoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(D.CACHE_ENV, str(tmp_path))  # an empty cache: build everything again
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))  # an empty cache: build everything again
     again = zoo.load_zoo(TINY, device="cpu")
     assert again.path != tiny.path and again.fingerprint == tiny.fingerprint
     assert load_state_dict(again.path).keys() == load_state_dict(tiny.path).keys()
@@ -121,7 +122,7 @@ def test_second_load_uses_the_cache(tiny: D.DigitsZoo, monkeypatch: pytest.Monke
 
 @pytest.mark.slow
 def test_interrupted_build_resumes_from_finished_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(D.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     real, calls = train.finetune, []
 
     class Killed(Exception):
