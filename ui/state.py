@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import streamlit as st
 
@@ -36,7 +36,6 @@ class Selection:
     alpha_mode: str = "validation"  # "validation" or "slider"
     alpha: float = 1.0
     embedded: bool = True
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def param_dict(self) -> dict[str, float]:
