@@ -35,3 +35,19 @@ def test_core_rooms_import_only_what_design_allows(room: str) -> None:
         third_party = _imports(path) - stdlib
         assert "streamlit" not in third_party, f"{path} imports streamlit"
         assert third_party <= CORE_ALLOWED[room], f"{path} imports {third_party - CORE_ALLOWED[room]}"
+
+
+SHELL = ("app.py", "pages", "ui")  # the Streamlit shell: app.py, pages/ and their helpers in ui/
+
+
+def test_only_the_shell_imports_streamlit() -> None:
+    """Outside the shell (and tests), no module imports streamlit; the shell reads the core."""
+    offenders = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in {".venv", "tests", "benchmarks", *SHELL}:  # DESIGN §1: these may import anything
+            continue
+        if "streamlit" in _imports(path):
+            offenders.append(str(rel))
+    assert not offenders, f"streamlit imported outside the shell: {offenders}"
+    assert any("streamlit" in _imports(p) for p in (ROOT / "pages").glob("*.py"))
