@@ -218,6 +218,11 @@ def vit_l14_state(gen: torch.Generator, base: dict[str, torch.Tensor] | None, dt
     return out
 
 
+CHILD = ("import sys, pathlib; from merging.cli import main; rc = main(sys.argv[1:]); "
+         "print([x for x in pathlib.Path('/proc/self/status').read_text().splitlines() "
+         "if x.startswith('VmHWM')][0], file=sys.stderr); sys.exit(rc)")
+
+
 def streaming(tasks: int, method: str, folder: Path, dtype: torch.dtype = torch.float16) -> tuple[float, float, float]:
     """(checkpoint size GB, merge wall s, peak RSS GB of the merging subprocess)."""
     gen = torch.Generator().manual_seed(0)
@@ -230,14 +235,16 @@ def streaming(tasks: int, method: str, folder: Path, dtype: torch.dtype = torch.
         save_file(vit_l14_state(gen, pre, dtype), str(fts[-1]))
     del pre
     out = folder / "merged.safetensors"
-    cmd = [sys.executable, "-m", "merging", "merge", "--pretrained", str(folder / "pre.safetensors"),
+    # The child reports its own VmHWM: RUSAGE_CHILDREN would also count the pages it shared
+    # with this (large) process between fork and exec.
+    cmd = [sys.executable, "-c", CHILD, "merge", "--pretrained", str(folder / "pre.safetensors"),
            "--finetuned", *map(str, fts), "--method", method, "--device", "cpu", "--out", str(out)]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"streaming merge failed: {done.stderr.strip()}")
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20
+    rss = float(done.stderr.strip().splitlines()[-1].split()[1]) / 2 ** 20
     return size, wall, rss
 
 
