@@ -104,9 +104,10 @@ class Evaluator:
 
     def choose_alpha(self, method: str, params: Mapping[str, Any] | None = None, alpha: float | None = None,
                      grid: Sequence[float] = ALPHA_GRID, start: float | None = None) -> AlphaSearch:
-        """α given by the user, else fixed by the method, else chosen on validation (coarse-to-fine,
-        or a hill-climb from ``start``; see ``analysis.alpha``)."""
-        fixed = alpha if alpha is not None else method_alpha(get_method(method), self.merger.num_tasks)
+        """α fixed by the method (it wins, as in ``MergeUpdate.state``), else given by the user, else
+        chosen on validation (coarse-to-fine, or a hill-climb from ``start``; see ``analysis.alpha``)."""
+        fixed = method_alpha(get_method(method), self.merger.num_tasks)
+        fixed = alpha if fixed is None else fixed
         if fixed is not None:
             return fixed_alpha(fixed)
         return search_alpha(lambda a: self.val_score(method, params, a), grid, start=start)

@@ -44,8 +44,8 @@ def _params(pairs: Sequence[str]) -> dict[str, str]:
 
 def _describe(method: Method) -> list[str]:
     lines = [f"{method.name:18s} {method.display_name} - {method.summary}", f"{'':18s} {method.paper_url}"]
-    if method.extra.get("alpha") == "1/T" or method.fixed_alpha is not None:
-        lines.append(f"{'':18s} alpha fixed to {method.extra.get('alpha') or method.fixed_alpha}")
+    if method.fixed_alpha is not None:
+        lines.append(f"{'':18s} alpha fixed to {method.fixed_alpha.label}")
     for p in method.params:
         lines.append(f"{'':18s} --param {p.name}=VALUE  default {p.default:g}, range [{p.low:g}, {p.high:g}], "
                      f"step {p.step:g}: {p.help}")

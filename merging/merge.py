@@ -46,7 +46,7 @@ class MergeUpdate:
 
 def method_alpha(method: Method, num_tasks: int) -> float | None:
     """The α a method fixes for T tasks (weight averaging: 1/T), or None when α is free."""
-    return 1.0 / num_tasks if method.extra.get("alpha") == "1/T" else method.fixed_alpha
+    return method.alpha_for(num_tasks)
 
 
 def _layer_delta(method: Method, params: Mapping[str, Any], layer: Layer) -> torch.Tensor:

@@ -39,6 +39,14 @@ class Param:
 
 
 @dataclass(frozen=True)
+class FixedAlpha:
+    """α fixed by the method itself, as a function of the number of tasks T."""
+
+    rule: Callable[[int], float]
+    label: str  # how the rule reads in the UI and CLI, e.g. "1/T"
+
+
+@dataclass(frozen=True)
 class Method:
     """A registered merge method. ``fn`` is the engine entry point (see merging/methods)."""
 
@@ -48,9 +56,13 @@ class Method:
     summary: str
     fn: Callable[..., Any]
     params: tuple[Param, ...] = ()
-    fixed_alpha: float | None = None  # e.g. weight averaging: None means α is free
+    fixed_alpha: FixedAlpha | None = None  # e.g. weight averaging (1/T); None means α is free
     spectral: bool = False  # acts on task matrices through SVDs
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def alpha_for(self, num_tasks: int) -> float | None:
+        """The α this method fixes for ``num_tasks`` tasks, or None when α is free."""
+        return None if self.fixed_alpha is None else float(self.fixed_alpha.rule(num_tasks))
 
     def defaults(self) -> dict[str, float | int]:
         return {p.name: p.default for p in self.params}

@@ -53,8 +53,9 @@ def csv_bytes(table: pd.DataFrame) -> bytes:
     return buffer.getvalue().encode()
 
 
+fixed = method.alpha_for(len(zoo.tasks))
 if not zoo.has_data:
-    alpha = sel.alpha if method.fixed_alpha is None else method.fixed_alpha
+    alpha = sel.alpha if fixed is None else fixed
     st.warning("This zoo has no evaluation data, so the merge cannot be scored: give a data folder in the sidebar. "
                f"You can still download the merge at α = {alpha:g}.", icon=":material/folder_open:")
     table = None
@@ -70,7 +71,7 @@ else:
     c1.metric("Average test accuracy", f"{test['accuracy'].mean():.1%}", f"{test['accuracy'].mean() - zero:+.1%} vs zero-shot")
     c2.metric("Normalized accuracy", f"{test['normalized'].mean():.1%}")
     c3.metric("Mean NAI", f"{test['nai'].mean():.2f}")
-    c4.metric("α", f"{alpha:g}", "chosen on validation" if alpha_choice() is None and method.fixed_alpha is None else "fixed",
+    c4.metric("α", f"{alpha:g}", "chosen on validation" if alpha_choice() is None and fixed is None else "fixed",
               delta_color="off")
     fig = charts.reference_bars(test, {"zero_shot": "zero-shot θ0", "accuracy": method.display_name,
                                        "finetuned": "fine-tuned θt"})

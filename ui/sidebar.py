@@ -91,8 +91,8 @@ def _method_section(methods: dict[str, Method]) -> tuple[str | None, dict[str, A
 
 def _alpha_section(method: Method | None, has_data: bool) -> tuple[str, float]:
     if method is not None and method.fixed_alpha is not None:
-        st.caption(f"α is fixed to {method.fixed_alpha:g} for {method.display_name}.")
-        return "fixed", float(method.fixed_alpha)
+        st.caption(f"α is fixed to {method.fixed_alpha.label} for {method.display_name}.")
+        return "fixed", 1.0  # placeholder: the merge applies the method's own α (MergeUpdate.fixed_alpha)
     modes = list(ALPHA_MODES) if has_data else ["Fixed (slider)"]
     mode = ALPHA_MODES[st.radio("Scaling α", modes, key=key("alpha_mode"), horizontal=True,
                                 help="θ = base + α·Δ. On validation: the α in 0.1…3.0 with the best mean "

@@ -55,6 +55,8 @@ def test_alpha_chosen_on_val_is_grid_argmax_with_fewer_evaluations_and_cached(ev
 def test_fixed_alpha_and_table(ev: Evaluator) -> None:
     assert ev.choose_alpha("weight_averaging").alpha == pytest.approx(1 / 3)  # fixed by the method
     assert ev.choose_alpha("task_arithmetic", alpha=0.7).alpha == 0.7  # fixed by the user
+    # the method's own α wins over a user's, as in MergeUpdate.state: never score 1/T under another label
+    assert ev.choose_alpha("weight_averaging", alpha=0.7).alpha == pytest.approx(1 / 3)
     table, choice = ev.table("task_arithmetic", alpha=0.5)
     assert set(table["split"]) == {"test", "val"} and len(table) == 2 * len(ev.tasks)
     row = table[(table["split"] == "test") & (table["task"] == "B")].iloc[0]
