@@ -5,7 +5,7 @@
     python -m zoo table --report reports/digits/results.json  per-task markdown table of a report
 
 ``build --out assets/zoo`` reproduces the shipped ``assets/zoo/digits.safetensors``; the method
-table of docs/readme-zoo.md comes from ``python -m analysis report --zoo digits``.
+table of docs/zoo.md comes from ``python -m analysis report --zoo digits``.
 """
 
 from __future__ import annotations
