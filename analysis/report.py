@@ -18,8 +18,6 @@ import html
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from analysis.correlation import sar_nai_correlation
 from analysis.evaluation import Evaluator
 from analysis.sar import DEFAULT_EPS, sar_average, sar_table
 from analysis.spectra import common_boundary, spectra
+from merging.io import write_text_atomic
 from merging.progress import Progress, silent
 from merging.registry import all_methods, get_method
 
@@ -165,19 +164,12 @@ def render_html(rep: Report) -> str:
             f"{table}<p>{text}</p>{''.join(parts)}</body></html>")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.replace(tmp, path)
-
-
 def write_report(rep: Report, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``results.json`` and ``report.html`` into ``out_dir``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out / "results.json", out / "report.html"
-    _atomic_write(json_path, json.dumps(_json_safe(rep.results), indent=2))
-    _atomic_write(html_path, render_html(rep))
+    write_text_atomic(json_path, json.dumps(_json_safe(rep.results), indent=2))
+    write_text_atomic(html_path, render_html(rep))
     return json_path, html_path
 

@@ -459,22 +459,37 @@ def _umask() -> int:
     return 0o022
 
 
-def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path,
-                     metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, then rename."""
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path in ``path``'s folder; on success fsync it, give it a normal file's mode
+    and rename it onto ``path`` (readers see the old file or the new one, never half); on any
+    failure remove it. Every file Isoscope writes goes through here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(_unshared(state), tmp, metadata=dict(metadata or {}))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600; give it a normal file's mode
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path,
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``state`` to ``path`` atomically (see ``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        save_file(_unshared(state), str(tmp), metadata=dict(metadata or {}))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see ``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def convert_to_safetensors(src: str | Path, dst: str | Path, trust_pickle: bool) -> Path:
