@@ -10,8 +10,8 @@ task matrix has random orthogonal factors and σi = 0.01·0.99^i.
 
 Reported: per method the reference time (the plain DESIGN §3 formulation, full float32 SVDs,
 tests/merging/reference.py; LAPACK failures are counted, not fatal), the engine time (the
-per-layer method functions of merging/methods on a fresh cache, exactly what Merger.update
-runs), the speedup, the max relative Frobenius difference per matrix (where it exceeds 1e-3, a
+per-layer method functions of merging/methods, each key on a fresh cache dropped after it,
+exactly what the streaming `python -m merging merge` runs), the speedup, the max relative Frobenius difference per matrix (where it exceeds 1e-3, a
 float64 reference of that matrix says which side is wrong: a float32 LAPACK SVD can return
 inaccurate factors on wide residuals without raising), and the peak RSS of each phase; the cost of an 11-point Iso-CTS common-fraction sweep (shared cache) as a ratio to one
 merge; the low-rank-plus-flat-noise case; and a streaming `python -m merging merge` of T = 20
@@ -116,11 +116,14 @@ def run_reference(name: str, data: dict[str, list[torch.Tensor]]) -> tuple[dict[
 
 def run_engine(name: str, data: dict[str, list[torch.Tensor]], caches: dict[str, dict] | None = None,
                params: dict | None = None) -> tuple[dict[str, torch.Tensor], float]:
+    """One merge by the per-layer method functions. Without ``caches``, each key gets a fresh
+    cache that is dropped after it, as in the streaming CLI merge; a sweep passes one shared
+    ``caches`` dict, as ``Merger`` keeps."""
     spec = get_method(name)
     values = spec.resolve(params)
-    caches = caches if caches is not None else {}
     start = time.perf_counter()
-    out = {key: spec.fn(Layer(key=key, taus=taus, matrix=True, cache=caches.setdefault(key, {})), values)
+    out = {key: spec.fn(Layer(key=key, taus=taus, matrix=True,
+                              cache={} if caches is None else caches.setdefault(key, {})), values)
            for key, taus in data.items()}
     return out, time.perf_counter() - start
 

@@ -7,12 +7,15 @@ spectrum of the stack (Sec. 4, Algorithm 1).  DESIGN §3.
 Iso-C and Iso-CTS are ONE function with ``common_fraction`` (Iso-C is common_fraction = 1),
 registered twice. Per matrix, with S = Σt Δt = U Σ Vᵀ (cached across calls):
 - Iso-C: Δ = σ̄ polar(S), σ̄ = mean of all r singular values;
-- Iso-CTS: the residual Rt = (I − Uk Ukᵀ) Δt. For wide/square S, U spans every column, so
-  Rt = U[:, k:] (U[:, k:]ᵀ Δt) and its top-s triplets come from the small (r−k)×n block
-  U[:, k:]ᵀ Δt (rows cached incrementally as k moves). For tall S, RtᵀRt =
-  Nt + Ft[k:]ᵀ Ft[k:] with Ft = Uᵀ Δt and Nt = ΔtᵀΔt − FtᵀFt cached, so a new k costs one
-  n×n eigh per task. polar(U*) and polar(V*) use ``polar_extended`` (the common block is
-  orthonormal), so no r×r SVD is needed.
+- Iso-CTS: the residual Rt = (I − Uk Ukᵀ) Δt and its top-s triplets, never formed:
+  - wide/square S (m ≤ n): U is square, so Rt = U[:, k:] Bt with the small (r−k)×n block
+    Bt = U[:, k:]ᵀ Δt (rows cached as k moves); and since U* = U · blockdiag(I, [B1 … BT]'s
+    left factors), polar(U*) = [Uk | U[:, k:] polar(Y)] for the (r−k)×(r−k) coefficient block Y;
+  - tall S (m > n): RtᵀRt = Gt − FkᵀFk with Gt = ΔtᵀΔt and Fk = Ukᵀ Δt, both cached (the
+    residual Gram is updated by the rows between the old and the new k), and its top-s
+    eigenvectors come from a block Krylov solver warm-started from the previous k.
+  polar(V*) (and polar(U*) for tall S) use ``polar_extended``: the common block is orthonormal,
+  so no r×r SVD is needed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import math
 
 import torch
 
-from merging.linalg import SVD, polar_extended, polar_with_values, svd, top_svd
+from merging.linalg import SVD, fast_svd, gram, polar_extended, polar_with_values, top_eigh, top_svd
 from merging.methods.common import Layer, Params, spectral
 from merging.registry import Method, Param, register
 
@@ -35,20 +38,22 @@ def common_rank(r: int, num_tasks: int, common_fraction: float) -> tuple[int, in
 
 
 def _sum_svd(layer: Layer) -> SVD:
-    return layer.memo("sum_svd", lambda: svd(layer.total()))  # (m, r), (r,), (r, n)
+    return layer.memo("sum_svd", lambda: fast_svd(layer.total()))  # (m, r), (r,), (r, n)
 
 
 def iso_c_delta(layer: Layer) -> torch.Tensor:
     """Δ = σ̄ polar(S)."""
     if "sum_svd" in layer.cache:
         u, s, vh = layer.cache["sum_svd"]
-        return s.mean() * (u @ vh)
+        return torch.mm(u, vh).mul_(s.mean())
     q, s = layer.memo("sum_polar", lambda: polar_with_values(layer.total()))  # (m, n), (r,)
     return s.mean() * q
 
 
+# -- wide or square S: U is square --------------------------------------------------------------
+
 def _tail_rows(layer: Layer, t: int, k: int) -> torch.Tensor:
-    """U[:, k:]ᵀ Δt, (r−k, n); rows are computed once and kept as k moves down."""
+    """Bt = U[:, k:]ᵀ Δt, (r−k, n); rows are computed once and kept as k moves down."""
     u = _sum_svd(layer)[0]  # (m, r)
     name = f"tail:{t}"
     have = layer.cache.get(name)
@@ -60,57 +65,86 @@ def _tail_rows(layer: Layer, t: int, k: int) -> torch.Tensor:
     return have[have.shape[0] - (u.shape[1] - k):]
 
 
-def _residual_top_wide(layer: Layer, t: int, k: int, s: int) -> SVD:
-    """Top-s triplets of Rt when m ≤ n: from the (r−k)×n block."""
+def _wide_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
+    """Top-s triplets of every Rt when U is square: Rt = U[:, k:] Bt."""
     u = _sum_svd(layer)[0]
-    ub, sb, vbh = top_svd(_tail_rows(layer, t, k), s)  # (r−k, s), (s,), (s, n)
-    return u[:, k:] @ ub, sb, vbh
+    tops = [top_svd(_tail_rows(layer, t, k), s) for t in range(layer.num_tasks)]
+    return [(u[:, k:] @ ub, sb, vbh) for ub, sb, vbh in tops]  # (m, s), (s,), (s, n)
 
 
-def _tall_grams(layer: Layer, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Ft = UᵀΔt (n, n), Nt = ΔtᵀΔt − FtᵀFt (n, n)) for tall S, cached."""
-    def compute() -> tuple[torch.Tensor, torch.Tensor]:
-        tau = layer.taus[t]  # (m, n)
-        f = _sum_svd(layer)[0].T @ tau  # (n, n)
-        return f, tau.T @ tau - f.T @ f
-    return layer.memo(f"tall:{t}", compute)
+# -- tall S -------------------------------------------------------------------------------------
+
+def _top_rows(layer: Layer, t: int, k: int) -> torch.Tensor:
+    """Fk = U[:, :k]ᵀ Δt, (k, n); rows are computed once and kept as k moves up."""
+    name = f"top:{t}"
+    have = layer.cache.get(name)
+    if have is None:
+        have = layer.taus[t].new_zeros(0, layer.taus[t].shape[1])
+    if k > have.shape[0]:
+        new = _sum_svd(layer)[0][:, have.shape[0]:k].T @ layer.taus[t]  # (k−done, n)
+        have = layer.cache[name] = torch.cat([have, new], 0)
+    return have[:k]
 
 
-def _residual_top_tall(layer: Layer, t: int, k: int, s: int) -> SVD:
-    """Top-s triplets of Rt when m > n, from the n×n Gram Nt + Ft[k:]ᵀFt[k:]."""
-    f, n_t = _tall_grams(layer, t)
-    gram = n_t + f[k:].T @ f[k:]  # (n, n)
-    lam, w = torch.linalg.eigh(gram)
-    lam, w = lam.flip(0)[:s].clamp_min(0), w.flip(1)[:, :s]  # (s,), (n, s)
-    if s and lam[-1] <= 1e-12 * max(float(lam[0]), 1e-300):
-        return _residual_top_plain(layer, t, k, s)
-    sig = lam.sqrt().to(f.dtype)  # (s,)
-    w = w.to(f.dtype)
+def _residual_gram(layer: Layer, t: int, k: int) -> torch.Tensor:
+    """RtᵀRt = ΔtᵀΔt − FkᵀFk (n, n), moved from the cached k by the rows in between."""
+    name = f"rgram:{t}"
+    if name not in layer.cache:
+        layer.cache[name] = (0, gram(layer.taus[t]))
+    k0, resid = layer.cache[name]
+    if k != k0:
+        rows = _top_rows(layer, t, max(k, k0))[min(k, k0):max(k, k0)]  # (|k−k0|, n)
+        resid.add_(gram(rows), alpha=-1.0 if k > k0 else 1.0)  # in place: the cache owns it
+        layer.cache[name] = (k, resid)
+    return resid
+
+
+def _tall_task(layer: Layer, t: int, k: int, s: int) -> SVD:
+    """Top-s triplets of Rt when m > n, from its n×n Gram."""
+    lam, w = top_eigh(_residual_gram(layer, t, k), s, layer.cache.get(f"rvec:{t}"))  # (s,), (n, s)
+    layer.cache[f"rvec:{t}"] = w
+    if s and lam[-1] <= 1e-12 * max(float(lam[0]), 1e-30):
+        return _residual_top_plain(layer, t, k, s)  # rank-deficient residual
+    sig = lam.sqrt()  # (s,)
     uk = _sum_svd(layer)[0][:, :k]  # (m, k)
-    left = (layer.taus[t] @ w - uk @ (f[:k] @ w)) / sig  # Rt v / σ  (m, s)
+    left = (layer.taus[t] @ w - uk @ (_top_rows(layer, t, k) @ w)) / sig  # Rt v / σ  (m, s)
     return left, sig, w.T
+
+
+def _tall_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
+    return [_tall_task(layer, t, k, s) for t in range(layer.num_tasks)]
 
 
 def _residual_top_plain(layer: Layer, t: int, k: int, s: int) -> SVD:
     """Top-s triplets of Rt = Δt − Uk Ukᵀ Δt by a full robust SVD (rank-deficient cases)."""
     uk = _sum_svd(layer)[0][:, :k]
     tau = layer.taus[t]
-    u, sig, vh = svd(tau - uk @ (uk.T @ tau))
+    u, sig, vh = fast_svd(tau - uk @ (uk.T @ tau))
     return u[:, :s], sig[:s], vh[:s]
+
+
+def _left_polar(uk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """polar([Uk | X]) for task left vectors X (m, Ts): they are residual directions, X ⟂ Uk, so
+    the Gram is blockdiag(I, XᵀX) and polar([Uk | X]) = [Uk | polar(X)], one (Ts)² problem.
+    X is projected off Uk once more to drop rounding, and its polar factor is taken in float64
+    (flatness to 1e-6 even when the tasks' directions are nearly dependent); a rank-deficient X
+    (tasks sharing directions) has no unique completion, and goes through ``polar_extended``."""
+    x = x - uk @ (uk.T @ x)  # (m, Ts)
+    q, sig = polar_with_values(x.double())  # thin: float64 costs little, and flatness is exact
+    if x.shape[1] == 0 or float(sig[-1]) > 1e-6 * float(sig[0]):
+        return torch.cat([uk, q.to(x.dtype)], 1)  # (m, r)
+    return polar_extended(uk, x)
 
 
 def iso_cts_delta(layer: Layer, k: int, s: int) -> torch.Tensor:
     """Δ = σ̄ polar(U*) polar(V*)ᵀ over the common block and the T task blocks."""
     u, sig, vh = _sum_svd(layer)
     m, n = layer.taus[0].shape
-    residual = _residual_top_tall if m > n else _residual_top_wide
-    tops = [residual(layer, t, k, s) for t in range(layer.num_tasks)]
-    x_u = torch.cat([tp[0] for tp in tops], 1)  # (m, Ts)
-    x_v = torch.cat([tp[2] for tp in tops], 0).T  # (n, Ts)
-    sigma = torch.cat([sig[:k]] + [tp[1] for tp in tops])  # (r,)
-    pu = polar_extended(u[:, :k], x_u)  # (m, r)
-    pv = polar_extended(vh[:k].T, x_v)  # (n, r)
-    return sigma.mean() * (pu @ pv.T)
+    tasks = _tall_tasks(layer, k, s) if m > n else _wide_tasks(layer, k, s)
+    sigma = torch.cat([sig[:k]] + [tp[1] for tp in tasks])  # (r,)
+    pu = _left_polar(u[:, :k], torch.cat([tp[0] for tp in tasks], 1))  # (m, r)
+    pv = polar_extended(vh[:k].T, torch.cat([tp[2] for tp in tasks], 0).T)  # (n, r)
+    return torch.mm(pu, pv.T).mul_(sigma.mean())  # (m, n)
 
 
 @spectral

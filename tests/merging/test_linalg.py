@@ -159,3 +159,93 @@ def test_wide_768x3072_residual_like_matrix_is_finite() -> None:
     u, s, vh = linalg.svd(a)
     assert torch.isfinite(u).all() and torch.isfinite(vh).all() and _orthonormal_cols(u)
     assert int((s > 1e-6).sum()) == 40
+
+
+@pytest.mark.parametrize("n", [13, 3, 1])
+def test_gram_is_exact_and_symmetric(n: int) -> None:
+    a = torch.randn(40, n, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    g = linalg.gram(a)
+    assert torch.equal(g, g.T) and torch.allclose(g, a.T @ a, atol=1e-12)
+
+
+def _smooth(m: int, n: int, seed: int, decay: float = 0.99) -> torch.Tensor:
+    """Random orthogonal factors, σi = decay^i: κ ≈ 1/decay^(r-1)."""
+    g = torch.Generator().manual_seed(seed)
+    r = min(m, n)
+    u, _ = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))
+    return ((u * decay ** torch.arange(r, dtype=torch.float64)) @ v.T).float()
+
+
+@pytest.mark.parametrize("shape", [(240, 80), (80, 240)])
+def test_fast_svd_gram_route_matches_lapack(shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    a = _smooth(*shape, seed=12)  # κ ≈ 2.2: the Gram route
+    monkeypatch.setattr(linalg, "svd", lambda x: pytest.fail("took the LAPACK route"))
+    u, s, vh = linalg.fast_svd(a)
+    r = min(shape)
+    assert u.shape == (shape[0], r) and vh.shape == (r, shape[1])
+    assert torch.allclose(u.T @ u, torch.eye(r), atol=1e-5) and torch.allclose(vh @ vh.T, torch.eye(r), atol=1e-5)
+    assert torch.allclose(s.double(), torch.linalg.svdvals(a.double()), rtol=1e-5)
+    assert torch.allclose((u * s) @ vh, a, atol=1e-5)
+
+
+@pytest.mark.parametrize("a", [_smooth(240, 80, seed=13, decay=0.9),  # κ ≈ 4e3: Gram refused
+                               _smooth(90, 80, seed=14),  # square-ish
+                               torch.zeros(60, 20)])
+def test_fast_svd_falls_back_to_svd(a: torch.Tensor) -> None:
+    u, s, vh = linalg.fast_svd(a)
+    ur, sr, vhr = linalg.svd(a)
+    assert torch.equal(s, sr) and torch.equal(u, ur) and torch.equal(vh, vhr)
+
+
+def _spd(n: int, eigenvalues: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return ((q * eigenvalues) @ q.T).float(), q
+
+
+def _subspace_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a @ a.T - b @ b.T).norm())
+
+
+def test_top_eigh_krylov_path_equals_eigh(monkeypatch: pytest.MonkeyPatch) -> None:
+    n, s = 400, 6
+    m, q = _spd(n, 0.98 ** torch.arange(n, dtype=torch.float64), seed=15)  # 2% gaps, like residual Grams
+    blocks = []
+    real = linalg._ritz
+    monkeypatch.setattr(linalg, "_ritz", lambda b, i, k: blocks.append(b.shape[1]) or real(b, i, k))
+    monkeypatch.setattr(torch.linalg, "eigh", _no_full_eigh(torch.linalg.eigh, n))
+    lam, w = linalg.top_eigh(m, s)
+    assert lam.shape == (s,) and w.shape == (n, s)
+    assert torch.allclose(lam.double(), 0.98 ** torch.arange(s, dtype=torch.float64), rtol=1e-5)
+    assert _subspace_gap(w, q[:, :s]) < 1e-4
+    cold = blocks[-1]
+    lam2, w2 = linalg.top_eigh(m, s, start=w)  # warm start: accepted at the early check
+    assert blocks[-1] < cold and _subspace_gap(w2, q[:, :s]) < 1e-4
+
+
+def _no_full_eigh(real, n: int):
+    def eigh(a: torch.Tensor, *args, **kwargs):
+        if a.shape[-1] == n:
+            pytest.fail("fell back to a full eigh")
+        return real(a, *args, **kwargs)
+    return eigh
+
+
+def test_top_eigh_falls_back_when_the_gap_closes() -> None:
+    n, s = 400, 6
+    values = torch.ones(n, dtype=torch.float64)
+    values[:s - 1] = 2.0  # λ_s = λ_(s+1): the top-s subspace is not unique, Krylov never certifies it
+    m, _ = _spd(n, values, seed=16)
+    lam, w = linalg.top_eigh(m, s)
+    ref = torch.linalg.eigh(m)[0].flip(0)[:s]
+    assert torch.allclose(lam, ref, atol=1e-5) and torch.allclose(w.T @ w, torch.eye(s), atol=1e-5)
+
+
+@pytest.mark.parametrize("s", [0, 3, 40])
+def test_top_eigh_small_problems_use_eigh(s: int) -> None:
+    m, q = _spd(40, 0.9 ** torch.arange(40, dtype=torch.float64), seed=17)
+    lam, w = linalg.top_eigh(m, s)
+    assert lam.shape == (s,) and w.shape == (40, s)
+    if s:
+        assert _subspace_gap(w, q[:, :s]) < 1e-4

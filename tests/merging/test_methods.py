@@ -127,3 +127,54 @@ def test_registry_schema_is_complete() -> None:
     assert get_method("ties").defaults() == {"top_k": 20.0}
     assert get_method("cart").defaults() == {"rank_ratio": 0.12}
     assert get_method("iso_c").spectral and not get_method("ties").spectral
+
+
+def _smooth_models(num_tasks: int, shapes: dict[str, tuple[int, int]], seed: int = 0) -> tuple[dict, list[dict]]:
+    """Pretrained weights plus task matrices with slowly decaying spectra (σi = 0.01·0.995^i),
+    the regime in which the engine's fast kernels (Gram SVD, block Krylov) are taken."""
+    gen = torch.Generator().manual_seed(seed)
+    pre = {k: torch.randn(*s, generator=gen) for k, s in shapes.items()}
+    fts = []
+    for _ in range(num_tasks):
+        ft = {}
+        for k, (m, n) in shapes.items():
+            r = min(m, n)
+            u, _ = torch.linalg.qr(torch.randn(m, r, generator=gen, dtype=torch.float64))
+            v, _ = torch.linalg.qr(torch.randn(n, r, generator=gen, dtype=torch.float64))
+            ft[k] = pre[k] + ((u * (0.01 * 0.995 ** torch.arange(r, dtype=torch.float64))) @ v.T).float()
+        fts.append(ft)
+    return pre, fts
+
+
+@pytest.mark.slow
+def test_iso_cts_fast_kernels_equal_reference_and_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tall (1152×384) and wide (384×1152) layers with T = 8 take the Gram SVD of the sum and the
+    block-Krylov residual eigenpairs; the result equals the float64 reference, and a sweep on
+    one Merger (residual Grams moved up and down in k, Krylov warm-started) equals fresh merges."""
+    from merging import linalg
+
+    used = {"gram": 0, "krylov": 0}
+    real_gram, real_krylov = linalg._gram_eigh, linalg._krylov_top
+
+    def gram_spy(*args):
+        got = real_gram(*args)
+        used["gram"] += got is not None
+        return got
+
+    def krylov_spy(*args):
+        got = real_krylov(*args)
+        used["krylov"] += got is not None
+        return got
+
+    monkeypatch.setattr(linalg, "_gram_eigh", gram_spy)
+    monkeypatch.setattr(linalg, "_krylov_top", krylov_spy)
+    pre, fts = _smooth_models(8, {"blocks.0.mlp.c_fc.weight": (1152, 384), "blocks.0.mlp.c_proj.weight": (384, 1152)})
+    swept = Merger(pre, fts, device="cpu")
+    for f in (0.9, 0.5, 0.95, 0.9):
+        fresh = Merger(pre, fts, device="cpu").update("iso_cts", {"common_fraction": f}).delta
+        _, delta, _ = reference.reference_update("iso_cts", pre, fts, common_fraction=f)
+        again = swept.update("iso_cts", {"common_fraction": f}).delta
+        for key in pre:
+            assert rel(fresh[key], delta[key]) < 1e-4, (f, key, rel(fresh[key], delta[key]))
+            assert rel(again[key], fresh[key]) < 1e-5, (f, key, rel(again[key], fresh[key]))
+    assert used["gram"] >= 2 and used["krylov"] >= 8
