@@ -11,10 +11,15 @@ converge on some wide Iso-CTS residuals (DESIGN §6), so ``svd`` walks a fallbac
    completion of the left vectors of zero singular values.
 
 ``polar`` returns the orthogonal polar factor U⊥ = P Qᵀ of A = P D Qᵀ (Higham, *Functions of
-Matrices*, ch. 8); for well-conditioned tall inputs it is computed from one float32 eigh of
-the small Gram matrix, AᵀA = W Λ Wᵀ ⇒ U⊥ = A W Λ^{-1/2} Wᵀ, and from the SVD otherwise.
-``polar_extended`` handles [orthonormal block | extra columns] with one small eigh, and
-``top_svd`` the top-k triplets from the small-side Gram (TSV-M, Iso-CTS residuals).
+Matrices*, ch. 8); for well-conditioned elongated inputs it is computed from one eigh of the
+small Gram matrix, AᵀA = W Λ Wᵀ ⇒ U⊥ = A W Λ^{-1/2} Wᵀ, and from the SVD otherwise.
+The fast kernels the spectral methods are built from:
+- ``gram``: AᵀA from its upper panels (5/8 of a GEMM's flops), exactly symmetric;
+- ``fast_svd``: a thin SVD from the Gram eigh when well conditioned (sums of task matrices);
+- ``top_svd``: the top-k triplets from the small-side Gram (TSV-M, CART, Iso-CTS tails);
+- ``top_eigh``: top-s eigenpairs of a batch of PSD matrices by block Krylov (Golub & Van
+  Loan, *Matrix Computations*, §10.3), warm-startable, with an eigh fallback;
+- ``polar_extended``: polar([orthonormal block | extra columns]) with one small eigh.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from merging.errors import NonFiniteError
 log = logging.getLogger(__name__)
 
 SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-# The float32 Gram route of ``polar`` is taken only up to this condition number (measured on
-# 3072×768: κ 10 → 3e-6 like a float32 SVD; κ 30 → 2e-5; κ 100 → 2e-4).
-GRAM_POLAR_MAX_COND = 20.0
+# The Gram routes (``polar``, ``fast_svd``) are taken only up to these condition numbers: the
+# Gram squares κ (measured in float32 on 3072×768: κ 10 → 3e-6 like a float32 SVD; κ 30 → 2e-5;
+# κ 100 → 2e-4); float64 keeps ~ε64·κ² ≈ 1e-8 at κ = 1e4.
+GRAM_MAX_COND = {torch.float32: 20.0, torch.float64: 1e4}
 
 
 def _all_finite(a: torch.Tensor) -> bool:
@@ -175,12 +181,13 @@ def gram(a: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _gram_eigh(tall: torch.Tensor, max_cond: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(λ (n,) descending, W (n, n)) of the float32 Gram AᵀA of a float32 ``tall`` (m ≥ 2n);
-    None when κ(A) > ``max_cond`` (the Gram squares κ, so it would lose accuracy), when eigh
-    fails, or for square-ish inputs: there a refused attempt would cost 40% of the SVD it
-    precedes, and the real square sums (out_proj) are far beyond κ = 20."""
-    if tall.dtype != torch.float32 or tall.numel() == 0 or tall.shape[0] < 2 * tall.shape[1]:
+def _gram_eigh(tall: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(λ (n,) descending, W (n, n)) of the Gram AᵀA of a float32/float64 ``tall`` (m ≥ 2n), in
+    its dtype; None when κ(A) > GRAM_MAX_COND (the Gram would lose accuracy), when eigh fails,
+    or for square-ish inputs: there a refused attempt would cost 40% of the SVD it precedes,
+    and the real square sums (out_proj) are far beyond κ = 20."""
+    max_cond = GRAM_MAX_COND.get(tall.dtype)
+    if max_cond is None or tall.numel() == 0 or tall.shape[0] < 2 * tall.shape[1]:
         return None
     try:
         lam, w = torch.linalg.eigh(gram(tall))  # ascending (n,), (n, n)
@@ -192,10 +199,10 @@ def _gram_eigh(tall: torch.Tensor, max_cond: float) -> tuple[torch.Tensor, torch
 
 
 def _gram_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(polar factor, singular values) of a tall float32 ``a`` from one float32 eigh of its
-    small Gram, AᵀA = W Λ Wᵀ ⇒ U⊥ = A W Λ^{-1/2} Wᵀ; None when κ(A) > GRAM_POLAR_MAX_COND
-    (measured: κ ≤ 10 matches a float32 SVD, 3e-6) or ``a`` is square-ish (see ``_gram_eigh``)."""
-    got = _gram_eigh(a, GRAM_POLAR_MAX_COND)
+    """(polar factor, singular values) of a tall ``a`` from one eigh of its small Gram,
+    AᵀA = W Λ Wᵀ ⇒ U⊥ = A W Λ^{-1/2} Wᵀ; None when ``_gram_eigh`` refuses (κ(A) above
+    GRAM_MAX_COND, or ``a`` square-ish)."""
+    got = _gram_eigh(a)
     if got is None:
         return None
     lam, w = got
@@ -205,13 +212,13 @@ def _gram_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 def fast_svd(a: torch.Tensor) -> SVD:
     """Thin SVD like ``svd``, from one float32 eigh of the small-side Gram when ``a`` is float32
-    and well conditioned (κ ≤ GRAM_POLAR_MAX_COND): tall A = (A W Λ^{-1/2}) Λ^{1/2} Wᵀ, and a
+    and well conditioned (κ ≤ GRAM_MAX_COND): tall A = (A W Λ^{-1/2}) Λ^{1/2} Wᵀ, and a
     wide A gets exact orthonormal left vectors W. 2–3× faster than LAPACK on 3072×768; the
     factors are orthonormal to ~ε·κ² (≤ 3e-5). Anything else goes through ``svd``."""
     _check_finite(a, "fast_svd")
     wide = a.shape[0] < a.shape[1]
     tall = a.T if wide else a
-    got = _gram_eigh(tall, GRAM_POLAR_MAX_COND)
+    got = _gram_eigh(tall) if a.dtype == torch.float32 else None
     if got is None:
         return svd(a)
     lam, w = got
@@ -283,104 +290,108 @@ def top_svd(a: torch.Tensor, rank: int) -> SVD:
 
 
 # top_eigh's block Krylov: block width s + KRYLOV_PAD (at least KRYLOV_MIN_WIDTH), a
-# Rayleigh–Ritz check after these many
-# blocks, accepted when the Davis–Kahan estimate ‖R‖_F / (θ_s − θ_{s+1}) of the Ritz subspace
-# error is ≤ KRYLOV_TOL (measured on Iso-CTS residual Grams, 768², s = 19: 13 blocks give a
-# subspace error of ~1e-5 in 11 ms, where a full eigh takes 20 ms; warm-started, 3 ms).
+# Rayleigh–Ritz check after these many blocks, accepted when the Davis–Kahan estimate
+# ‖R‖_F / (θ_s − θ_{s+1}) of the Ritz subspace error is ≤ KRYLOV_TOL (measured on Iso-CTS
+# residual Grams, 768², s = 19: 13 blocks give a subspace error of ~1e-5; the 8 tasks of a
+# layer in one batch take 5 ms each, where a full eigh takes 20 ms; warm-started, ~2 ms).
 KRYLOV_PAD, KRYLOV_CHECKS, KRYLOV_TOL = 1, (13, 16), 1e-3
 KRYLOV_WARM_CHECK = 4  # an extra early check when warm-started
 KRYLOV_MIN_WIDTH = 8  # narrower blocks build too small a space in 13 blocks
 
 
 def top_eigh(m: torch.Tensor, s: int, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The top-``s`` eigenpairs of a symmetric PSD ``m`` (n, n): λ (s,) descending, W (n, s).
+    """The top-``s`` eigenpairs of symmetric PSD matrices ``m`` (..., n, n): λ (..., s)
+    descending, W (..., n, s).
 
-    Block Krylov (block Lanczos with full reorthogonalization, then Rayleigh–Ritz) when the
-    Krylov space stays under n/2; ``start`` (n, j) seeds the first block (a sweep passes the
-    previous vectors, which then converge in a few blocks). Falls back to a full eigh when the
-    error estimate does not reach KRYLOV_TOL."""
-    n = m.shape[0]
+    Block Krylov (block Lanczos with full reorthogonalization, then Rayleigh–Ritz), batched
+    over the leading dimension, when the Krylov space stays under n/2; ``start`` (..., n, j)
+    seeds the first block (a sweep passes the previous vectors, which then converge in a few
+    blocks). Matrices whose error estimate does not reach KRYLOV_TOL get a full eigh."""
+    batch = m.reshape(-1, *m.shape[-2:])  # (B, n, n)
+    n = batch.shape[-1]
     s = max(0, min(s, n))
+    lam, w = batch.new_zeros(batch.shape[0], s), batch.new_zeros(batch.shape[0], n, s)
+    todo = list(range(batch.shape[0]))
     width = max(s + KRYLOV_PAD, KRYLOV_MIN_WIDTH)
-    if s and width * (KRYLOV_CHECKS[-1] + 1) <= n // 2:
-        got = _krylov_top(m, s, width, start)
-        if got is not None:
-            return got
-    lam, w = torch.linalg.eigh(m)  # ascending
-    return lam.flip(0)[:s], w.flip(1)[:, :s]
+    if s and todo and width * (KRYLOV_CHECKS[-1] + 1) <= n // 2:
+        seed = None if start is None else start.reshape(-1, n, start.shape[-1])
+        theta, x, ok = _krylov_top(batch, s, width, seed)
+        lam[ok], w[ok] = theta[ok], x[ok]
+        todo = [i for i in todo if not bool(ok[i])]
+    for i in todo:
+        full, vecs = torch.linalg.eigh(batch[i])  # ascending
+        lam[i], w[i] = full.flip(0)[:s], vecs.flip(1)[:, :s]
+    return lam.reshape(*m.shape[:-2], s), w.reshape(*m.shape[:-2], n, s)
 
 
 def _first_block(m: torch.Tensor, width: int, start: torch.Tensor | None) -> torch.Tensor:
     gen = torch.Generator(device="cpu").manual_seed(0)
-    block = torch.randn(m.shape[0], width, generator=gen, dtype=m.dtype).to(m.device)  # (n, b)
+    block = torch.randn(m.shape[0], m.shape[1], width, generator=gen, dtype=m.dtype).to(m.device)  # (B, n, b)
     if start is not None:
-        j = min(start.shape[1], width)
-        block[:, :j] = start[:, :j].to(m.dtype)
+        j = min(start.shape[-1], width)
+        block[:, :, :j] = start[:, :, :j].to(m.dtype)
     return torch.linalg.qr(block)[0]
 
 
-def _krylov_top(m: torch.Tensor, s: int, width: int, start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _krylov_top(m: torch.Tensor, s: int, width: int, start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(θ (B, s), X (B, n, s), accepted (B,)) for the batch ``m`` (B, n, n)."""
     last = KRYLOV_CHECKS[-1]
     checks = KRYLOV_CHECKS if start is None else (KRYLOV_WARM_CHECK, *KRYLOV_CHECKS)
-    basis = m.new_empty(m.shape[0], width * last)  # orthonormal columns, filled block by block
+    basis = m.new_empty(m.shape[0], m.shape[1], width * last)  # orthonormal columns, block by block
     images = torch.empty_like(basis)  # M · basis
-    basis[:, :width] = _first_block(m, width, start)
+    basis[:, :, :width] = _first_block(m, width, start)
+    theta, x = m.new_zeros(m.shape[0], s), m.new_zeros(m.shape[0], m.shape[1], s)
+    ok = torch.zeros(m.shape[0], dtype=torch.bool)
     for blocks in range(1, last + 1):
         cols = width * blocks
-        torch.mm(m, basis[:, cols - width:cols], out=images[:, cols - width:cols])
+        torch.bmm(m, basis[:, :, cols - width:cols], out=images[:, :, cols - width:cols])
         if blocks in checks:
-            got = _ritz(basis[:, :cols], images[:, :cols], s)
-            if got is not None or blocks == last:
-                return got
-        basis[:, cols:cols + width] = _next_block(basis[:, :cols], images[:, cols - width:cols])
-    return None  # pragma: no cover (the loop returns)
+            t, v, good = _ritz(basis[:, :, :cols], images[:, :, :cols], s)
+            new = good & ~ok
+            theta[new], x[new], ok = t[new], v[new], ok | good
+            if bool(ok.all()) or blocks == last:
+                break
+        basis[:, :, cols:cols + width] = _next_block(basis[:, :, :cols], images[:, :, cols - width:cols])
+    return theta, x, ok
 
 
 def _next_block(basis: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Orthonormal columns spanning ``z`` (n, b) minus its part in span(``basis``): classical
+    """Orthonormal columns spanning ``z`` (B, n, b) minus its part in span(``basis``): classical
     Gram–Schmidt twice ("twice is enough"), and once more when ``z`` nearly lay in the span."""
     for _ in range(2):
-        z = z - basis @ (basis.T @ z)
-    q, r = torch.linalg.qr(z)  # (n, b), (b, b)
-    if float(torch.diagonal(r).abs().min()) < 1e-3 * float(r.abs().max()):
-        q = torch.linalg.qr(q - basis @ (basis.T @ q))[0]  # breakdown: q is partly noise
+        z = z - basis @ (basis.mT @ z)
+    q, r = torch.linalg.qr(z)  # (B, n, b), (B, b, b)
+    diag = torch.diagonal(r, dim1=-2, dim2=-1).abs()
+    if bool((diag.amin(-1) < 1e-3 * r.abs().amax((-2, -1))).any()):
+        q = torch.linalg.qr(q - basis @ (basis.mT @ q))[0]  # breakdown: q is partly noise
     return q
 
 
-def _ritz(basis: torch.Tensor, images: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Top-``s`` Ritz pairs of M over span(basis), or None while their error estimate is high."""
-    h = basis.T @ images  # (p, p)
-    theta, y = torch.linalg.eigh((h + h.T) / 2)
-    theta, y = theta.flip(0)[:s + 1], y.flip(1)[:, :s]  # (s+1,), (p, s)
-    x = basis @ y  # (n, s)
-    resid = float((images @ y - x * theta[:s]).norm())
-    gap = float(theta[s - 1] - theta[s])
-    defect = float((x.T @ x - torch.eye(s, dtype=x.dtype, device=x.device)).abs().max())
-    if gap > 0 and resid <= KRYLOV_TOL * gap and defect < 1e-4 and _finite(theta, x):
-        return theta[:s].clamp_min(0), x
-    return None
+def _ritz(basis: torch.Tensor, images: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``s`` Ritz pairs of each M over span(basis): (θ (B, s), X (B, n, s), accepted (B,)),
+    accepted where the error estimate is below KRYLOV_TOL."""
+    h = basis.mT @ images  # (B, p, p)
+    theta, y = torch.linalg.eigh((h + h.mT) / 2)
+    theta, y = theta.flip(-1)[:, :s + 1], y.flip(-1)[:, :, :s]  # (B, s+1), (B, p, s)
+    x = basis @ y  # (B, n, s)
+    resid = torch.linalg.matrix_norm(images @ y - x * theta[:, None, :s])  # (B,)
+    gap = theta[:, s - 1] - theta[:, s]
+    eye = torch.eye(s, dtype=x.dtype, device=x.device)
+    defect = (x.mT @ x - eye).abs().amax((-2, -1))
+    good = (gap > 0) & (resid <= KRYLOV_TOL * gap) & (defect < 1e-4)
+    good &= torch.isfinite(theta).all(-1) & torch.isfinite(x).all(-1).all(-1)
+    return theta[:, :s].clamp_min(0), x, good.cpu()
 
 
-# λ_min/λ_max of H below which polar_extended re-orthonormalizes q (κ([q | x]) > 100).
-ORTHONORMALIZE_BELOW = 1e-4
-
-
-def _orthonormalize(q: torch.Tensor) -> torch.Tensor:
-    """q (I − E/2) in float64, E = qᵀq − I: one Newton–Schulz step removes the ~1e-7 float32
-    orthonormality defect of ``q`` (p, k), leaving O(E²) ≈ 1e-14."""
-    q64 = q.double()  # (p, k)
-    defect = q64.T @ q64 - torch.eye(q.shape[1], dtype=torch.float64, device=q.device)  # (k, k)
-    return q64 - 0.5 * (q64 @ defect)
-
-
-def _extended(c: torch.Tensor, xtx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(Q_C (k, l'), Φ = H^{-1/2} − I, λ(H)) for ``polar_extended`` from C = qᵀx (k, l) and
-    XᵀX (l, l); all float64 (small matrices)."""
-    c, xtx = c.double(), xtx.double()
+def _extended(c: torch.Tensor, r_perp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Q_C (k, l'), Φ = H^{-1/2} − I, λ(H)) for ``polar_extended`` from C = qᵀx (k, l) and the
+    triangular factor R⊥ (l, l) of x's part outside span(q); float64 (small matrices)."""
+    c, r_perp = c.double(), r_perp.double()
     qc, rc = torch.linalg.qr(c)  # (k, l'), (l', l)
-    lp, l = qc.shape[1], xtx.shape[0]
+    lp, l = qc.shape[1], c.shape[1]
     eye = torch.eye(lp, dtype=torch.float64, device=c.device)
-    h = torch.cat([torch.cat([eye, rc], 1), torch.cat([rc.T, xtx], 1)], 0)  # (l'+l, l'+l)
+    inner = rc.T @ rc + r_perp.T @ r_perp  # = xᵀx, without a difference of Grams
+    h = torch.cat([torch.cat([eye, rc], 1), torch.cat([rc.T, inner], 1)], 0)  # (l'+l, l'+l)
     lam, w = torch.linalg.eigh(h)
     lam = lam.clamp_min(torch.finfo(torch.float64).tiny)
     phi = (w * lam.rsqrt()) @ w.T - torch.eye(lp + l, dtype=torch.float64, device=c.device)
@@ -388,7 +399,7 @@ def _extended(c: torch.Tensor, xtx: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def _apply_extended(q: torch.Tensor, x: torch.Tensor, qc: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-    """[q | x] G^{-1/2} = [q | x] + [q Q_C | x] Φ [Q_C | I]ᵀ, in the dtype of ``q``."""
+    """[q | x] (TᵀT)^{-1/2} = [q | x] + [q Q_C | x] Φ [Q_C | I]ᵀ, in the dtype of ``q``."""
     k, lp = q.shape[1], qc.shape[1]
     qc, phi = qc.to(q.dtype), phi.to(q.dtype)
     corr = torch.cat([q @ qc, x], 1) @ phi  # (p, l'+l)
@@ -401,21 +412,23 @@ def _apply_extended(q: torch.Tensor, x: torch.Tensor, qc: torch.Tensor, phi: tor
 def polar_extended(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """polar([q | x]) for ``q`` (p, k) with orthonormal columns and ``x`` (p, l), k + l ≤ p.
 
-    The Gram G = [[I, C], [Cᵀ, XᵀX]] (C = qᵀx) differs from I by a rank ≤ 2l term
-    Z (H − I) Zᵀ with Z = blockdiag(Q_C, I), C = Q_C R_C and H = [[I, R_C], [R_Cᵀ, XᵀX]],
-    so G^{-1/2} = I + Z (H^{-1/2} − I) Zᵀ needs one small (≤ 2l)² eigh; C, XᵀX and H are
-    float64, the big products stay in the input dtype. The formula trusts qᵀq = I; when [q | x] is
-    ill-conditioned (κ > 100) the ~1e-7 float32 defect of q would be amplified (∝ κ²), so q is
-    first re-orthonormalized in float64 and everything runs in float64. Falls back to the SVD
-    when [q | x] is numerically rank deficient."""
+    In the orthonormal basis [q | Q⊥], where x = q C + Q⊥ R⊥ (C = qᵀx; Q⊥ R⊥ the QR of x's
+    part outside span(q)), [q | x] has coordinates T = [[I, C], [0, R⊥]], so
+    polar([q | x]) = [q | x] (TᵀT)^{-1/2}. TᵀT differs from I by a rank ≤ 2l term
+    Z (H − I) Zᵀ with Z = blockdiag(Q_C, I), C = Q_C R_C and H = [[I, R_C], [R_Cᵀ,
+    R_CᵀR_C + R⊥ᵀR⊥]], so (TᵀT)^{-1/2} = I + Z (H^{-1/2} − I) Zᵀ needs one small (≤ 2l)² eigh
+    (float64). How nearly x depends on q lives in the small R⊥, taken from x's perpendicular
+    part (Gram–Schmidt twice) rather than as a difference of Grams, so the big products stay in
+    the input dtype at any conditioning and a defect of q's orthonormality is not amplified.
+    Falls back to the SVD when [q | x] is numerically rank deficient."""
     if x.shape[1] == 0:
         return q.clone()
-    q64, x64 = q.double(), x.double()  # H's small eigenvalues are differences: float64 Grams
-    qc, phi, lam = _extended(q64.T @ x64, x64.T @ x64)
+    c = q.T @ x  # (k, l)
+    perp = x - q @ c  # (p, l)
+    again = q.T @ perp  # second Gram–Schmidt pass
+    c, perp = c + again, perp - q @ again
+    r_perp = torch.linalg.qr(perp, mode="r")[1]  # (l, l)
+    qc, phi, lam = _extended(c, r_perp)
     if not _finite(lam, phi) or lam[0] < 1e-10 * lam[-1]:
         return polar(torch.cat([q, x], 1))
-    if lam[0] >= ORTHONORMALIZE_BELOW * lam[-1]:
-        return _apply_extended(q, x, qc, phi)
-    q64 = _orthonormalize(q)
-    qc, phi, lam = _extended(q64.T @ x64, x64.T @ x64)
-    return _apply_extended(q64, x64, qc, phi).to(q.dtype)
+    return _apply_extended(q, x, qc, phi)

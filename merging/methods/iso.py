@@ -74,45 +74,47 @@ def _wide_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
 
 # -- tall S -------------------------------------------------------------------------------------
 
-def _top_rows(layer: Layer, t: int, k: int) -> torch.Tensor:
-    """Fk = U[:, :k]ᵀ Δt, (k, n); rows are computed once and kept as k moves up."""
-    name = f"top:{t}"
-    have = layer.cache.get(name)
+def _top_rows(layer: Layer, k: int) -> torch.Tensor:
+    """Fk = U[:, :k]ᵀ Δt for every task, (T, k, n); rows are computed once and kept as k grows."""
+    have = layer.cache.get("top")
     if have is None:
-        have = layer.taus[t].new_zeros(0, layer.taus[t].shape[1])
-    if k > have.shape[0]:
-        new = _sum_svd(layer)[0][:, have.shape[0]:k].T @ layer.taus[t]  # (k−done, n)
-        have = layer.cache[name] = torch.cat([have, new], 0)
-    return have[:k]
+        have = layer.taus[0].new_empty(layer.num_tasks, 0, layer.taus[0].shape[1])
+    if k > have.shape[1]:
+        uk = _sum_svd(layer)[0][:, have.shape[1]:k]  # (m, k−done)
+        new = torch.stack([uk.T @ tau for tau in layer.taus])  # (T, k−done, n)
+        have = layer.cache["top"] = new if have.shape[1] == 0 else torch.cat([have, new], 1)
+    return have[:, :k]
 
 
-def _residual_gram(layer: Layer, t: int, k: int) -> torch.Tensor:
-    """RtᵀRt = ΔtᵀΔt − FkᵀFk (n, n), moved from the cached k by the rows in between."""
-    name = f"rgram:{t}"
-    if name not in layer.cache:
-        layer.cache[name] = (0, gram(layer.taus[t]))
-    k0, resid = layer.cache[name]
+def _residual_grams(layer: Layer, k: int) -> torch.Tensor:
+    """RtᵀRt = ΔtᵀΔt − FkᵀFk for every task, (T, n, n), moved from the cached k by the rows in
+    between (in place: the cache owns it)."""
+    if "rgram" not in layer.cache:
+        layer.cache["rgram"] = (0, torch.stack([gram(tau) for tau in layer.taus]))
+    k0, grams = layer.cache["rgram"]
     if k != k0:
-        rows = _top_rows(layer, t, max(k, k0))[min(k, k0):max(k, k0)]  # (|k−k0|, n)
-        resid.add_(gram(rows), alpha=-1.0 if k > k0 else 1.0)  # in place: the cache owns it
-        layer.cache[name] = (k, resid)
-    return resid
-
-
-def _tall_task(layer: Layer, t: int, k: int, s: int) -> SVD:
-    """Top-s triplets of Rt when m > n, from its n×n Gram."""
-    lam, w = top_eigh(_residual_gram(layer, t, k), s, layer.cache.get(f"rvec:{t}"))  # (s,), (n, s)
-    layer.cache[f"rvec:{t}"] = w
-    if s and lam[-1] <= 1e-12 * max(float(lam[0]), 1e-30):
-        return _residual_top_plain(layer, t, k, s)  # rank-deficient residual
-    sig = lam.sqrt()  # (s,)
-    uk = _sum_svd(layer)[0][:, :k]  # (m, k)
-    left = (layer.taus[t] @ w - uk @ (_top_rows(layer, t, k) @ w)) / sig  # Rt v / σ  (m, s)
-    return left, sig, w.T
+        rows = _top_rows(layer, max(k, k0))[:, min(k, k0):max(k, k0)]  # (T, |k−k0|, n)
+        for t in range(layer.num_tasks):
+            grams[t].add_(gram(rows[t]), alpha=-1.0 if k > k0 else 1.0)
+        layer.cache["rgram"] = (k, grams)
+    return grams
 
 
 def _tall_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
-    return [_tall_task(layer, t, k, s) for t in range(layer.num_tasks)]
+    """Top-s triplets of every Rt when m > n, from the n×n Grams (one batched eigensolve)."""
+    lam, w = top_eigh(_residual_grams(layer, k), s, layer.cache.get("rvec"))  # (T, s), (T, n, s)
+    layer.cache["rvec"] = w
+    uk = _sum_svd(layer)[0][:, :k]  # (m, k)
+    inside = torch.matmul(uk, _top_rows(layer, k) @ w)  # Uk Fk v  (T, m, s)
+    tops = []
+    for t, tau in enumerate(layer.taus):
+        if s and lam[t, -1] <= 1e-12 * max(float(lam[t, 0]), 1e-30):
+            tops.append(_residual_top_plain(layer, t, k, s))  # rank-deficient residual
+            continue
+        sig = lam[t].sqrt()  # (s,)
+        left = (tau @ w[t]).sub_(inside[t]).div_(sig)  # Rt v / σ  (m, s)
+        tops.append((left, sig, w[t].T))
+    return tops
 
 
 def _residual_top_plain(layer: Layer, t: int, k: int, s: int) -> SVD:

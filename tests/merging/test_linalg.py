@@ -213,7 +213,7 @@ def test_top_eigh_krylov_path_equals_eigh(monkeypatch: pytest.MonkeyPatch) -> No
     m, q = _spd(n, 0.98 ** torch.arange(n, dtype=torch.float64), seed=15)  # 2% gaps, like residual Grams
     blocks = []
     real = linalg._ritz
-    monkeypatch.setattr(linalg, "_ritz", lambda b, i, k: blocks.append(b.shape[1]) or real(b, i, k))
+    monkeypatch.setattr(linalg, "_ritz", lambda b, i, k: blocks.append(b.shape[-1]) or real(b, i, k))
     monkeypatch.setattr(torch.linalg, "eigh", _no_full_eigh(torch.linalg.eigh, n))
     lam, w = linalg.top_eigh(m, s)
     assert lam.shape == (s,) and w.shape == (n, s)
@@ -249,3 +249,17 @@ def test_top_eigh_small_problems_use_eigh(s: int) -> None:
     assert lam.shape == (s,) and w.shape == (40, s)
     if s:
         assert _subspace_gap(w, q[:, :s]) < 1e-4
+
+
+@pytest.mark.parametrize("eps", [1e-1, 1e-3])
+def test_polar_extended_is_accurate_when_ill_conditioned_and_q_is_imperfect(eps: float) -> None:
+    """x nearly inside span(q) (κ([q | x]) ≈ 1e2 … 1e4) and q orthonormal only to 1e-5, like the
+    Gram-route factors: the error stays linear in the defect instead of growing with κ²."""
+    g = torch.Generator().manual_seed(21)
+    q, _ = torch.linalg.qr(torch.randn(300, 80, generator=g, dtype=torch.float64))
+    q = (q + 1e-5 * torch.randn(300, 80, generator=g, dtype=torch.float64)).float()
+    x = (q.double() @ torch.randn(80, 20, generator=g, dtype=torch.float64)
+         + eps * torch.randn(300, 20, generator=g, dtype=torch.float64)).float()
+    u, s, vh = torch.linalg.svd(torch.cat([q, x], 1).double(), full_matrices=False)
+    assert float(s[0] / s[-1]) > 0.1 / eps  # really ill-conditioned
+    assert float((linalg.polar_extended(q, x).double() - u @ vh).abs().max()) < 1e-4

