@@ -6,7 +6,8 @@ Public API (other rooms rely on it):
   ``load() -> StateDict``. Tensors are read one key at a time (safetensors and torch zip files are
   memory-mapped), so the engine can stream layer by layer.
 - ``load_state_dict(path, trust_pickle=False) -> StateDict``.
-- ``save_safetensors(state, path, metadata=None)``: atomic (temp file, fsync, rename).
+- ``save_safetensors(state, path, metadata=None)``: atomic (temp file, fsync, rename), and
+  ``safetensors_writer(path, layout)`` for streaming one tensor at a time.
 - ``convert_to_safetensors(src, dst, trust_pickle) -> Path``: the one-time conversion offered for
   pickled checkpoints.
 
@@ -41,7 +42,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from merging.errors import CheckpointError, UntrustedPickleError
 from merging.pickle_scan import PickleScan, StorageRef, scan_pickles
@@ -436,18 +436,6 @@ def load_state_dict(path: str | Path, trust_pickle: bool = False) -> StateDict:
     return open_checkpoint(path, trust_pickle).load()
 
 
-def _unshared(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """CPU, contiguous tensors; ones sharing storage with an earlier tensor are copied (safetensors
-    refuses shared memory, which tied weights and views of one storage produce)."""
-    out, seen = {}, set()
-    for key, value in state.items():
-        t = value.detach().to("cpu").contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        out[key] = t.clone() if ptr in seen and t.numel() else t
-        seen.add(ptr)
-    return out
-
-
 def _umask() -> int:
     """The process umask, read without changing it (os.umask would race other threads)."""
     try:
@@ -479,11 +467,64 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+ST_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in ST_DTYPES.items()}
+Layout = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
+
+
+def _st_header(layout: Layout, metadata: Mapping[str, str] | None) -> bytes:
+    """8-byte length + JSON header (key → dtype, shape, byte span in ``layout`` order), padded
+    with spaces so the data starts 8-byte aligned, as the safetensors format specifies."""
+    header: dict[str, Any] = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
+    offset = 0
+    for key, (dtype, shape) in layout.items():
+        if dtype not in ST_NAMES:
+            raise CheckpointError(f"cannot write tensor '{key}': dtype {dtype} has no safetensors name")
+        size = math.prod(shape) * dtype.itemsize
+        header[key] = {"dtype": ST_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a CPU contiguous tensor, without a copy."""
+    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+
+
+@contextmanager
+def safetensors_writer(path: str | Path, layout: Layout,
+                       metadata: Mapping[str, str] | None = None) -> Iterator[Callable[[str, torch.Tensor], None]]:
+    """Stream a safetensors file: the header comes from ``layout`` (key → (dtype, shape), in
+    write order) and the yielded ``write(key, tensor)`` appends each tensor's bytes, cast to its
+    declared dtype, as it is produced, so the whole state never sits in memory. A tensor out of
+    order or of another shape, or a missing one, is an error; atomic like ``atomic_path``."""
+    pending = iter(layout.items())
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(_st_header(layout, metadata))
+
+        def write(key: str, tensor: torch.Tensor) -> None:
+            want = next(pending, None)
+            if want is None or want[0] != key or tuple(tensor.shape) != tuple(want[1][1]):
+                expected = "nothing more" if want is None else f"'{want[0]}' {tuple(want[1][1])}"
+                raise CheckpointError(f"{path}: got tensor '{key}' {tuple(tensor.shape)}, expected {expected}")
+            f.write(_tensor_bytes(tensor.detach().to("cpu", want[1][0]).contiguous()))
+
+        yield write
+        missing = [key for key, _ in pending]
+        if missing:
+            raise CheckpointError(f"{path}: {len(missing)} tensors were never written (first: '{missing[0]}')")
+
+
 def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path,
                      metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``state`` to ``path`` atomically (see ``atomic_path``)."""
-    with atomic_path(path) as tmp:
-        save_file(_unshared(state), str(tmp), metadata=dict(metadata or {}))
+    """Write ``state`` to ``path`` atomically, tensor by tensor (``safetensors_writer``): tied or
+    viewed tensors are written as the values they show, and nothing is copied whole."""
+    layout = {key: (value.dtype, tuple(value.shape)) for key, value in state.items()}
+    with safetensors_writer(path, layout, metadata) as write:
+        for key, value in state.items():
+            write(key, value)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -167,12 +167,13 @@ def polar_from_svd(u: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
 GRAM_PANELS = 4  # column panels of ``gram``: 3072×768 takes 7.4 ms instead of 10.9 ms
 
 
-def gram(a: torch.Tensor) -> torch.Tensor:
+def gram(a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """AᵀA (n, n) for ``a`` (m, n), exactly symmetric, computing only the upper panels: panel i
-    is A[:, i]ᵀ A[:, i:], mirrored below (5/8 of a GEMM's flops with 4 panels)."""
+    is A[:, i]ᵀ A[:, i:], mirrored below (5/8 of a GEMM's flops with 4 panels). Written into
+    ``out`` when given."""
     n = a.shape[1]
     edges = [round(i * n / GRAM_PANELS) for i in range(GRAM_PANELS + 1)]
-    out = a.new_empty(n, n)
+    out = a.new_empty(n, n) if out is None else out
     for lo, hi in zip(edges[:-1], edges[1:]):
         if hi > lo:
             panel = a[:, lo:hi].T @ a[:, lo:]  # (hi−lo, n−lo)

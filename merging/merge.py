@@ -19,7 +19,7 @@ import torch
 
 from merging.device import pick_device
 from merging.errors import MismatchError
-from merging.io import open_checkpoint, save_safetensors
+from merging.io import open_checkpoint, safetensors_writer
 from merging.methods.common import Layer
 from merging.progress import Progress, scaled, silent
 from merging.registry import Method, get_method
@@ -177,6 +177,7 @@ class _Files:
         first = self.open()
         self.keys: list[str] = list(first[0])
         self.shapes = {k: tuple(first[0].shape(k)) for k in self.keys}
+        self.dtypes = {k: first[0].dtype(k) for k in self.keys}
         _check_files(first[0], first[1:], self.names[1:])
 
     def open(self) -> list[Any]:
@@ -201,10 +202,11 @@ def merge_files(pretrained: PathLike, finetuned: Sequence[PathLike], method: str
                 progress: Progress | None = None) -> None:
     """Merge checkpoint files into ``out`` (safetensors), streaming key by key.
 
-    Tensors are read lazily (a chunk of keys at a time from every file), so peak memory stays
-    near two checkpoints' worth (the output and its serialization) however many tasks there
-    are. Output keys and dtypes are the pretrained file's (fp16/bf16 are computed in fp32 and
-    written back). Nothing is written when anything fails."""
+    Tensors are read lazily (a chunk of keys at a time from every file) and each merged tensor
+    is appended to the output file as soon as it exists (``safetensors_writer``), so peak memory
+    is one chunk of every file plus one layer's work, however many tasks there are. Output keys
+    and dtypes are the pretrained file's (fp16/bf16 are computed in fp32 and written back).
+    Nothing is written when anything fails."""
     spec = get_method(method)
     values = spec.resolve(params)
     if not finetuned:
@@ -217,22 +219,20 @@ def merge_files(pretrained: PathLike, finetuned: Sequence[PathLike], method: str
     a = a if a is not None else (1.0 if alpha is None else float(alpha))
     prepare = spec.extra.get("prepare")
     shared = prepare(files.task_vector, num_tasks, values) if prepare else {}
-    merged: StateDict = {}
+    layout = {key: (files.dtypes[key], files.shapes[key]) for key in files.keys}
+    metadata = {"isoscope_method": spec.name, "isoscope_alpha": repr(a), "isoscope_params": repr(dict(values))}
     done, total = 0, sum(files.numel(k) for k in files.keys)
-    step = scaled(report, 0.0, 0.95)
-    for chunk in _chunks(files.keys, files.numel, STREAM_CHUNK_ELEMENTS):
-        ckpts = files.open()
-        for key in chunk:
-            pre = _read(ckpts[0], key, files.names[0], dev)
-            taus = [task_vector(pre, _read(c, key, name, dev)) for c, name in zip(ckpts[1:], files.names[1:], strict=True)]
-            layer = Layer(key=key, taus=taus, matrix=is_matrix(key, pre), shared=shared)
-            value = _base(spec, pre, layer) + a * _layer_delta(spec, values, layer)
-            merged[key] = value.to(dtype=pre.dtype).cpu()
-            done += files.numel(key)
-            step(done / max(total, 1), f"{spec.display_name}: {key}")
-        del ckpts
-    report(0.97, f"writing {out}")
-    save_safetensors(merged, out, metadata={"isoscope_method": spec.name, "isoscope_alpha": repr(a),
-                                            "isoscope_params": repr(dict(values))})
+    step = scaled(report, 0.0, 0.99)
+    with safetensors_writer(out, layout, metadata) as write:
+        for chunk in _chunks(files.keys, files.numel, STREAM_CHUNK_ELEMENTS):
+            ckpts = files.open()
+            for key in chunk:
+                pre = _read(ckpts[0], key, files.names[0], dev)
+                taus = [task_vector(pre, _read(c, key, name, dev)) for c, name in zip(ckpts[1:], files.names[1:], strict=True)]
+                layer = Layer(key=key, taus=taus, matrix=is_matrix(key, pre), shared=shared)
+                write(key, _base(spec, pre, layer) + a * _layer_delta(spec, values, layer))  # cast to pre's dtype
+                done += files.numel(key)
+                step(done / max(total, 1), f"{spec.display_name}: {key}")
+            del ckpts
     report(1.0, f"wrote {out}")
     log.info("merged %d fine-tuned files with %s into %s", num_tasks, spec.name, out)

@@ -81,7 +81,9 @@ def _top_rows(layer: Layer, k: int) -> torch.Tensor:
         have = layer.taus[0].new_empty(layer.num_tasks, 0, layer.taus[0].shape[1])
     if k > have.shape[1]:
         uk = _sum_svd(layer)[0][:, have.shape[1]:k]  # (m, k−done)
-        new = torch.stack([uk.T @ tau for tau in layer.taus])  # (T, k−done, n)
+        new = have.new_empty(layer.num_tasks, uk.shape[1], have.shape[2])  # (T, k−done, n)
+        for t, tau in enumerate(layer.taus):
+            torch.mm(uk.T, tau, out=new[t])
         have = layer.cache["top"] = new if have.shape[1] == 0 else torch.cat([have, new], 1)
     return have[:, :k]
 
@@ -90,7 +92,11 @@ def _residual_grams(layer: Layer, k: int) -> torch.Tensor:
     """RtᵀRt = ΔtᵀΔt − FkᵀFk for every task, (T, n, n), moved from the cached k by the rows in
     between (in place: the cache owns it)."""
     if "rgram" not in layer.cache:
-        layer.cache["rgram"] = (0, torch.stack([gram(tau) for tau in layer.taus]))
+        n = layer.taus[0].shape[1]
+        grams = layer.taus[0].new_empty(layer.num_tasks, n, n)
+        for t, tau in enumerate(layer.taus):
+            gram(tau, out=grams[t])
+        layer.cache["rgram"] = (0, grams)
     k0, grams = layer.cache["rgram"]
     if k != k0:
         rows = _top_rows(layer, max(k, k0))[:, min(k, k0):max(k, k0)]  # (T, |k−k0|, n)
@@ -105,14 +111,15 @@ def _tall_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
     lam, w = top_eigh(_residual_grams(layer, k), s, layer.cache.get("rvec"))  # (T, s), (T, n, s)
     layer.cache["rvec"] = w
     uk = _sum_svd(layer)[0][:, :k]  # (m, k)
-    inside = torch.matmul(uk, _top_rows(layer, k) @ w)  # Uk Fk v  (T, m, s)
+    coeff = (_top_rows(layer, k) @ w).transpose(0, 1).reshape(k, layer.num_tasks * s)  # Fk v side by side (k, Ts)
+    inside = (uk @ coeff).view(uk.shape[0], layer.num_tasks, s)  # Uk Fk v  (m, T, s)
     tops = []
     for t, tau in enumerate(layer.taus):
         if s and lam[t, -1] <= 1e-12 * max(float(lam[t, 0]), 1e-30):
             tops.append(_residual_top_plain(layer, t, k, s))  # rank-deficient residual
             continue
         sig = lam[t].sqrt()  # (s,)
-        left = (tau @ w[t]).sub_(inside[t]).div_(sig)  # Rt v / σ  (m, s)
+        left = (tau @ w[t]).sub_(inside[:, t]).div_(sig)  # Rt v / σ  (m, s)
         tops.append((left, sig, w[t].T))
     return tops
 

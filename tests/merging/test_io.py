@@ -151,13 +151,17 @@ def test_save_is_atomic_on_failure(tmp_path: Path, monkeypatch) -> None:
     target = tmp_path / "out" / "merged.safetensors"
     save_safetensors({"a": torch.ones(2)}, target)
 
-    def broken(state: object, filename: str, metadata: object = None) -> None:
-        Path(filename).write_bytes(b"partial")
-        raise OSError("disk full")
+    calls = []
 
-    monkeypatch.setattr(mio, "save_file", broken)
+    def broken(tensor: torch.Tensor) -> memoryview:
+        calls.append(tensor)
+        if len(calls) == 2:  # the header and one tensor are already on disk
+            raise OSError("disk full")
+        return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+
+    monkeypatch.setattr(mio, "_tensor_bytes", broken)
     with pytest.raises(OSError, match="disk full"):
-        save_safetensors({"a": torch.zeros(2)}, target)
+        save_safetensors({"a": torch.zeros(2), "b": torch.zeros(3)}, target)
     assert sorted(p.name for p in target.parent.iterdir()) == ["merged.safetensors"]
     assert torch.equal(load_state_dict(target)["a"], torch.ones(2))
 
@@ -328,3 +332,33 @@ def test_mismatches_are_named_from_headers_without_reading_tensors(tmp_path: Pat
     assert "unexpected keys: extra" in message and "float vs integer dtype: steps" in message
     assert message.count("(2, 3) vs (3, 2)") == 3 and "fine-tuned model 1" in message
     check_compatible(a, {k: v.half() if v.is_floating_point() else v for k, v in base.items()}, "fp16 twin")
+
+
+def test_streaming_writer_round_trips_through_safetensors(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    state = {"h": torch.randn(3, 4).half(), "b": torch.randn(5).bfloat16(), "scalar": torch.tensor(2.5),
+             "empty": torch.zeros(0, 3), "mask": torch.tensor([True, False, True]), "i": torch.arange(7)}
+    layout = {k: (v.dtype, tuple(v.shape)) for k, v in state.items()}
+    path = tmp_path / "s.safetensors"
+    with mio.safetensors_writer(path, layout, {"note": "streamed"}) as write:
+        for key, value in state.items():
+            write(key, value.float() if value.is_floating_point() else value)  # cast back to the layout's dtype
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"note": "streamed"}
+        for key, value in state.items():
+            assert f.get_tensor(key).dtype == value.dtype and torch.equal(f.get_tensor(key), value), key
+    assert int.from_bytes(path.read_bytes()[:8], "little") % 8 == 0  # data starts 8-byte aligned
+
+
+@pytest.mark.parametrize("mistake", ["order", "shape", "missing", "extra"])
+def test_streaming_writer_refuses_mistakes_and_leaves_nothing(tmp_path: Path, mistake: str) -> None:
+    layout = {"a": (torch.float32, (2,)), "b": (torch.float32, (3,))}
+    writes = {"order": [("b", torch.zeros(3))], "shape": [("a", torch.zeros(3))],
+              "missing": [("a", torch.zeros(2))],
+              "extra": [("a", torch.zeros(2)), ("b", torch.zeros(3)), ("c", torch.zeros(1))]}[mistake]
+    with pytest.raises(CheckpointError, match="expected|never written"):
+        with mio.safetensors_writer(tmp_path / "x.safetensors", layout) as write:
+            for key, value in writes:
+                write(key, value)
+    assert list(tmp_path.iterdir()) == []
