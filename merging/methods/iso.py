@@ -46,8 +46,8 @@ def iso_c_delta(layer: Layer) -> torch.Tensor:
     if "sum_svd" in layer.cache:
         u, s, vh = layer.cache["sum_svd"]
         return torch.mm(u, vh).mul_(s.mean())
-    q, s = layer.memo("sum_polar", lambda: polar_with_values(layer.total()))  # (m, n), (r,)
-    return s.mean() * q
+    q, s = polar_with_values(layer.total())  # (m, n), (r,)
+    return q.mul_(s.mean())
 
 
 # -- wide or square S: U is square --------------------------------------------------------------
