@@ -159,9 +159,12 @@ def _sniff(path: Path, head: bytes) -> str:
     """Which reader: by content first, then by suffix (for the most useful error)."""
     if head[:4] in ZIP_MAGICS:
         return "torch-zip"
+    # Before the pickle test: a safetensors header of 128 bytes starts with the byte 0x80 too.
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 2**40:
+        return "safetensors"
     if head[:1] == bytes([PICKLE_PROTO]):
         return "pickle"
-    if len(head) > 8 and head[8:9] == b"{" or path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
         return "safetensors"
     return "unknown"  # maybe a protocol 0/1 pickle, else foreign bytes
 

@@ -384,6 +384,11 @@ def _ritz(basis: torch.Tensor, images: torch.Tensor, s: int) -> tuple[torch.Tens
     return theta[:, :s].clamp_min(0), x, good.cpu()
 
 
+# λ_min/λ_max of H (= 1/κ([q | x])²) below which polar_extended applies its correction in
+# float64: float32 products would leave an orthonormality defect of ~ε32·κ (κ = 30: 2e-6).
+FLOAT32_APPLY_ABOVE = 1e-3
+
+
 def _extended(c: torch.Tensor, r_perp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(Q_C (k, l'), Φ = H^{-1/2} − I, λ(H)) for ``polar_extended`` from C = qᵀx (k, l) and the
     triangular factor R⊥ (l, l) of x's part outside span(q); float64 (small matrices)."""
@@ -413,23 +418,31 @@ def _apply_extended(q: torch.Tensor, x: torch.Tensor, qc: torch.Tensor, phi: tor
 def polar_extended(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """polar([q | x]) for ``q`` (p, k) with orthonormal columns and ``x`` (p, l), k + l ≤ p.
 
-    In the orthonormal basis [q | Q⊥], where x = q C + Q⊥ R⊥ (C = qᵀx; Q⊥ R⊥ the QR of x's
-    part outside span(q)), [q | x] has coordinates T = [[I, C], [0, R⊥]], so
-    polar([q | x]) = [q | x] (TᵀT)^{-1/2}. TᵀT differs from I by a rank ≤ 2l term
-    Z (H − I) Zᵀ with Z = blockdiag(Q_C, I), C = Q_C R_C and H = [[I, R_C], [R_Cᵀ,
-    R_CᵀR_C + R⊥ᵀR⊥]], so (TᵀT)^{-1/2} = I + Z (H^{-1/2} − I) Zᵀ needs one small (≤ 2l)² eigh
-    (float64). How nearly x depends on q lives in the small R⊥, taken from x's perpendicular
-    part (Gram–Schmidt twice) rather than as a difference of Grams, so the big products stay in
-    the input dtype at any conditioning and a defect of q's orthonormality is not amplified.
-    Falls back to the SVD when [q | x] is numerically rank deficient."""
+    Write x = q C + Q⊥ R⊥ with C = qᵀx and Q⊥ R⊥ the QR of x's part outside span(q)
+    (Gram–Schmidt twice, then Q⊥ projected off q once more and re-orthonormalized, since its
+    weak directions amplify rounding). In the orthonormal basis B = [q | Q⊥], [q | x] has
+    coordinates T = [[I, C], [0, R⊥]], so polar([q | x]) = B T (TᵀT)^{-1/2}. TᵀT differs from
+    I by a rank ≤ 2l term Z (H − I) Zᵀ with Z = blockdiag(Q_C, I), C = Q_C R_C and
+    H = [[I, R_C], [R_Cᵀ, R_CᵀR_C + R⊥ᵀR⊥]], so (TᵀT)^{-1/2} = I + Z (H^{-1/2} − I) Zᵀ needs one
+    small (≤ 2l)² eigh (float64). The big products use B T = [q | q C + Q⊥ R⊥], so a defect of
+    B is not amplified; they run in the input dtype unless κ([q | x]) > 30, where the
+    κ-sized correction is applied in float64. Falls back to the SVD when [q | x] is
+    numerically rank deficient."""
     if x.shape[1] == 0:
         return q.clone()
     c = q.T @ x  # (k, l)
     perp = x - q @ c  # (p, l)
     again = q.T @ perp  # second Gram–Schmidt pass
     c, perp = c + again, perp - q @ again
-    r_perp = torch.linalg.qr(perp, mode="r")[1]  # (l, l)
+    q_perp, r_perp = torch.linalg.qr(perp)  # (p, l), (l, l)
+    leak = q.T @ q_perp  # Q⊥'s rounding along q, amplified where R⊥ is small
+    q_perp, r_fix = torch.linalg.qr(q_perp - q @ leak)
+    c, r_perp = c + leak @ r_perp, r_fix @ r_perp  # still x = q C + Q⊥ R⊥
     qc, phi, lam = _extended(c, r_perp)
     if not _finite(lam, phi) or lam[0] < 1e-10 * lam[-1]:
         return polar(torch.cat([q, x], 1))
-    return _apply_extended(q, x, qc, phi)
+    if lam[0] >= FLOAT32_APPLY_ABOVE * lam[-1]:
+        return _apply_extended(q, q @ c + q_perp @ r_perp, qc, phi)
+    q64 = q.double()  # the correction grows like κ: its float32 rounding would show as ~ε·κ
+    out = _apply_extended(q64, q64 @ c.double() + q_perp.double() @ r_perp.double(), qc, phi)
+    return out.to(q.dtype)

@@ -132,15 +132,20 @@ def _residual_top_plain(layer: Layer, t: int, k: int, s: int) -> SVD:
     return u[:, :s], sig[:s], vh[:s]
 
 
+LEFT_MAX_COND = 30.0  # κ(X) up to which _left_polar's shortcut keeps orthonormality (ε32·κ)
+
+
 def _left_polar(uk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """polar([Uk | X]) for task left vectors X (m, Ts): they are residual directions, X ⟂ Uk, so
-    the Gram is blockdiag(I, XᵀX) and polar([Uk | X]) = [Uk | polar(X)], one (Ts)² problem.
-    X is projected off Uk once more to drop rounding, and its polar factor is taken in float64
-    (flatness to 1e-6 even when the tasks' directions are nearly dependent); a rank-deficient X
-    (tasks sharing directions) has no unique completion, and goes through ``polar_extended``."""
+    the Gram is blockdiag(I, XᵀX) and polar([Uk | X]) = [Uk | polar(X)], one thin float64
+    problem. X's rounding along Uk is amplified by κ(X) in polar(X), so when the tasks'
+    directions are nearly dependent (κ(X) > LEFT_MAX_COND, common on real task vectors) the
+    stack goes through ``polar_extended`` instead."""
     x = x - uk @ (uk.T @ x)  # (m, Ts)
-    q, sig = polar_with_values(x.double())  # thin: float64 costs little, and flatness is exact
-    if x.shape[1] == 0 or float(sig[-1]) > 1e-6 * float(sig[0]):
+    if x.shape[1] == 0:
+        return uk.clone()
+    q, sig = polar_with_values(x.double())
+    if float(sig[-1]) * LEFT_MAX_COND >= float(sig[0]):
         return torch.cat([uk, q.to(x.dtype)], 1)  # (m, r)
     return polar_extended(uk, x)
 

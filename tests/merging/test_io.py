@@ -362,3 +362,15 @@ def test_streaming_writer_refuses_mistakes_and_leaves_nothing(tmp_path: Path, mi
             for key, value in writes:
                 write(key, value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_128_byte_safetensors_header_is_not_taken_for_a_pickle(tmp_path: Path) -> None:
+    """The header length's first byte is 0x80 — the pickle protocol marker — at exactly 128."""
+    key = "k" * 10
+    for pad in range(0, 80):
+        path = tmp_path / f"p{pad}.bin"  # no .safetensors suffix: content alone decides
+        save_safetensors({key + "x" * pad: torch.zeros(2)}, path)
+        if path.read_bytes()[0] == 0x80:
+            assert torch.equal(load_state_dict(path)[key + "x" * pad], torch.zeros(2))
+            return
+    pytest.fail("no 128-byte header produced")
