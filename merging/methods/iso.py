@@ -13,9 +13,9 @@ registered twice. Per matrix, with S = Σt Δt = U Σ Vᵀ (cached across calls)
     left factors), polar(U*) = [Uk | U[:, k:] polar(Y)] for the (r−k)×(r−k) coefficient block Y;
   - tall S (m > n): RtᵀRt = Gt − FkᵀFk with Gt = ΔtᵀΔt and Fk = Ukᵀ Δt, both cached (the
     residual Gram is updated by the rows between the old and the new k), and its top-s
-    eigenvectors come from a block Krylov solver warm-started from the previous k.
-  polar(V*) (and polar(U*) for tall S) use ``polar_extended``: the common block is orthonormal,
-  so no r×r SVD is needed.
+    eigenvectors come from a block Krylov solver warm-started from the previous k; the task
+    left vectors X are residual directions, X ⟂ Uk, so polar(U*) = [Uk | polar(X)].
+  polar(V*) uses ``polar_extended``: the common block is orthonormal, so no r×r SVD is needed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from merging.linalg import SVD, fast_svd, gram, polar_extended, polar_with_values, top_eigh, top_svd
+from merging.linalg import SVD, fast_svd, gram, polar, polar_extended, polar_with_values, top_eigh, top_svd
 from merging.methods.common import Layer, Params, spectral
 from merging.registry import Method, Param, register
 
@@ -65,11 +65,15 @@ def _tail_rows(layer: Layer, t: int, k: int) -> torch.Tensor:
     return have[have.shape[0] - (u.shape[1] - k):]
 
 
-def _wide_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
-    """Top-s triplets of every Rt when U is square: Rt = U[:, k:] Bt."""
+def _wide_blocks(layer: Layer, k: int, s: int) -> tuple[torch.Tensor, list[SVD]]:
+    """(polar(U*) (m, r), the task triplets) when U is square: Rt = U[:, k:] Bt, so the task
+    left vectors are U[:, k:] Y with Y (r−k, Ts) their coefficients, and
+    polar(U*) = U · blockdiag(I, polar(Y)) exactly (float64 Y: orthonormal at any κ(Y))."""
     u = _sum_svd(layer)[0]
     tops = [top_svd(_tail_rows(layer, t, k), s) for t in range(layer.num_tasks)]
-    return [(u[:, k:] @ ub, sb, vbh) for ub, sb, vbh in tops]  # (m, s), (s,), (s, n)
+    coeff = torch.cat([ub for ub, _, _ in tops], 1)  # (r−k, Ts)
+    pu = torch.cat([u[:, :k], u[:, k:] @ polar(coeff.double()).to(u.dtype)], 1)  # (m, r)
+    return pu, [(u[:, k:] @ ub, sb, vbh) for ub, sb, vbh in tops]
 
 
 # -- tall S -------------------------------------------------------------------------------------
@@ -154,9 +158,12 @@ def iso_cts_delta(layer: Layer, k: int, s: int) -> torch.Tensor:
     """Δ = σ̄ polar(U*) polar(V*)ᵀ over the common block and the T task blocks."""
     u, sig, vh = _sum_svd(layer)
     m, n = layer.taus[0].shape
-    tasks = _tall_tasks(layer, k, s) if m > n else _wide_tasks(layer, k, s)
+    if m > n:
+        tasks = _tall_tasks(layer, k, s)
+        pu = _left_polar(u[:, :k], torch.cat([tp[0] for tp in tasks], 1))  # (m, r)
+    else:
+        pu, tasks = _wide_blocks(layer, k, s)
     sigma = torch.cat([sig[:k]] + [tp[1] for tp in tasks])  # (r,)
-    pu = _left_polar(u[:, :k], torch.cat([tp[0] for tp in tasks], 1))  # (m, r)
     pv = polar_extended(vh[:k].T, torch.cat([tp[2] for tp in tasks], 0).T)  # (n, r)
     return torch.mm(pu, pv.T).mul_(sigma.mean())  # (m, n)
 
