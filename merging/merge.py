@@ -23,7 +23,8 @@ from merging.io import open_checkpoint, safetensors_writer
 from merging.methods.common import Layer
 from merging.progress import Progress, scaled, silent
 from merging.registry import Method, get_method
-from merging.tensors import COMPUTE_DTYPE, StateDict, check_compatible, check_finite, is_matrix, task_vector
+from merging.tensors import (COMPUTE_DTYPE, StateDict, check_compatible, check_finite, check_state_finite, is_matrix,
+                             task_vector)
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,11 @@ class Merger:
         for i, ft in enumerate(finetuned):
             check_compatible(pretrained, ft, f"fine-tuned model {i + 1}")
         self._pretrained = {k: pretrained[k].to(self.device, COMPUTE_DTYPE) for k in self.keys}
-        for k, v in self._pretrained.items():
-            check_finite(k, v, "pretrained model")
+        check_state_finite(self._pretrained, "pretrained model")
         self._tvs: list[StateDict] = []
         for i, ft in enumerate(finetuned):
             tv = {k: task_vector(self._pretrained[k], ft[k].to(self.device)) for k in self.keys}
-            for k, v in tv.items():
-                check_finite(k, v, f"fine-tuned model {i + 1}")
+            check_state_finite(tv, f"fine-tuned model {i + 1}")
             self._tvs.append(tv)
         self.num_tasks: int = len(self._tvs)
         self.matrix_keys: list[str] = [k for k in self.keys if is_matrix(k, self._pretrained[k])]

@@ -89,3 +89,9 @@ def check_finite(key: str, tensor: torch.Tensor, source: str = "checkpoint") -> 
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise NonFiniteError(f"{source}: tensor '{key}' holds {bad} NaN/Inf value(s)")
+
+
+def check_state_finite(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """``check_finite`` on every tensor of ``state``: the first NaN/Inf names its key and ``source``."""
+    for key, tensor in state.items():
+        check_finite(key, tensor, source)

@@ -37,7 +37,7 @@ from merging.errors import CheckpointError, IsoscopeError, UntrustedPickleError
 from merging.io import Checkpoint, load_state_dict, open_checkpoint, save_safetensors
 from merging.paths import allowed_path
 from merging.progress import Progress, silent
-from merging.tensors import StateDict, check_compatible, check_finite
+from merging.tensors import StateDict, check_compatible, check_state_finite
 from zoo.base import SPLITS, Zoo
 from zoo.data import ImageFolderData, Preprocess
 from zoo.hf import Plan, apply_recipe, hf_plan, is_hf_state, open_clip_rank, read_hf_config, recipe_shape
@@ -120,8 +120,7 @@ def read_head(path: Path, width: int, trust_pickle: bool = False) -> Head:
         raise CheckpointError(f"{path}: head shapes weight {tuple(weight.shape)}"
                               f"{'' if bias is None else f', bias {tuple(bias.shape)}'} do not fit "
                               f"{width}-dimensional features")
-    for key, value in state.items():
-        check_finite(key, value, str(path))
+    check_state_finite(state, str(path))
     return Head(weight.float(), None if bias is None else bias.float())
 
 
@@ -285,8 +284,7 @@ class _Overlay(Mapping[str, torch.Tensor]):
 def _read_checked(view: Mapping[str, torch.Tensor], source: Path) -> StateDict:
     """Every tensor of ``view``; NonFiniteError naming the key and ``source`` on NaN/Inf."""
     state = {k: view[k] for k in view}
-    for key, value in state.items():
-        check_finite(key, value, str(source))
+    check_state_finite(state, str(source))
     return state
 
 
