@@ -24,7 +24,7 @@ from analysis.decompositions import Decompositions, resolve
 from analysis.metrics import accuracy_table, mean_normalized
 from analysis.store import ResultStore, canonical_params
 from merging.errors import IsoscopeError
-from merging.merge import Merger, MergeUpdate, method_alpha
+from merging.merge import Merger, MergeUpdate
 from merging.registry import get_method
 from zoo.base import Zoo
 
@@ -106,7 +106,7 @@ class Evaluator:
                      grid: Sequence[float] = ALPHA_GRID, start: float | None = None) -> AlphaSearch:
         """α fixed by the method (it wins, as in ``MergeUpdate.state``), else given by the user, else
         chosen on validation (coarse-to-fine, or a hill-climb from ``start``; see ``analysis.alpha``)."""
-        fixed = method_alpha(get_method(method), self.merger.num_tasks)
+        fixed = get_method(method).alpha_for(self.merger.num_tasks)
         fixed = alpha if fixed is None else fixed
         if fixed is not None:
             return fixed_alpha(fixed)

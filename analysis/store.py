@@ -45,11 +45,6 @@ CREATE TABLE IF NOT EXISTS points (
 """
 
 
-def cache_dir() -> Path:
-    """The cache directory: $ISOSCOPE_CACHE, else ~/.cache/isoscope."""
-    return cache_root()
-
-
 def canonical_params(params: Mapping[str, Any] | None) -> str:
     """Parameters as canonical JSON (sorted keys, no spaces, floats as Python writes them)."""
     clean = {k: (float(v) if isinstance(v, float) else v) for k, v in (params or {}).items()}
@@ -64,7 +59,7 @@ class ResultStore:
     """Accuracy of every evaluated point, persisted in SQLite (see module docstring)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else cache_dir() / STORE_NAME
+        self.path = Path(path) if path is not None else cache_root() / STORE_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")

@@ -45,11 +45,6 @@ class MergeUpdate:
         return {k: b + a * self.delta[k] for k, b in self.base.items()}
 
 
-def method_alpha(method: Method, num_tasks: int) -> float | None:
-    """The α a method fixes for T tasks (weight averaging: 1/T), or None when α is free."""
-    return method.alpha_for(num_tasks)
-
-
 def _layer_delta(method: Method, params: Mapping[str, Any], layer: Layer) -> torch.Tensor:
     delta = method.fn(layer, params)
     if delta.shape != layer.taus[0].shape:  # pragma: no cover - a method bug, not user input
@@ -120,7 +115,7 @@ class Merger:
             delta[key] = _layer_delta(spec, values, layer)
             base[key] = _base(spec, self._pretrained[key], layer)
             report((i + 1) / len(self.keys), f"{spec.display_name}: {key}")
-        return MergeUpdate(base=base, delta=delta, fixed_alpha=method_alpha(spec, self.num_tasks))
+        return MergeUpdate(base=base, delta=delta, fixed_alpha=spec.alpha_for(self.num_tasks))
 
     def merged(self, method: str, params: Mapping[str, float] | None = None,
                alpha: float | None = None) -> StateDict:
@@ -214,7 +209,7 @@ def merge_files(pretrained: PathLike, finetuned: Sequence[PathLike], method: str
     report = progress or silent
     files = _Files(pretrained, finetuned, trust_pickle, dev)
     num_tasks = len(finetuned)
-    a = method_alpha(spec, num_tasks)
+    a = spec.alpha_for(num_tasks)
     a = a if a is not None else (1.0 if alpha is None else float(alpha))
     prepare = spec.extra.get("prepare")
     shared = prepare(files.task_vector, num_tasks, values) if prepare else {}

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.store import ResultStore, canonical_params, cache_dir
+from analysis.store import ResultStore, canonical_params
+from merging.paths import cache_root
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +35,7 @@ def test_roundtrip_and_canonical_keys(tmp_path: Path) -> None:
 
 def test_default_location_follows_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ISOSCOPE_CACHE", str(tmp_path / "c"))
-    assert cache_dir() == tmp_path / "c"
+    assert cache_root() == tmp_path / "c"
     assert ResultStore().path == tmp_path / "c" / "results.sqlite"
 
 
