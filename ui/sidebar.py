@@ -60,7 +60,7 @@ def _zoo_source() -> tuple[str | None, str | None, bool, bool]:
 
 
 def _show_layout(folder: str) -> None:
-    detect = optional("zoo.layouts", "detect_layout") or optional("zoo", "detect_layout")
+    detect = optional("zoo.layouts", "detect_layout")
     if detect is None:
         return
     with errors_in_place(stop=False):

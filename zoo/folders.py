@@ -34,7 +34,7 @@ import torch
 
 from merging.device import pick_device
 from merging.errors import CheckpointError, IsoscopeError, UntrustedPickleError
-from merging.io import Checkpoint, load_state_dict, open_checkpoint, save_safetensors
+from merging.io import Checkpoint, load_state_dict, open_checkpoint, save_safetensors, write_text_atomic
 from merging.paths import allowed_path
 from merging.progress import Progress, silent
 from merging.tensors import StateDict, check_compatible, check_state_finite
@@ -340,7 +340,7 @@ def convert_folder(path: str | Path, out: str | Path, trust_pickle: bool = False
         save_safetensors(load(), out / f"{name}.safetensors", metadata={"source": str(zoo.files.root)})
     options = {"act": zoo.config.act, "heads": zoo.config.heads,
                "mean": list(zoo.preprocess.mean), "std": list(zoo.preprocess.std)}
-    (out / OPTIONS_FILE).write_text(json.dumps(options, indent=1))
+    write_text_atomic(out / OPTIONS_FILE, json.dumps(options, indent=1))
     progress(1.0, f"converted {len(zoo.tasks)} tasks to {out}")
     return out
 

@@ -46,7 +46,7 @@ class FolderFiles:
     tasks: dict[str, Path]
     heads: dict[str, Path] = field(default_factory=dict)
     pickled: bool = False  # whole pickled modules: loading them runs code from the files
-    act: str = "gelu"
+    act: str = "gelu"  # the layout's default; FolderZoo layers an HF config and isoscope.json over it
     options: dict = field(default_factory=dict)  # from isoscope.json: act, heads, mean, std
 
 
@@ -173,8 +173,7 @@ def find_layout(path: str | Path) -> FolderFiles:
         if files is not None:
             if not files.tasks:
                 raise CheckpointError(f"{path}: {layout.name} layout with no fine-tuned task")
-            options = read_options(files.root)
-            return dataclasses.replace(files, act=options.get("act", files.act), options=options)
+            return dataclasses.replace(files, options=read_options(files.root))
     shown = ", ".join(entries[:10]) + (f", … ({len(entries)} entries)" if len(entries) > 10 else "")
     raise CheckpointError(f"{path} is not in a supported checkpoint layout (found: {shown}). {_supported()}")
 
