@@ -98,32 +98,30 @@ def _prompt_images(recipe: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
     return dd.render_prompt(images[train_idx]), digits[train_idx]
 
 
-def _domain_views(recipe: Mapping) -> train.Views:
+def _domain_views(recipe: Mapping, cfg: train.PretrainConfig) -> train.Views:
     """Two jittered copies of images pooled from every task domain and the prompt rendering."""
     parts = [task_split(recipe, t, "train")[0] for t in recipe["tasks"]]
     pool = torch.cat(parts + [_prompt_images(recipe)[0]])  # (M, 3, 32, 32)
-    shift = recipe["pretrain"].get("shift", 3)
 
     def views(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = pool[torch.randint(0, pool.shape[0], (batch,), generator=gen)]
-        return tuple(dd.preprocess(train.augment(x, shift, gen, jitter=True)) for _ in range(2))
+        return tuple(dd.preprocess(train.augment(x, cfg.shift, gen, jitter=True)) for _ in range(2))
 
     return views
 
 
-def _style_views(recipe: Mapping) -> train.Views:
+def _style_views(recipe: Mapping, cfg: train.PretrainConfig) -> train.Views:
     """A random style (scale, position, colours, blur, noise) of a base train digit, paired with
-    either a jittered copy of itself (probability ``pretrain.easy``) or another random style of the
+    either a jittered copy of itself (probability ``cfg.easy``) or another random style of the
     same digit: the hard pairs alone are too hard for a tiny ViT at the start (it collapses)."""
     images = dd.base_digits()[0][dd.split_indices(recipe["data"], recipe["seed"])["train"]]  # (N, 8, 8)
-    easy, shift = recipe["pretrain"].get("easy", 0.5), recipe["pretrain"].get("shift", 3)
 
     def views(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = images[torch.randint(0, images.shape[0], (batch,), generator=gen)]
         first = dd.random_style(x, gen)  # (B, 3, 32, 32)
         other = dd.random_style(x, gen)
-        jittered = train.augment(first, shift, gen, jitter=True)
-        pick = (torch.rand(batch, generator=gen) < easy).view(batch, 1, 1, 1)
+        jittered = train.augment(first, cfg.shift, gen, jitter=True)
+        pick = (torch.rand(batch, generator=gen) < cfg.easy).view(batch, 1, 1, 1)
         return dd.preprocess(first), dd.preprocess(torch.where(pick, jittered, other))
 
     return views
@@ -163,7 +161,7 @@ def _pretrained_state(recipe: Mapping, progress: Progress) -> StateDict:
     torch.manual_seed(recipe["seed"])
     encoder = build_encoder(VitConfig(**recipe["model"]))
     cfg, _ = train.configs_from(recipe)
-    train.pretrain(encoder, VIEWS[cfg.views](recipe), cfg, _seed(recipe, "pretrain"),
+    train.pretrain(encoder, VIEWS[cfg.views](recipe, cfg), cfg, _seed(recipe, "pretrain"),
                    lambda f, m: progress(f, f"Pretraining the encoder: {m}"))
     state = _half(train.state_of(encoder))
     save_safetensors(state, path)
