@@ -270,7 +270,7 @@ def untrusted_message(path: Path, names: list[str]) -> str:
     shown = ", ".join(_printable(n, 50) for n in unique[:3]) + (", …" if len(unique) > 3 else "")
     return (f"{path}: refused: it is a pickled Python object (it imports {shown}) and loading it would "
             f"execute code from the file; if you trust its source, pass --trust-pickle (in the app, tick "
-            f"'Trust pickled files') and convert it once to safetensors with: python -m merging convert "
+            f"'Trust these files') and convert it once to safetensors with: python -m merging convert "
             f"{path} --out {path.with_suffix('.safetensors')} --trust-pickle")
 
 

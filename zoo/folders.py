@@ -302,7 +302,7 @@ def _hash_file(digest: "hashlib._Hash", path: Path, root: Path) -> None:
 def _untrusted_message(files: FolderFiles) -> str:
     return (f"{files.root} holds pickled whole models ({files.layout} layout): loading them runs code "
             "stored in the files. Open it only if you trust where the files come from (app: tick "
-            "'Trust pickled files'; command line: --trust-pickle; Python: trust_pickle=True), or convert it once to safetensors "
+            "'Trust these files'; command line: --trust-pickle; Python: trust_pickle=True), or convert it once to safetensors "
             f"with zoo.folders.convert_folder('{files.root}', '<out>', trust_pickle=True) and open "
             "the converted folder from then on.")
 
