@@ -27,7 +27,9 @@ def decaying(m: int, n: int, gen: torch.Generator, scale: float = 1.0, decay: fl
     return ((u * (scale * decay ** torch.arange(r, dtype=torch.float64))) @ v.T).float()
 
 
-def make_models(num_tasks: int, seed: int = 0, shapes: dict | None = None) -> tuple[dict, list[dict]]:
+def make_models(num_tasks: int, seed: int = 0, shapes: dict | None = None, scale: float = 0.1,
+                decay: float = 0.85) -> tuple[dict, list[dict]]:
+    """θ0 and T fine-tunes; task matrices have σi = scale·decay^i (``decaying``)."""
     gen = torch.Generator().manual_seed(seed)
     shapes = shapes or SHAPES
     pre = {k: torch.randn(*s, generator=gen) for k, s in shapes.items()}
@@ -35,7 +37,7 @@ def make_models(num_tasks: int, seed: int = 0, shapes: dict | None = None) -> tu
     for _ in range(num_tasks):
         ft = {}
         for k, s in shapes.items():
-            tau = decaying(*s, gen, 0.1) if len(s) == 2 else 0.05 * torch.randn(*s, generator=gen)
+            tau = decaying(*s, gen, scale, decay) if len(s) == 2 else 0.05 * torch.randn(*s, generator=gen)
             ft[k] = pre[k] + tau
         fts.append(ft)
     return pre, fts

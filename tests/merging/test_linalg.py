@@ -8,6 +8,7 @@ import torch
 
 from merging import linalg
 from merging.errors import NonFiniteError
+from tests.merging.conftest import decaying
 
 
 def _low_rank(m: int, n: int, rank: int, seed: int = 0) -> torch.Tensor:
@@ -170,11 +171,7 @@ def test_gram_is_exact_and_symmetric(n: int) -> None:
 
 def _smooth(m: int, n: int, seed: int, decay: float = 0.99) -> torch.Tensor:
     """Random orthogonal factors, σi = decay^i: κ ≈ 1/decay^(r-1)."""
-    g = torch.Generator().manual_seed(seed)
-    r = min(m, n)
-    u, _ = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=torch.float64))
-    v, _ = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))
-    return ((u * decay ** torch.arange(r, dtype=torch.float64)) @ v.T).float()
+    return decaying(m, n, torch.Generator().manual_seed(seed), 1.0, decay)
 
 
 @pytest.mark.parametrize("shape", [(240, 80), (80, 240)])

@@ -129,23 +129,6 @@ def test_registry_schema_is_complete() -> None:
     assert get_method("iso_c").spectral and not get_method("ties").spectral
 
 
-def _smooth_models(num_tasks: int, shapes: dict[str, tuple[int, int]], seed: int = 0) -> tuple[dict, list[dict]]:
-    """Pretrained weights plus task matrices with slowly decaying spectra (σi = 0.01·0.995^i),
-    the regime in which the engine's fast kernels (Gram SVD, block Krylov) are taken."""
-    gen = torch.Generator().manual_seed(seed)
-    pre = {k: torch.randn(*s, generator=gen) for k, s in shapes.items()}
-    fts = []
-    for _ in range(num_tasks):
-        ft = {}
-        for k, (m, n) in shapes.items():
-            r = min(m, n)
-            u, _ = torch.linalg.qr(torch.randn(m, r, generator=gen, dtype=torch.float64))
-            v, _ = torch.linalg.qr(torch.randn(n, r, generator=gen, dtype=torch.float64))
-            ft[k] = pre[k] + ((u * (0.01 * 0.995 ** torch.arange(r, dtype=torch.float64))) @ v.T).float()
-        fts.append(ft)
-    return pre, fts
-
-
 @pytest.mark.slow
 def test_iso_cts_fast_kernels_equal_reference_and_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tall (1152×384) and wide (384×1152) layers with T = 8 take the Gram SVD of the sum and the
@@ -168,7 +151,9 @@ def test_iso_cts_fast_kernels_equal_reference_and_sweep(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(linalg, "_gram_eigh", gram_spy)
     monkeypatch.setattr(linalg, "_krylov_top", krylov_spy)
-    pre, fts = _smooth_models(8, {"blocks.0.mlp.c_fc.weight": (1152, 384), "blocks.0.mlp.c_proj.weight": (384, 1152)})
+    # σi = 0.01·0.995^i: slowly decaying spectra, the regime in which the fast kernels are taken
+    pre, fts = make_models(8, shapes={"blocks.0.mlp.c_fc.weight": (1152, 384), "blocks.0.mlp.c_proj.weight": (384, 1152)},
+                           scale=0.01, decay=0.995)
     swept = Merger(pre, fts, device="cpu")
     for f in (0.9, 0.5, 0.95, 0.9):
         fresh = Merger(pre, fts, device="cpu").update("iso_cts", {"common_fraction": f}).delta
