@@ -101,17 +101,28 @@ def workload(blocks: int, tasks: int, make: Callable[..., torch.Tensor], seed: i
 
 # -- runs ---------------------------------------------------------------------------------------
 
-def run_reference(name: str, data: dict[str, list[torch.Tensor]]) -> tuple[dict[str, torch.Tensor | None], float, int]:
+def reference_key(name: str, key: str, taus: list[torch.Tensor]) -> torch.Tensor | None:
+    """The plain reference on one key; None where LAPACK fails (counted, not fatal)."""
     fn, params = REFERENCE[name]
-    out: dict[str, torch.Tensor | None] = {}
-    failures, start = 0, time.perf_counter()
-    for key, taus in data.items():
-        try:
-            out[key] = fn(taus, **params)
-        except RuntimeError as err:  # torch.linalg.LinAlgError: SVD did not converge
-            log.warning("reference %s failed on %s %s: %s", name, key, tuple(taus[0].shape), err)
-            out[key], failures = None, failures + 1
-    return out, time.perf_counter() - start, failures
+    try:
+        return fn(taus, **params)
+    except RuntimeError as err:  # torch.linalg.LinAlgError: SVD did not converge
+        log.warning("reference %s failed on %s %s: %s", name, key, tuple(taus[0].shape), err)
+        return None
+
+
+def engine_key(name: str, key: str, taus: list[torch.Tensor], cache: dict | None = None,
+               params: dict | None = None) -> torch.Tensor:
+    """The engine's per-layer method function on one key; a fresh cache unless one is given."""
+    spec = get_method(name)
+    return spec.fn(Layer(key=key, taus=taus, matrix=True, cache={} if cache is None else cache),
+                   spec.resolve(params))
+
+
+def run_reference(name: str, data: dict[str, list[torch.Tensor]]) -> tuple[dict[str, torch.Tensor | None], float, int]:
+    start = time.perf_counter()
+    out = {key: reference_key(name, key, taus) for key, taus in data.items()}
+    return out, time.perf_counter() - start, sum(v is None for v in out.values())
 
 
 def run_engine(name: str, data: dict[str, list[torch.Tensor]], caches: dict[str, dict] | None = None,
@@ -119,13 +130,40 @@ def run_engine(name: str, data: dict[str, list[torch.Tensor]], caches: dict[str,
     """One merge by the per-layer method functions. Without ``caches``, each key gets a fresh
     cache that is dropped after it, as in the streaming CLI merge; a sweep passes one shared
     ``caches`` dict, as ``Merger`` keeps."""
-    spec = get_method(name)
-    values = spec.resolve(params)
     start = time.perf_counter()
-    out = {key: spec.fn(Layer(key=key, taus=taus, matrix=True,
-                              cache={} if caches is None else caches.setdefault(key, {})), values)
+    out = {key: engine_key(name, key, taus, None if caches is None else caches.setdefault(key, {}), params)
            for key, taus in data.items()}
     return out, time.perf_counter() - start
+
+
+def timed(fn: Callable[[], object], repeat: int) -> tuple[object, float, float]:
+    """(last result, best wall s of ``repeat`` calls, peak RSS GB during them)."""
+    best, result, rss = float("inf"), None, 0.0
+    for _ in range(repeat):
+        result = None  # drop the previous result before the next call allocates its own
+        reset_peak_rss()
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+        rss = max(rss, peak_rss_gb())
+    return result, best, rss
+
+
+def interleaved(name: str, data: dict[str, list[torch.Tensor]], repeat: int
+                ) -> tuple[dict[str, torch.Tensor | None], dict[str, torch.Tensor], tuple[float, float, float, float]]:
+    """Reference and engine alternately, key by key (in alternating order), so that both see the
+    same machine state (this shared 2-core machine drifts by ±15% over tens of seconds); each
+    key's time is the best of ``repeat`` calls. Peak RSS includes both sides' outputs so far. Returns both outputs and (reference s, engine s, reference peak
+    RSS GB, engine peak RSS GB)."""
+    out: dict[str, dict] = {"ref": {}, "eng": {}}
+    seconds, rss = {"ref": 0.0, "eng": 0.0}, {"ref": 0.0, "eng": 0.0}
+    runs = {"ref": lambda key, taus: reference_key(name, key, taus),
+            "eng": lambda key, taus: engine_key(name, key, taus)}
+    for i, (key, taus) in enumerate(data.items()):
+        for side in ("ref", "eng") if i % 2 == 0 else ("eng", "ref"):  # neither always goes first
+            out[side][key], best, peak = timed(lambda: runs[side](key, taus), repeat)
+            seconds[side], rss[side] = seconds[side] + best, max(rss[side], peak)
+    return out["ref"], out["eng"], (seconds["ref"], seconds["eng"], rss["ref"], rss["eng"])
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -152,22 +190,18 @@ def arbitrate(name: str, data: dict[str, list[torch.Tensor]], eng: dict[str, tor
     return notes
 
 
-def compare(data: dict[str, list[torch.Tensor]], methods: Sequence[str], with_reference: bool) -> list[tuple]:
+def compare(data: dict[str, list[torch.Tensor]], methods: Sequence[str], with_reference: bool,
+            repeat: int = 1) -> list[tuple]:
     rows, all_notes = [], []
     for name in methods:
-        ref_s, fails, diff, ref_rss = float("nan"), 0, float("nan"), float("nan")
         if with_reference:
-            reset_peak_rss()
-            ref, ref_s, fails = run_reference(name, data)
-            ref_rss = peak_rss_gb()
-        reset_peak_rss()
-        eng, eng_s = run_engine(name, data)
-        eng_rss = peak_rss_gb()
-        notes = []
-        if with_reference:
-            diff = max_rel_diff(eng, ref)
-            notes = arbitrate(name, data, eng, ref)
+            ref, eng, (ref_s, eng_s, ref_rss, eng_rss) = interleaved(name, data, repeat)
+            fails = sum(v is None for v in ref.values())
+            diff, notes = max_rel_diff(eng, ref), arbitrate(name, data, eng, ref)
             del ref
+        else:
+            eng, eng_s, eng_rss = timed(lambda: run_engine(name, data)[0], repeat)
+            ref_s, fails, diff, ref_rss, notes = float("nan"), 0, float("nan"), float("nan"), []
         del eng
         rows.append((name, ref_s, eng_s, ref_s / eng_s, diff, fails, ref_rss, eng_rss))
         print_row(rows[-1])
@@ -267,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stream-method", default="iso_c")
     parser.add_argument("--stream-only", action="store_true", help="only the streaming run")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="time every key this many times (reference and engine alternately), keep the best")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -299,7 +335,7 @@ def spectral(args: argparse.Namespace, blocks: int, methods: Sequence[str]) -> N
     print(f"workload generated in {time.perf_counter() - start:.1f} s; peak RSS so far {peak_rss_gb():.2f} GB\n")
     print(HEADER)
     print("|" + "|".join("---" for _ in HEADER.strip(" |").split("|")) + "|")
-    compare(data, methods, not args.no_reference)
+    compare(data, methods, not args.no_reference, args.repeat)
     if not args.skip_sweep:
         one, swept = sweep(data)
         print(f"\nIso-CTS sweep over 11 common fractions (0.0…1.0, shared cache): {swept:.2f} s = "
@@ -310,7 +346,7 @@ def spectral(args: argparse.Namespace, blocks: int, methods: Sequence[str]) -> N
         print(f"\nLow-rank-plus-flat-noise task matrices ({min(blocks, 2)} blocks; the Iso-CTS boundary "
               "falls in the noise floor, so float32 implementations legitimately differ):")
         print(HEADER)
-        compare(noisy, ["iso_cts"], not args.no_reference)
+        compare(noisy, ["iso_cts"], not args.no_reference, args.repeat)
         eng64, ref64 = float64_check(noisy, "iso_cts")
         print(f"against a float64 reference: engine max rel diff {eng64:.1e}, float32 reference {ref64:.1e}")
         del noisy

@@ -64,6 +64,48 @@ def test_polar_gram_path_and_svd_path_agree() -> None:
     assert linalg._gram_polar(torch.randn(15, 10)) is None  # square-ish: the SVD route
 
 
+def _square(n: int, spectrum: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    u = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))[0]
+    return ((u * spectrum) @ v.T).float()  # (n, n)
+
+
+@pytest.mark.parametrize("kappa", [3.0, 1e3, 1e5])
+def test_newton_polar_equals_the_svd_polar_factor(kappa: float) -> None:
+    """Square float32 matrices (geometric spectra up to κ = 1e5, and the Iso-C use: a sum of
+    task matrices) take Newton's iteration; factor and mean singular value equal float64's."""
+    n = 96
+    a = _square(n, torch.logspace(0, -torch.log10(torch.tensor(kappa)).item(), n, dtype=torch.float64), seed=5)
+    got = linalg._newton_polar(a)
+    assert got is not None
+    u, s, vh = torch.linalg.svd(a.double())
+    q, mean = got
+    tol = 2e-5 if kappa < 1e4 else 1e-3  # float32: ~ε·κ on the weakest directions
+    assert float((q.double() - u @ vh).norm() / (u @ vh).norm()) < tol
+    assert _orthonormal_cols(q)
+    assert abs(float(mean) / float(s.mean()) - 1) < 1e-5
+    assert torch.equal(linalg.polar(a), linalg.polar_with_mean(a)[0])
+
+
+def test_newton_polar_refuses_near_singular_and_singular_input() -> None:
+    """Beyond NEWTON_MAX_COND (and for exactly singular matrices) the SVD route answers."""
+    n = 64
+    spectrum = torch.ones(n, dtype=torch.float64)
+    spectrum[-1] = 1e-7  # κ = 1e7 > NEWTON_MAX_COND; a float32 SVD still resolves this gap
+    a = _square(n, spectrum, seed=6)
+    assert linalg._newton_polar(a) is None
+    u, _, vh = torch.linalg.svd(a.double())
+    q, mean = linalg.polar_with_mean(a)
+    assert float((q.double() - u @ vh).norm() / (u @ vh).norm()) < 1e-5
+    assert abs(float(mean) - float(spectrum.mean())) < 1e-5
+    singular = _low_rank(20, 20, 5)
+    assert linalg._newton_polar(singular) is None
+    assert _orthonormal_cols(linalg.polar(singular))
+    zero_q, zero_mean = linalg.polar_with_mean(torch.zeros(8, 8))
+    assert _orthonormal_cols(zero_q) and float(zero_mean) == 0.0
+
+
 def test_finite_check_is_exact_on_overflowing_sums() -> None:
     big = torch.full((4, 4), 3e38)  # finite, but the sum overflows to inf
     assert linalg._all_finite(big)
