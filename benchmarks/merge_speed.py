@@ -11,9 +11,12 @@ task matrix has random orthogonal factors and σi = 0.01·0.99^i.
 Reported: per method the reference time (the plain DESIGN §3 formulation, full float32 SVDs,
 tests/merging/reference.py; LAPACK failures are counted, not fatal), the engine time (the
 per-layer method functions of merging/methods, each key on a fresh cache dropped after it,
-exactly what the streaming `python -m merging merge` runs), the speedup, the max relative Frobenius difference per matrix (where it exceeds 1e-3, a
-float64 reference of that matrix says which side is wrong: a float32 LAPACK SVD can return
-inaccurate factors on wide residuals without raising), and the peak RSS of each phase; the cost of an 11-point Iso-CTS common-fraction sweep (shared cache) as a ratio to one
+exactly what the streaming `python -m merging merge` runs), both timed key by key in
+alternation (best of --repeat calls each), the speedup, the max relative Frobenius difference
+per matrix (where the engine and the float32 reference differ by more than 1e-3, a float64
+reference of that matrix says which side is wrong and the engine is measured against it: a
+float32 LAPACK SVD can return inaccurate factors on wide residuals without raising), and the
+peak RSS of each side; the cost of an 11-point Iso-CTS common-fraction sweep (shared cache) as a ratio to one
 merge; the low-rank-plus-flat-noise case; and a streaming `python -m merging merge` of T = 20
 ViT-L/14-shaped float16 checkpoint files written to a temporary folder, with its peak RSS.
 """
@@ -126,13 +129,16 @@ def run_reference(name: str, data: dict[str, list[torch.Tensor]]) -> tuple[dict[
 
 
 def run_engine(name: str, data: dict[str, list[torch.Tensor]], caches: dict[str, dict] | None = None,
-               params: dict | None = None) -> tuple[dict[str, torch.Tensor], float]:
+               params: dict | None = None, keep: bool = True) -> tuple[dict[str, torch.Tensor], float]:
     """One merge by the per-layer method functions. Without ``caches``, each key gets a fresh
     cache that is dropped after it, as in the streaming CLI merge; a sweep passes one shared
-    ``caches`` dict, as ``Merger`` keeps."""
+    ``caches`` dict, as ``Merger`` keeps. ``keep=False`` drops each output, as streaming does."""
+    out = {}
     start = time.perf_counter()
-    out = {key: engine_key(name, key, taus, None if caches is None else caches.setdefault(key, {}), params)
-           for key, taus in data.items()}
+    for key, taus in data.items():
+        delta = engine_key(name, key, taus, None if caches is None else caches.setdefault(key, {}), params)
+        if keep:
+            out[key] = delta
     return out, time.perf_counter() - start
 
 
@@ -149,21 +155,32 @@ def timed(fn: Callable[[], object], repeat: int) -> tuple[object, float, float]:
     return result, best, rss
 
 
-def interleaved(name: str, data: dict[str, list[torch.Tensor]], repeat: int
-                ) -> tuple[dict[str, torch.Tensor | None], dict[str, torch.Tensor], tuple[float, float, float, float]]:
+def interleaved(name: str, data: dict[str, list[torch.Tensor]], repeat: int, with_reference: bool = True) -> dict:
     """Reference and engine alternately, key by key (in alternating order), so that both see the
     same machine state (this shared 2-core machine drifts by ±15% over tens of seconds); each
-    key's time is the best of ``repeat`` calls. Peak RSS includes both sides' outputs so far. Returns both outputs and (reference s, engine s, reference peak
-    RSS GB, engine peak RSS GB)."""
-    out: dict[str, dict] = {"ref": {}, "eng": {}}
-    seconds, rss = {"ref": 0.0, "eng": 0.0}, {"ref": 0.0, "eng": 0.0}
+    key's time is the best of ``repeat`` calls. Each key's outputs are compared at once and
+    dropped, as a streaming merge drops them (keeping them all would charge both sides for
+    page faults of a growing heap). Returns seconds and peak RSS GB per side, the max relative
+    difference (against a float64 reference where the float32 one is off, see ``arbitrate``),
+    the reference's failures and the arbitration notes."""
+    sides = ("ref", "eng") if with_reference else ("eng",)
     runs = {"ref": lambda key, taus: reference_key(name, key, taus),
             "eng": lambda key, taus: engine_key(name, key, taus)}
+    seconds, rss = dict.fromkeys(sides, 0.0), dict.fromkeys(sides, 0.0)
+    diff, fails, notes = 0.0, 0, []
     for i, (key, taus) in enumerate(data.items()):
-        for side in ("ref", "eng") if i % 2 == 0 else ("eng", "ref"):  # neither always goes first
-            out[side][key], best, peak = timed(lambda: runs[side](key, taus), repeat)
+        out = {}
+        for side in sides if i % 2 == 0 else sides[::-1]:  # neither always goes first
+            out[side], best, peak = timed(lambda: runs[side](key, taus), repeat)
             seconds[side], rss[side] = seconds[side] + best, max(rss[side], peak)
-    return out["ref"], out["eng"], (seconds["ref"], seconds["eng"], rss["ref"], rss["eng"])
+        if with_reference:
+            fails += out["ref"] is None
+            key_diff, note = arbitrate(name, key, taus, out["eng"], out["ref"])
+            diff = max(diff, key_diff)
+            notes += [note] if note else []
+    nan = float("nan")
+    return {"ref_s": seconds.get("ref", nan), "eng_s": seconds["eng"], "ref_rss": rss.get("ref", nan),
+            "eng_rss": rss["eng"], "diff": diff if with_reference else nan, "fails": fails, "notes": notes}
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -174,38 +191,30 @@ def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor | None]) 
     return max((rel_diff(a[k], ref) for k, ref in b.items() if ref is not None), default=0.0)
 
 
-def arbitrate(name: str, data: dict[str, list[torch.Tensor]], eng: dict[str, torch.Tensor],
-              ref: dict[str, torch.Tensor | None], threshold: float = 1e-3) -> list[str]:
-    """Where engine and float32 reference differ by more than ``threshold`` (or the reference
-    failed), a float64 reference of that matrix says which one is right."""
+def arbitrate(name: str, key: str, taus: list[torch.Tensor], eng: torch.Tensor, r32: torch.Tensor | None,
+              threshold: float = 1e-3) -> tuple[float, str | None]:
+    """(engine's relative difference, note): against the float32 reference where the two agree
+    within ``threshold``; otherwise (or where the reference failed) a float64 reference of the
+    matrix says which one is right, and the engine is measured against it."""
+    if r32 is not None and (diff := rel_diff(eng, r32)) <= threshold:
+        return diff, None
     fn, params = REFERENCE[name]
-    notes = []
-    for key, r32 in ref.items():
-        if r32 is not None and rel_diff(eng[key], r32) <= threshold:
-            continue
-        r64 = fn([t.double() for t in data[key]], **params)
-        ref_note = "failed" if r32 is None else f"{rel_diff(r32, r64):.1e}"
-        notes.append(f"  {name} {key} {tuple(data[key][0].shape)}: vs a float64 reference, engine "
-                     f"{rel_diff(eng[key], r64):.1e}, float32 reference {ref_note}")
-    return notes
+    r64 = fn([t.double() for t in taus], **params)
+    ref_note = "failed" if r32 is None else f"{rel_diff(r32, r64):.1e}"
+    diff = rel_diff(eng, r64)
+    return diff, (f"  {name} {key} {tuple(taus[0].shape)}: vs a float64 reference, engine {diff:.1e}, "
+                  f"float32 reference {ref_note}")
 
 
 def compare(data: dict[str, list[torch.Tensor]], methods: Sequence[str], with_reference: bool,
             repeat: int = 1) -> list[tuple]:
     rows, all_notes = [], []
     for name in methods:
-        if with_reference:
-            ref, eng, (ref_s, eng_s, ref_rss, eng_rss) = interleaved(name, data, repeat)
-            fails = sum(v is None for v in ref.values())
-            diff, notes = max_rel_diff(eng, ref), arbitrate(name, data, eng, ref)
-            del ref
-        else:
-            eng, eng_s, eng_rss = timed(lambda: run_engine(name, data)[0], repeat)
-            ref_s, fails, diff, ref_rss, notes = float("nan"), 0, float("nan"), float("nan"), []
-        del eng
-        rows.append((name, ref_s, eng_s, ref_s / eng_s, diff, fails, ref_rss, eng_rss))
+        got = interleaved(name, data, repeat, with_reference)
+        rows.append((name, got["ref_s"], got["eng_s"], got["ref_s"] / got["eng_s"], got["diff"], got["fails"],
+                     got["ref_rss"], got["eng_rss"]))
         print_row(rows[-1])
-        all_notes.extend(notes)
+        all_notes.extend(got["notes"])
     for line in all_notes:
         print(line)
     return rows
@@ -223,11 +232,11 @@ def print_row(row: tuple) -> None:
 
 def sweep(data: dict[str, list[torch.Tensor]]) -> tuple[float, float]:
     """(one fresh Iso-CTS merge s, 11-fraction sweep on one shared cache s)."""
-    _, one = run_engine("iso_cts", data)
+    _, one = run_engine("iso_cts", data, keep=False)
     caches: dict[str, dict] = {}
     start = time.perf_counter()
     for f in SWEEP:
-        run_engine("iso_cts", data, caches, {"common_fraction": f})
+        run_engine("iso_cts", data, caches, {"common_fraction": f}, keep=False)
     return one, time.perf_counter() - start
 
 
@@ -301,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stream-method", default="iso_c")
     parser.add_argument("--stream-only", action="store_true", help="only the streaming run")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=1,
+    parser.add_argument("--repeat", type=int, default=2,
                         help="time every key this many times (reference and engine alternately), keep the best")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
