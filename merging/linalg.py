@@ -199,16 +199,22 @@ def _gram_eigh(tall: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     return lam, w
 
 
-def _gram_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(polar factor, singular values) of a tall ``a`` from one eigh of its small Gram,
-    AᵀA = W Λ Wᵀ ⇒ U⊥ = A W Λ^{-1/2} Wᵀ; None when ``_gram_eigh`` refuses (κ(A) above
-    GRAM_MAX_COND, or ``a`` square-ish)."""
-    got = _gram_eigh(a)
+def _gram_polar(a: torch.Tensor, scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(polar factor, singular values descending) of an elongated ``a`` from one eigh of its
+    small-side Gram: tall AᵀA = W Λ Wᵀ ⇒ U⊥ = A · W Λ^{-1/2} Wᵀ, wide U⊥ = (AAᵀ)^{-1/2} · A
+    (contiguous either way). ``scaled`` multiplies the factor by the mean singular value
+    inside the small matrix (Iso-C's Δ, without another pass over the output). None when
+    ``_gram_eigh`` refuses (κ(A) above GRAM_MAX_COND, or ``a`` square-ish)."""
+    wide = a.shape[0] < a.shape[1]
+    got = _gram_eigh(a.T if wide else a)
     if got is None:
         return None
     lam, w = got  # ascending: the product below does not depend on the order
     s = lam.sqrt()  # (n,)
-    return a @ gram((w * s.rsqrt()).T), s.flip(0)  # A · W Λ^{-1/2} Wᵀ (m, n), (n,) descending
+    p = gram((w * s.rsqrt()).T)  # W Λ^{-1/2} Wᵀ (n, n), n the small side
+    if scaled:
+        p.mul_(s.mean())
+    return (p @ a if wide else a @ p), s.flip(0)
 
 
 def fast_svd(a: torch.Tensor) -> SVD:
@@ -234,15 +240,17 @@ def polar_with_values(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     For a wide ``a`` the factor has orthonormal rows. Rank-deficient inputs get some valid
     completion (the factor is not unique there)."""
     _check_finite(a, "polar")
-    wide = a.shape[0] < a.shape[1]
-    tall = a.T if wide else a
-    fast = _gram_polar(tall)  # None for all-zero input (λ_max = 0): the SVD route handles it
-    if fast is None:
-        u, s, vh = svd(tall)
-        q = u @ vh
-    else:
-        q, s = fast
-    return (q.T if wide else q), s
+    return _polar_values(a)
+
+
+def _polar_values(a: torch.Tensor, scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``polar_with_values`` on an input already checked finite: the Gram route, else the SVD;
+    ``scaled`` as in ``_gram_polar``."""
+    fast = _gram_polar(a, scaled)  # None for all-zero input (λ_max = 0): the SVD route handles it
+    if fast is not None:
+        return fast
+    u, s, vh = svd(a)  # (m, r), (r,), (r, n)
+    return (u * s.mean() if scaled else u) @ vh, s
 
 
 # Newton's polar iteration (square float32 inputs) is taken up to this estimated κ: measured
@@ -313,17 +321,23 @@ def _settle(spread: float) -> float:
     return (spread ** 0.5 + spread ** -0.5) / 2
 
 
-def polar_with_mean(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The orthogonal polar factor of ``a`` and the mean of its singular values (a 0-d tensor).
-    Square float32 inputs take Newton's iteration (the mean is tr(QᵀA)/n); the rest take
-    ``polar_with_values``."""
+def polar_with_mean(a: torch.Tensor, scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The orthogonal polar factor of ``a`` and the mean of its singular values (a 0-d tensor);
+    with ``scaled``, the factor comes already multiplied by the mean (``mean_scaled_polar``).
+    Square float32 inputs take Newton's iteration (the mean is tr(QᵀA)/n); the rest take the
+    Gram route or the SVD."""
     _check_finite(a, "polar")
     if a.dtype == torch.float32 and a.shape[0] == a.shape[1] and a.numel():
         got = _newton_polar(a)
         if got is not None:
-            return got
-    q, s = polar_with_values(a)
+            return (got[0].mul_(got[1]) if scaled else got[0]), got[1]
+    q, s = _polar_values(a, scaled)
     return q, s.mean()
+
+
+def mean_scaled_polar(a: torch.Tensor) -> torch.Tensor:
+    """σ̄ · polar(a), σ̄ the mean singular value: Iso-C's update of a summed task matrix."""
+    return polar_with_mean(a, scaled=True)[0]
 
 
 def polar(a: torch.Tensor) -> torch.Tensor:

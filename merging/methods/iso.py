@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from merging.linalg import SVD, fast_svd, gram, polar, polar_extended, polar_with_mean, polar_with_values, top_eigh, top_svd
+from merging.linalg import SVD, fast_svd, gram, mean_scaled_polar, polar, polar_extended, polar_with_values, top_eigh, top_svd
 from merging.methods.common import Layer, Params, spectral
 from merging.registry import Method, Param, register
 
@@ -46,8 +46,7 @@ def iso_c_delta(layer: Layer) -> torch.Tensor:
     if "sum_svd" in layer.cache:
         u, s, vh = layer.cache["sum_svd"]
         return torch.mm(u, vh).mul_(s.mean())
-    q, mean = polar_with_mean(layer.total())  # (m, n), ()
-    return q.mul_(mean)
+    return mean_scaled_polar(layer.total())  # (m, n)
 
 
 # -- wide or square S: U is square --------------------------------------------------------------

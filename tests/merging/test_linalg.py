@@ -106,6 +106,21 @@ def test_newton_polar_refuses_near_singular_and_singular_input() -> None:
     assert _orthonormal_cols(zero_q) and float(zero_mean) == 0.0
 
 
+@pytest.mark.parametrize("shape,route", [((60, 20), "gram"), ((20, 60), "gram"), ((30, 30), "newton"),
+                                         ((60, 20), "svd")])
+def test_mean_scaled_polar_is_mean_singular_value_times_polar_factor(shape: tuple[int, int], route: str) -> None:
+    """Iso-C's σ̄·polar(A) on every route: the Gram route (tall, and wide without a transposed
+    output), Newton (square) and the SVD (an ill-conditioned tall matrix)."""
+    a = _low_rank(*shape, rank=3) + 1e-3 * _low_rank(*shape, rank=min(shape), seed=7) if route == "svd" \
+        else torch.randn(*shape, generator=torch.Generator().manual_seed(8))
+    assert (linalg._gram_polar(a) is not None) == (route == "gram")
+    # κ ≈ 1e4 on the SVD route: float32's own error is ~ε·κ, so compare with LAPACK's float32 SVD
+    u, s, vh = torch.linalg.svd(a if route == "svd" else a.double(), full_matrices=False)
+    got = linalg.mean_scaled_polar(a)
+    assert got.is_contiguous() and got.shape == a.shape
+    assert float((got.double() - s.mean() * u @ vh).norm() / (s.mean() * u @ vh).norm()) < 2e-5
+
+
 def test_finite_check_is_exact_on_overflowing_sums() -> None:
     big = torch.full((4, 4), 3e38)  # finite, but the sum overflows to inf
     assert linalg._all_finite(big)
