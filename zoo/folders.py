@@ -41,7 +41,7 @@ from merging.tensors import StateDict, check_compatible, check_state_finite
 from zoo.base import SPLITS, Zoo
 from zoo.data import ImageFolderData, Preprocess
 from zoo.hf import Plan, apply_recipe, hf_plan, is_hf_state, open_clip_rank, read_hf_config, recipe_shape
-from zoo.layouts import HF_WEIGHTS, OPTIONS_FILE, FolderFiles, detect_layout, find_layout
+from zoo.layouts import HF_WEIGHTS, OPTIONS_FILE, FolderFiles, detect_layout, find_layout, hf_weights_file
 from zoo.model import encode, infer_vit_config, load_encoder, state_prefix
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def visual_plan(source: Mapping[str, torch.Tensor]) -> Plan:
 def open_visual(path: Path, trust_pickle: bool = False) -> MappedCheckpoint:
     """The visual tower stored at ``path`` (a checkpoint file or a Hugging Face folder), lazily."""
     if path.is_dir():
-        path = next((path / w for w in HF_WEIGHTS if (path / w).is_file()), path / HF_WEIGHTS[0])
+        path = hf_weights_file(path) or path / HF_WEIGHTS[0]  # a missing file gets open_checkpoint's message
     source = open_checkpoint(path, trust_pickle=trust_pickle)
     return MappedCheckpoint(source, visual_plan(source))
 

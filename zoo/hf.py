@@ -19,7 +19,6 @@ Public API:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +29,7 @@ import torch
 
 from merging.errors import CheckpointError
 from merging.tensors import StateDict
+from zoo.layouts import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -205,23 +205,15 @@ ACTS = ("quick_gelu", "gelu")  # Hugging Face hidden_act values with an open_cli
 def read_hf_config(folder: str | Path) -> HfVision:
     """Activation and head count from ``config.json``; mean/std from ``preprocessor_config.json``."""
     folder = Path(folder)
-    config = _read_json(folder / "config.json")
+    config = read_json_object(folder / "config.json")
     vision = config.get("vision_config", config)
     act = vision.get("hidden_act", HfVision.act)
     if act not in ACTS:
         raise CheckpointError(f"{folder}/config.json: hidden_act {act!r} is not supported "
                               f"(supported: {', '.join(ACTS)})")
-    pre = _read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
+    pre = read_json_object(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
     mean, std = pre.get("image_mean"), pre.get("image_std")
     return HfVision(act=act, heads=vision.get("num_attention_heads"),
                     mean=tuple(mean) if mean else None, std=tuple(std) if std else None)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable JSON file ({err})") from err
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return value

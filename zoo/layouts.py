@@ -102,9 +102,14 @@ def read_task_vectors(path: Path) -> FolderFiles | None:
                        _heads(model, {t: t for t in tasks}), pickled=True, act="quick_gelu")
 
 
+def hf_weights_file(folder: Path) -> Path | None:
+    """The weights file of a Hugging Face model folder (first of HF_WEIGHTS present), or None."""
+    return next((folder / w for w in HF_WEIGHTS if (folder / w).is_file()), None)
+
+
 def _hf_weights(folder: Path) -> Path | None:
-    return next((folder / w for w in HF_WEIGHTS if (folder / w).is_file()), None) \
-        if (folder / "config.json").is_file() else None
+    """``hf_weights_file``, for folders that also hold a config.json (layout detection)."""
+    return hf_weights_file(folder) if (folder / "config.json").is_file() else None
 
 
 def read_hf(path: Path) -> FolderFiles | None:
@@ -143,17 +148,25 @@ LAYOUTS: tuple[Layout, ...] = (
 )
 
 
+def read_json_object(path: Path) -> dict:
+    """The JSON object in ``path`` (served mode: the path must be allowed); CheckpointError
+    naming the file when it is unreadable, not JSON, or not an object."""
+    try:
+        value = json.loads(allowed_path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable JSON file ({err})") from err
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
 def read_options(folder: Path) -> dict:
     """The optional ``isoscope.json`` of a folder: {"act", "heads", "mean", "std"}."""
     path = folder / OPTIONS_FILE
     if not path.is_file():
         return {}
-    try:
-        options = json.loads(allowed_path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable JSON file ({err})") from err
-    bad = [k for k, v in options.items() if k not in OPTION_TYPES or not isinstance(v, OPTION_TYPES[k])] \
-        if isinstance(options, dict) else ["(not an object)"]
+    options = read_json_object(path)
+    bad = [k for k, v in options.items() if k not in OPTION_TYPES or not isinstance(v, OPTION_TYPES[k])]
     if bad:
         raise CheckpointError(f"{path}: unknown or mistyped entries {bad} "
                               f"(allowed: {', '.join(f'{k}: {t.__name__}' for k, t in OPTION_TYPES.items())})")

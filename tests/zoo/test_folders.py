@@ -487,8 +487,14 @@ def test_hf_config_and_isoscope_json_set_activation_heads_and_preprocessing(mode
     (root / "isoscope.json").write_text(json.dumps({"activation": "relu"}))
     with pytest.raises(CheckpointError, match=r"isoscope.json: unknown or mistyped entries \['activation'\]"):
         open_folder(root)
+    (root / "isoscope.json").write_text(json.dumps(["act", "gelu"]))  # one JSON reader, one message
+    with pytest.raises(CheckpointError, match="isoscope.json: expected a JSON object, found list"):
+        open_folder(root)
     config["vision_config"]["hidden_act"] = "relu"
     (root / "isoscope.json").unlink()
     (root / "clip-vit-tiny" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="hidden_act 'relu' is not supported"):
+        open_folder(root)
+    (root / "clip-vit-tiny" / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="config.json: expected a JSON object, found list"):
         open_folder(root)
