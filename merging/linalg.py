@@ -199,15 +199,17 @@ def _gram_eigh(tall: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     return lam, w
 
 
-def _gram_polar(a: torch.Tensor, scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _gram_polar(a: torch.Tensor, scaled: bool = False, max_cond: float | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(polar factor, singular values descending) of an elongated ``a`` from one eigh of its
     small-side Gram: tall AᵀA = W Λ Wᵀ ⇒ U⊥ = A · W Λ^{-1/2} Wᵀ, wide U⊥ = (AAᵀ)^{-1/2} · A
     (contiguous either way). ``scaled`` multiplies the factor by the mean singular value
     inside the small matrix (Iso-C's Δ, without another pass over the output). None when
-    ``_gram_eigh`` refuses (κ(A) above GRAM_MAX_COND, or ``a`` square-ish)."""
+    ``_gram_eigh`` refuses (κ(A) above GRAM_MAX_COND, or ``a`` square-ish) or κ(A) exceeds
+    ``max_cond``."""
     wide = a.shape[0] < a.shape[1]
     got = _gram_eigh(a.T if wide else a)
-    if got is None:
+    if got is None or (max_cond is not None and got[0][0] * max_cond ** 2 < got[0][-1]):
         return None
     lam, w = got  # ascending: the product below does not depend on the order
     s = lam.sqrt()  # (n,)
@@ -338,6 +340,15 @@ def polar_with_mean(a: torch.Tensor, scaled: bool = False) -> tuple[torch.Tensor
 def mean_scaled_polar(a: torch.Tensor) -> torch.Tensor:
     """σ̄ · polar(a), σ̄ the mean singular value: Iso-C's update of a summed task matrix."""
     return polar_with_mean(a, scaled=True)[0]
+
+
+def conditioned_polar(a: torch.Tensor, max_cond: float) -> torch.Tensor | None:
+    """polar(a) from one eigh of its small Gram when κ(a) ≤ ``max_cond`` and the Gram route
+    applies (elongated ``a``), else None, without any SVD: for callers that have a better
+    route for ill-conditioned input."""
+    _check_finite(a, "polar")
+    got = _gram_polar(a, max_cond=max_cond)
+    return None if got is None else got[0]
 
 
 def polar(a: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,8 @@ import math
 
 import torch
 
-from merging.linalg import SVD, fast_svd, gram, mean_scaled_polar, polar, polar_extended, polar_with_values, top_eigh, top_svd
+from merging.linalg import (SVD, conditioned_polar, fast_svd, gram, mean_scaled_polar, polar, polar_extended,
+                            top_eigh, top_svd)
 from merging.methods.common import Layer, Params, spectral
 from merging.registry import Method, Param, register
 
@@ -142,15 +143,14 @@ def _left_polar(uk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """polar([Uk | X]) for task left vectors X (m, Ts): they are residual directions, X ⟂ Uk, so
     the Gram is blockdiag(I, XᵀX) and polar([Uk | X]) = [Uk | polar(X)], one thin float64
     problem. X's rounding along Uk is amplified by κ(X) in polar(X), so when the tasks'
-    directions are nearly dependent (κ(X) > LEFT_MAX_COND, common on real task vectors) the
+    directions are nearly dependent (κ(X) > LEFT_MAX_COND, common on real task vectors; the
+    Gram eigh tells before any product is formed), or X is too square for the Gram route, the
     stack goes through ``polar_extended`` instead."""
     x = x - uk @ (uk.T @ x)  # (m, Ts)
     if x.shape[1] == 0:
         return uk.clone()
-    q, sig = polar_with_values(x.double())
-    if float(sig[-1]) * LEFT_MAX_COND >= float(sig[0]):
-        return torch.cat([uk, q.to(x.dtype)], 1)  # (m, r)
-    return polar_extended(uk, x)
+    q = conditioned_polar(x.double(), LEFT_MAX_COND)  # None: ill-conditioned or square-ish X
+    return polar_extended(uk, x) if q is None else torch.cat([uk, q.to(x.dtype)], 1)  # (m, r)
 
 
 def iso_cts_delta(layer: Layer, k: int, s: int) -> torch.Tensor:

@@ -121,6 +121,18 @@ def test_mean_scaled_polar_is_mean_singular_value_times_polar_factor(shape: tupl
     assert float((got.double() - s.mean() * u @ vh).norm() / (s.mean() * u @ vh).norm()) < 2e-5
 
 
+def test_conditioned_polar_answers_only_within_its_condition_number() -> None:
+    """The Gram eigh decides before any product: the polar factor when κ ≤ max_cond, None for
+    ill-conditioned or square-ish input (the caller's other route), never an SVD."""
+    g = torch.Generator().manual_seed(9)
+    q = torch.linalg.qr(torch.randn(80, 12, generator=g, dtype=torch.float64))[0]
+    a = q * torch.logspace(0, -1, 12, dtype=torch.float64)  # κ = 10
+    u, _, vh = torch.linalg.svd(a, full_matrices=False)
+    assert torch.allclose(linalg.conditioned_polar(a, 30.0), u @ vh, atol=1e-12)
+    assert linalg.conditioned_polar(a, 5.0) is None
+    assert linalg.conditioned_polar(torch.randn(15, 12, generator=g, dtype=torch.float64), 1e6) is None
+
+
 def test_finite_check_is_exact_on_overflowing_sums() -> None:
     big = torch.full((4, 4), 3e38)  # finite, but the sum overflows to inf
     assert linalg._all_finite(big)

@@ -27,7 +27,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         monkeypatch.setattr(module, name, counting)
 
     wrap(iso, "fast_svd", "svd")
-    wrap(iso, "polar_with_values", "polar")
+    wrap(iso, "mean_scaled_polar", "polar")  # Iso-C's own polar of the sum
     wrap(common, "top_svd", "top_svd")
     return calls
 
@@ -62,6 +62,8 @@ def test_second_iso_cts_fraction_reuses_the_sum_svd(counted: dict[str, int]) -> 
     polars = counted["polar"]
     merger.update("iso_c")
     assert counted["svd"] == before["svd"] and counted["polar"] == polars  # Iso-C reuses it too
+    Merger(pre, fts, device="cpu").update("iso_c")  # without a cached SVD it takes its own polar
+    assert counted["polar"] == polars + len(merger.matrix_keys)
 
 
 def test_second_cart_rank_and_tsv_reuse_decompositions(counted: dict[str, int]) -> None:
