@@ -276,9 +276,11 @@ def _norm2_estimate(a: torch.Tensor, steps: int = 8) -> float:
     return est ** 0.5
 
 
-def _newton_step(x: torch.Tensor, mu: float) -> torch.Tensor:
-    """(μX + (μX)^{-T})/2; raises RuntimeError when X is exactly singular."""
-    return torch.linalg.inv(x).T.mul(0.5 / mu).add_(x, alpha=0.5 * mu)  # (n, n)
+def _newton_step(x: torch.Tensor, mu: float, inv: torch.Tensor | None = None) -> torch.Tensor:
+    """(μX + (μX)^{-T})/2, from ``inv`` = X^{-1} when the caller has it; raises RuntimeError
+    when X is exactly singular."""
+    inv = torch.linalg.inv(x) if inv is None else inv
+    return inv.T.mul(0.5 / mu).add_(x, alpha=0.5 * mu)  # (n, n)
 
 
 def _newton_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -300,7 +302,7 @@ def _newton_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None
     beta = 1.0 / inv_norm
     mu = (alpha * beta) ** -0.5
-    x = inv.T.mul(0.5 / mu).add_(a, alpha=0.5 * mu)  # (n, n), singular values in [1, κ₁]
+    x = _newton_step(a, mu, inv)  # (n, n), singular values in [1, κ₁]
     spread, mu = _settle(alpha / beta), (2.0 * (alpha * beta) ** 0.5 / (alpha + beta)) ** 0.5
     for _ in range(NEWTON_MAX_STEPS):
         if spread <= 1 + NEWTON_TOL and _norm2_estimate(x) <= 1 + NEWTON_TOL:
