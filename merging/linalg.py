@@ -236,18 +236,10 @@ def fast_svd(a: torch.Tensor) -> SVD:
     return (w, s, u.T) if wide else (u, s, w.T)
 
 
-def polar_with_values(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The orthogonal polar factor of ``a`` (m, n) and its singular values (r,), descending.
-
-    For a wide ``a`` the factor has orthonormal rows. Rank-deficient inputs get some valid
-    completion (the factor is not unique there)."""
-    _check_finite(a, "polar")
-    return _polar_values(a)
-
-
 def _polar_values(a: torch.Tensor, scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``polar_with_values`` on an input already checked finite: the Gram route, else the SVD;
-    ``scaled`` as in ``_gram_polar``."""
+    """(polar factor, singular values descending) of ``a``, already checked finite: the Gram
+    route, else the SVD; ``scaled`` as in ``_gram_polar``. For a wide ``a`` the factor has
+    orthonormal rows; rank-deficient inputs get some valid completion (it is not unique)."""
     fast = _gram_polar(a, scaled)  # None for all-zero input (λ_max = 0): the SVD route handles it
     if fast is not None:
         return fast
