@@ -270,7 +270,7 @@ def _newton_step(x: torch.Tensor, mu: float, inv: torch.Tensor | None = None) ->
     return inv.T.mul(0.5 / mu).add_(x, alpha=0.5 * mu)  # (n, n)
 
 
-def _newton_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _newton_polar(a: torch.Tensor, max_cond: float = NEWTON_MAX_COND) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(polar factor, mean singular value) of a square float32 ``a`` by the scaled Newton
     iteration X ← (μX + (μX)^{-T})/2 (Higham, *Functions of Matrices*, §8.6) with Byers & Xu's
     scaling from power-iteration estimates α ≈ σ_max, β ≈ σ_min (SIAM J. Matrix Anal. Appl.
@@ -279,13 +279,15 @@ def _newton_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     κ_{k+1} = (√κ_k + 1/√κ_k)/2, so the iteration stops when the predicted κ_k and the measured
     ‖X_k‖₂ are both ≤ 1 + NEWTON_TOL: κ = 4e3 takes 4 inverses (33 ms for 768², LAPACK's SVD
     62 ms). One Newton–Schulz step X(3I − XᵀX)/2 finishes; σ̄ = tr(QᵀA)/n. None (the SVD route)
-    when the estimated κ exceeds NEWTON_MAX_COND, an inverse fails or it does not settle."""
+    when the estimated κ exceeds ``max_cond`` (at most NEWTON_MAX_COND), an inverse fails or
+    it does not settle."""
     try:
         inv = torch.linalg.inv(a)  # (n, n)
     except RuntimeError:  # exactly singular
         return None
     alpha, inv_norm = _norm2_estimate(a), _norm2_estimate(inv)
-    if not (_finite(inv) and alpha > 0 and 0 < inv_norm < float("inf")) or alpha * inv_norm > NEWTON_MAX_COND:
+    if not (_finite(inv) and alpha > 0 and 0 < inv_norm < float("inf")) or \
+            alpha * inv_norm > min(max_cond, NEWTON_MAX_COND):
         return None
     beta = 1.0 / inv_norm
     mu = (alpha * beta) ** -0.5
@@ -301,10 +303,18 @@ def _newton_polar(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         spread, mu = _settle(spread), (2.0 / (mu + 1.0 / mu)) ** 0.5
     else:
         return None
-    q = x * 1.5 - (x @ gram(x)) * 0.5  # Newton–Schulz
+    q = _newton_schulz(x)
     if not _finite(q):
         return None
     return q, (q * a).sum() / a.shape[0]
+
+
+def _newton_schulz(x: torch.Tensor) -> torch.Tensor:
+    """One Newton–Schulz step X(3I − XᵀX)/2 (rows for a wide X): singular values 1 + δ go to
+    1 − 3δ²/2 + O(δ³), with the same polar factor."""
+    if x.shape[0] < x.shape[1]:
+        return _newton_schulz(x.T).T
+    return x * 1.5 - (x @ gram(x)) * 0.5  # (m, n)
 
 
 def _settle(spread: float) -> float:
@@ -332,12 +342,21 @@ def mean_scaled_polar(a: torch.Tensor) -> torch.Tensor:
 
 
 def conditioned_polar(a: torch.Tensor, max_cond: float) -> torch.Tensor | None:
-    """polar(a) from one eigh of its small Gram when κ(a) ≤ ``max_cond`` and the Gram route
-    applies (elongated ``a``), else None, without any SVD: for callers that have a better
-    route for ill-conditioned input."""
+    """polar(a) when κ(a) ≤ ``max_cond`` and a fast route applies, else None, without any SVD:
+    for callers that have a better route for ill-conditioned input. Elongated ``a`` takes one
+    eigh of its small Gram (which also stops at GRAM_MAX_COND), square float32 ``a`` Newton's
+    iteration (which also stops at NEWTON_MAX_COND); square-ish ``a`` gets None. Either route
+    decides from its first factorization, before any product with ``a``. A float32 answer gets
+    one more Newton–Schulz step: both routes leave singular values up to ~1e-5 from 1
+    (Newton's stop, the Gram's ε32·κ²), which would show in a flattened spectrum."""
     _check_finite(a, "polar")
-    got = _gram_polar(a, max_cond=max_cond)
-    return None if got is None else got[0]
+    if a.dtype == torch.float32 and a.shape[0] == a.shape[1] and a.numel():
+        got = _newton_polar(a, max_cond)
+    else:
+        got = _gram_polar(a, max_cond=max_cond)
+    if got is None:
+        return None
+    return _newton_schulz(got[0]) if a.dtype == torch.float32 else got[0]
 
 
 def polar(a: torch.Tensor) -> torch.Tensor:
@@ -362,7 +381,8 @@ def _gram_top(a: torch.Tensor, rank: int, dtype: torch.dtype, min_ratio: float) 
 
 
 # (dtype, smallest σ_k/σ_1 it resolves to ~1e-4 relative accuracy)
-GRAM_TOP_KERNELS = ((torch.float32, 0.1), (torch.float64, 1e-5))
+FLOAT32_GRAM_MIN_RATIO = 0.1
+GRAM_TOP_KERNELS = ((torch.float32, FLOAT32_GRAM_MIN_RATIO), (torch.float64, 1e-5))
 
 
 def top_svd(a: torch.Tensor, rank: int) -> SVD:
@@ -510,6 +530,15 @@ def _apply_extended(q: torch.Tensor, x: torch.Tensor, qc: torch.Tensor, phi: tor
     return out
 
 
+# polar_extended's own work (two QRs of (p, l), a float64 eigh of ≤ 2l rows) beats a polar of
+# the whole (p, k + l) stack only while l is small against k: measured on the stacks of an
+# Iso-CTS sweep, 768² and 3072×768, 20 against 32 ms at l = k/4 but 90 against 29 ms at l = k
+# and 270 against 48 ms at k = 0. So from l ≥ STACK_FROM·k a float32 stack first tries
+# ``conditioned_polar`` itself, taken when κ ≤ STACK_MAX_COND (the Gram route stops at 20
+# anyway; Newton measured 1e-5 from the float64 factor at κ ≈ 1e4, the extended route 1e-6).
+STACK_FROM, STACK_MAX_COND = 1 / 3, 1e5
+
+
 def polar_extended(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """polar([q | x]) for ``q`` (p, k) with orthonormal columns and ``x`` (p, l), k + l ≤ p.
 
@@ -522,9 +551,14 @@ def polar_extended(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     small (≤ 2l)² eigh (float64). The big products use B T = [q | q C + Q⊥ R⊥], so a defect of
     B is not amplified; they run in the input dtype unless κ([q | x]) > 30, where the
     κ-sized correction is applied in float64. Falls back to the SVD when [q | x] is
-    numerically rank deficient."""
+    numerically rank deficient. Wide enough float32 ``x`` (see STACK_FROM) may take a
+    well-conditioned polar of the whole stack instead."""
     if x.shape[1] == 0:
         return q.clone()
+    if q.dtype == torch.float32 and x.shape[1] >= STACK_FROM * q.shape[1]:
+        whole = conditioned_polar(torch.cat([q, x], 1), STACK_MAX_COND)  # (p, k+l) or None
+        if whole is not None:
+            return whole
     c = q.T @ x  # (k, l)
     perp = x - q @ c  # (p, l)
     again = q.T @ perp  # second Gram–Schmidt pass

@@ -24,8 +24,8 @@ import math
 
 import torch
 
-from merging.linalg import (SVD, conditioned_polar, fast_svd, gram, mean_scaled_polar, polar, polar_extended,
-                            top_eigh, top_svd)
+from merging.linalg import (FLOAT32_GRAM_MIN_RATIO, STACK_MAX_COND, SVD, conditioned_polar, fast_svd, gram,
+                            mean_scaled_polar, polar, polar_extended, top_eigh, top_svd)
 from merging.methods.common import Layer, Params, spectral
 from merging.registry import Method, Param, register
 
@@ -65,14 +65,60 @@ def _tail_rows(layer: Layer, t: int, k: int) -> torch.Tensor:
     return have[have.shape[0] - (u.shape[1] - k):]
 
 
+def _float32_resolves(lam: torch.Tensor) -> bool:
+    """Whether eigenpairs ``lam`` (s,) descending of a float32 Gram resolve its top-s space:
+    λ_s/λ_1 ≥ FLOAT32_GRAM_MIN_RATIO² (below, the directions near the boundary are float32
+    rounding; rank-deficient blocks land here too)."""
+    return bool(lam[-1] >= FLOAT32_GRAM_MIN_RATIO ** 2 * lam[0]) and bool(lam[0] > 0)
+
+
+def _tail_gram(layer: Layer, t: int, k: int) -> torch.Tensor:
+    """Bt Btᵀ, (r−k, r−k): the trailing block of Uᵀ Δt Δtᵀ U, so a larger k slices it; as k
+    moves down only the new rows' products are computed."""
+    rows = _tail_rows(layer, t, k)  # (r−k, n)
+    name = f"tail_gram:{t}"
+    have = layer.cache.get(name)
+    done = 0 if have is None else have.shape[0]
+    if rows.shape[0] > done:
+        fresh = rows.shape[0] - done
+        top = rows[:fresh] @ rows.T  # (fresh, r−k): the new rows against all of them
+        grown = rows.new_empty(rows.shape[0], rows.shape[0])
+        grown[:fresh] = top
+        grown[fresh:, :fresh] = top[:, fresh:].T
+        if have is not None:
+            grown[fresh:, fresh:] = have
+        have = layer.cache[name] = grown
+    skip = have.shape[0] - rows.shape[0]
+    return have[skip:, skip:]
+
+
+def _wide_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
+    """Top-s triplets of every Bt (left vectors as coefficients in U[:, k:]) from the eigh of
+    its cached Gram Bt Btᵀ: Bt = W Σ Vtᵀ with Vtᵀ = Σ⁻¹ Wᵀ Bt."""
+    grams = torch.stack([_tail_gram(layer, t, k) for t in range(layer.num_tasks)])  # (T, r−k, r−k)
+    lam, w = top_eigh(grams, s)  # (T, s), (T, r−k, s)
+    tops = []
+    for t in range(layer.num_tasks):
+        rows = _tail_rows(layer, t, k)  # (r−k, n)
+        if not _float32_resolves(lam[t]):
+            tops.append(top_svd(rows, s))  # float64 Gram, or the SVD
+            continue
+        sig = lam[t].sqrt()  # (s,)
+        tops.append((w[t], sig, (w[t].T @ rows).div_(sig[:, None])))  # (r−k, s), (s,), (s, n)
+    return tops
+
+
 def _wide_blocks(layer: Layer, k: int, s: int) -> tuple[torch.Tensor, list[SVD]]:
     """(polar(U*) (m, r), the task triplets) when U is square: Rt = U[:, k:] Bt, so the task
     left vectors are U[:, k:] Y with Y (r−k, Ts) their coefficients, and
-    polar(U*) = U · blockdiag(I, polar(Y)) exactly (float64 Y: orthonormal at any κ(Y))."""
+    polar(U*) = U · blockdiag(I, polar(Y)) exactly. Y is square (Ts = r − k) and often far from
+    orthogonal (κ ~ 1e3–1e4): Newton in float32 up to κ = STACK_MAX_COND, else float64."""
     u = _sum_svd(layer)[0]
-    tops = [top_svd(_tail_rows(layer, t, k), s) for t in range(layer.num_tasks)]
+    tops = _wide_tasks(layer, k, s)
     coeff = torch.cat([ub for ub, _, _ in tops], 1)  # (r−k, Ts)
-    pu = torch.cat([u[:, :k], u[:, k:] @ polar(coeff.double()).to(u.dtype)], 1)  # (m, r)
+    y = conditioned_polar(coeff, STACK_MAX_COND)
+    y = polar(coeff.double()).to(u.dtype) if y is None else y  # (r−k, Ts)
+    pu = torch.cat([u[:, :k], u[:, k:] @ y], 1)  # (m, r)
     return pu, [(u[:, k:] @ ub, sb, vbh) for ub, sb, vbh in tops]
 
 
@@ -119,8 +165,8 @@ def _tall_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
     inside = (uk @ coeff).view(uk.shape[0], layer.num_tasks, s)  # Uk Fk v  (m, T, s)
     tops = []
     for t, tau in enumerate(layer.taus):
-        if s and lam[t, -1] <= 1e-12 * max(float(lam[t, 0]), 1e-30):
-            tops.append(_residual_top_plain(layer, t, k, s))  # rank-deficient residual
+        if s and not _float32_resolves(lam[t]):
+            tops.append(_residual_top_plain(layer, t, k, s))
             continue
         sig = lam[t].sqrt()  # (s,)
         left = (tau @ w[t]).sub_(inside[:, t]).div_(sig)  # Rt v / σ  (m, s)
@@ -129,19 +175,21 @@ def _tall_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
 
 
 def _residual_top_plain(layer: Layer, t: int, k: int, s: int) -> SVD:
-    """Top-s triplets of Rt = Δt − Uk Ukᵀ Δt by a full robust SVD (rank-deficient cases)."""
+    """Top-s triplets of Rt = Δt − Uk Ukᵀ Δt from the residual itself (``top_svd``: a float64
+    Gram, or the full robust SVD when rank-deficient)."""
     uk = _sum_svd(layer)[0][:, :k]
     tau = layer.taus[t]
-    u, sig, vh = fast_svd(tau - uk @ (uk.T @ tau))
-    return u[:, :s], sig[:s], vh[:s]
+    return top_svd(tau - uk @ (uk.T @ tau), s)
 
 
-LEFT_MAX_COND = 30.0  # κ(X) up to which _left_polar's shortcut keeps orthonormality (ε32·κ)
+# κ(X) up to which _left_polar takes the float32 Gram route for polar(X): orthonormal to
+# ~ε32·κ² (measured 3e-6 at κ = 10 on 3072×768), and X's rounding along Uk grows only by κ.
+LEFT_MAX_COND = 10.0
 
 
 def _left_polar(uk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """polar([Uk | X]) for task left vectors X (m, Ts): they are residual directions, X ⟂ Uk, so
-    the Gram is blockdiag(I, XᵀX) and polar([Uk | X]) = [Uk | polar(X)], one thin float64
+    the Gram is blockdiag(I, XᵀX) and polar([Uk | X]) = [Uk | polar(X)], one thin float32
     problem. X's rounding along Uk is amplified by κ(X) in polar(X), so when the tasks'
     directions are nearly dependent (κ(X) > LEFT_MAX_COND, common on real task vectors; the
     Gram eigh tells before any product is formed), or X is too square for the Gram route, the
@@ -149,8 +197,8 @@ def _left_polar(uk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     x = x - uk @ (uk.T @ x)  # (m, Ts)
     if x.shape[1] == 0:
         return uk.clone()
-    q = conditioned_polar(x.double(), LEFT_MAX_COND)  # None: ill-conditioned or square-ish X
-    return polar_extended(uk, x) if q is None else torch.cat([uk, q.to(x.dtype)], 1)  # (m, r)
+    q = conditioned_polar(x, LEFT_MAX_COND)  # None: ill-conditioned or square-ish X
+    return polar_extended(uk, x) if q is None else torch.cat([uk, q], 1)  # (m, r)
 
 
 def iso_cts_delta(layer: Layer, k: int, s: int) -> torch.Tensor:

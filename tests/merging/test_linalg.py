@@ -329,3 +329,57 @@ def test_polar_extended_is_accurate_when_ill_conditioned_and_q_is_imperfect(eps:
     u, s, vh = torch.linalg.svd(torch.cat([q, x], 1).double(), full_matrices=False)
     assert float(s[0] / s[-1]) > 0.1 / eps  # really ill-conditioned
     assert float((linalg.polar_extended(q, x).double() - u @ vh).abs().max()) < 1e-4
+
+
+def _defect(q: torch.Tensor) -> float:
+    """‖QᵀQ − I‖₂ in float64 (columns of a tall or square Q)."""
+    q = q.double()
+    return float(torch.linalg.matrix_norm(q.T @ q - torch.eye(q.shape[1], dtype=torch.float64), 2))
+
+
+@pytest.mark.parametrize("kappa", [30.0, 3e3])
+def test_conditioned_polar_takes_newton_on_square_input_within_its_cap(kappa: float) -> None:
+    """Square float32 input: Newton's iteration answers when κ ≤ max_cond (the polar factor of
+    float64 to float32 accuracy, orthonormal to the last bits after the extra Newton–Schulz
+    step), and None above the cap."""
+    n = 80
+    a = _square(n, torch.logspace(0, -torch.log10(torch.tensor(kappa)).item(), n, dtype=torch.float64), seed=11)
+    u, _, vh = torch.linalg.svd(a.double())
+    q = linalg.conditioned_polar(a, 1e5)
+    assert q is not None and q.dtype == torch.float32
+    assert float((q.double() - u @ vh).norm() / (u @ vh).norm()) < 1e-5
+    assert _defect(q) < 2e-6
+    assert linalg.conditioned_polar(a, kappa / 10) is None
+
+
+def test_polar_extended_takes_the_whole_stack_when_x_is_wide_and_stays_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """l ≥ k/3: a well-conditioned stack is polarized whole (Newton when square, the Gram route
+    when tall); beyond STACK_MAX_COND the extended route answers. Every answer is the float64
+    polar factor of the stack and orthonormal to a few 1e-6 (a flattened spectrum shows any defect)."""
+    g = torch.Generator().manual_seed(12)
+    real, whole = linalg.conditioned_polar, []
+
+    def spy(a: torch.Tensor, max_cond: float) -> torch.Tensor | None:
+        got = real(a, max_cond)
+        whole.append(got is not None)
+        return got
+
+    monkeypatch.setattr(linalg, "conditioned_polar", spy)
+    q = torch.linalg.qr(torch.randn(90, 45, generator=g))[0]  # (p, k)
+    square_x = torch.randn(90, 45, generator=g) / 90 ** 0.5  # [q | x] square, κ ~ 10
+    tall_x = torch.randn(90, 15, generator=g) / 90 ** 0.5  # (90, 60): m < 2n, square-ish: extended
+    q_thin = q[:, :20]
+    thin_x = torch.randn(90, 10, generator=g) / 90 ** 0.5  # (90, 30): the Gram route
+    spectrum = torch.ones(45, dtype=torch.float64)
+    spectrum[-1] = 1e-7
+    near = (q.double() @ torch.randn(45, 45, generator=g, dtype=torch.float64)).float()
+    near_x = near + (torch.linalg.qr(torch.randn(90, 45, generator=g))[0] @ torch.diag(spectrum.float())) * 1e-6
+    for qq, x, expect in ((q, square_x, True), (q, tall_x, False), (q_thin, thin_x, True), (q, near_x, False)):
+        whole.clear()
+        got = linalg.polar_extended(qq, x)
+        stack = torch.cat([qq, x], 1).double()
+        u, s, vh = torch.linalg.svd(stack, full_matrices=False)
+        assert (whole == [True]) == expect, (tuple(x.shape), whole)
+        assert _defect(got) < 5e-6, (tuple(x.shape), _defect(got))
+        if float(s[0] / s[-1]) < 1e5:  # a unique, well-defined factor to compare with
+            assert float((got.double() - u @ vh).norm() / (u @ vh).norm()) < 1e-5

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from merging.merge import Merger
+from merging.methods.common import Layer
 from merging.methods.iso import common_rank
 from merging.registry import all_methods, get_method
 from tests.merging import reference
@@ -179,3 +180,28 @@ def test_iso_flatness_on_real_task_vectors() -> None:
         for key in merger.matrix_keys:
             s = torch.linalg.svdvals(delta[key].double())
             assert float(s.max() / s.min()) < 1 + 2e-5, (method, params, key, float(s.max() / s.min()) - 1)
+
+
+@pytest.mark.parametrize("shape", [(60, 16), (16, 60)])
+def test_iso_cts_task_directions_below_float32_gram_reach_take_float64(monkeypatch: pytest.MonkeyPatch,
+                                                                       shape: tuple[int, int]) -> None:
+    """Where a task's σ_s/σ_1 < 0.1, float32 Gram eigenpairs would blur the top-s boundary; such
+    tasks are recomputed through ``top_svd`` (float64 Gram), tall and wide alike, and the merge
+    equals the float64 reference."""
+    from merging.methods import iso
+
+    gen = torch.Generator().manual_seed(13)
+    spectrum = torch.tensor([1.0, 0.3, 0.1, 0.03, 1e-3, 5e-4, 2e-4, 1e-4] + [1e-5] * 8, dtype=torch.float64)
+    taus = []
+    for _ in range(4):
+        u = torch.linalg.qr(torch.randn(shape[0], 16, generator=gen, dtype=torch.float64))[0]
+        v = torch.linalg.qr(torch.randn(shape[1], 16, generator=gen, dtype=torch.float64))[0]
+        taus.append(((u * spectrum) @ v.T).float())
+    calls = []
+    real = iso.top_svd
+    monkeypatch.setattr(iso, "top_svd", lambda a, rank: calls.append(rank) or real(a, rank))
+    spec = get_method("iso_cts")
+    got = spec.fn(Layer(key="k", taus=taus, matrix=True), spec.resolve({"common_fraction": 0.0}))  # s = 4
+    assert calls == [4] * 4
+    want = reference.iso_cts_matrix([t.double() for t in taus], common_fraction=0.0)
+    assert rel(got, want) < 1e-4
