@@ -230,14 +230,13 @@ def print_row(row: tuple) -> None:
           f"| {ref_rss:15.2f} | {eng_rss:18.2f} |", flush=True)
 
 
-def sweep(data: dict[str, list[torch.Tensor]]) -> tuple[float, float]:
-    """(one fresh Iso-CTS merge s, 11-fraction sweep on one shared cache s)."""
+def sweep(data: dict[str, list[torch.Tensor]]) -> tuple[float, float, list[float]]:
+    """(one fresh Iso-CTS merge s, 11-fraction sweep on one shared cache s, s per fraction)."""
     _, one = run_engine("iso_cts", data, keep=False)
     caches: dict[str, dict] = {}
     start = time.perf_counter()
-    for f in SWEEP:
-        run_engine("iso_cts", data, caches, {"common_fraction": f}, keep=False)
-    return one, time.perf_counter() - start
+    points = [run_engine("iso_cts", data, caches, {"common_fraction": f}, keep=False)[1] for f in SWEEP]
+    return one, time.perf_counter() - start, points
 
 
 # -- streaming ----------------------------------------------------------------------------------
@@ -346,9 +345,10 @@ def spectral(args: argparse.Namespace, blocks: int, methods: Sequence[str]) -> N
     print("|" + "|".join("---" for _ in HEADER.strip(" |").split("|")) + "|")
     compare(data, methods, not args.no_reference, args.repeat)
     if not args.skip_sweep:
-        one, swept = sweep(data)
+        one, swept, points = sweep(data)
         print(f"\nIso-CTS sweep over 11 common fractions (0.0…1.0, shared cache): {swept:.2f} s = "
-              f"{swept / one:.2f}× one merge ({one:.2f} s)")
+              f"{swept / one:.2f}× one merge ({one:.2f} s); per fraction: "
+              + ", ".join(f"{f:.1f}: {sec:.1f} s" for f, sec in zip(SWEEP, points)))
     del data
     if not args.skip_noise:
         noisy = workload(min(blocks, 2), args.tasks, noisy_low_rank_matrix, seed=1)
