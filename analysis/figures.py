@@ -1,25 +1,25 @@
 """Plotly figure builders, one per dashboard view: DataFrame(s) in, ``go.Figure`` out. Built
 here, shown by the app pages and the HTML report. Accuracies are shown in percent.
 
-Inputs are the tidy frames of ``analysis.spectra``, ``analysis.sar``, ``analysis.sweeps`` and
-``analysis.report``; see each function.
+Inputs are the tidy frames of ``analysis.spectra``, ``analysis.sar``, ``analysis.sweeps``,
+``analysis.similarity`` and ``analysis.report``; see each function. Methods take their fixed
+house colours (``analysis.style``), tasks theirs by position.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from analysis.correlation import least_squares_line
+from analysis.style import METHOD_COLORS, SUM_COLOR, TEMPLATE, method_colors, style_figure, task_color
 
-TASK_COLORS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d",
-               "#bab0ac", "#eeca3b", "#17becf", "#8c564b", "#7f7f7f", "#bcbd22")
-METHOD_COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
-SUM_COLOR = "#222222"
-TEMPLATE = "plotly_white"
+PCT = dict(tickformat=".0%", rangemode="tozero")
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, **extra: object) -> go.Figure:
@@ -28,8 +28,9 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **extra: object) -> go.F
     return fig
 
 
-def _color(palette: tuple[str, ...], i: int) -> str:
-    return palette[i % len(palette)]
+def _method_color(name: str, i: int) -> str:
+    """A method's house colour by its name in the frame; unknown names get a task colour."""
+    return method_colors().get(name) or task_color(i)
 
 
 def _boundary_line(fig: go.Figure, boundary: Mapping[str, float] | None) -> None:
@@ -48,7 +49,8 @@ def _spectrum_traces(fig: go.Figure, layer_df: pd.DataFrame, column: str, fmt: s
     for (source, kind), part in layer_df.groupby(["source", "kind"], sort=False):
         line = dict(style[kind])
         if kind in counters:
-            line.setdefault("color", _color(TASK_COLORS if kind == "task" else METHOD_COLORS, counters[kind]))
+            i = counters[kind]
+            line.setdefault("color", task_color(i) if kind == "task" else _method_color(str(source), i))
             counters[kind] += 1
         fig.add_trace(go.Scatter(x=part["index"], y=part[column], mode="lines", name=str(source), line=line,
                                  hovertemplate=f"{source}<br>index %{{x}}<br>{fmt}<extra></extra>"))
@@ -94,7 +96,7 @@ def sar_avg_bars(sar_avg: pd.DataFrame) -> go.Figure:
     """SAR_avg per task, one bar group per task and one colour per method."""
     fig = go.Figure()
     for i, (method, part) in enumerate(sar_avg.groupby("method", sort=False)):
-        fig.add_trace(go.Bar(x=part["task"], y=part["sar_avg"], name=str(method), marker_color=_color(METHOD_COLORS, i),
+        fig.add_trace(go.Bar(x=part["task"], y=part["sar_avg"], name=str(method), marker_color=_method_color(str(method), i),
                              hovertemplate=f"{method}<br>%{{x}}<br>SAR_avg %{{y:.3f}}<extra></extra>"))
     return _layout(fig, "Average subspace alignment ratio per task", "task", "SAR_avg (0–1)", barmode="group",
                    yaxis_range=[0, 1.05])
@@ -106,7 +108,7 @@ def sar_nai_scatter(points: pd.DataFrame, corr: Mapping[str, float] | None = Non
     fig = go.Figure()
     for i, (method, part) in enumerate(points.groupby("method", sort=False)):
         fig.add_trace(go.Scatter(x=part["sar_avg"], y=part["nai"], mode="markers", name=str(method),
-                                 marker={"size": 9, "color": _color(METHOD_COLORS, i)}, text=part["task"],
+                                 marker={"size": 9, "color": _method_color(str(method), i)}, text=part["task"],
                                  hovertemplate=f"{method} · %{{text}}<br>SAR_avg %{{x:.3f}}<br>NAI %{{y:.3f}}"
                                                "<extra></extra>"))
     slope, intercept = least_squares_line(points["sar_avg"], points["nai"])
@@ -128,7 +130,7 @@ def _curve_figure(table: pd.DataFrame, x_label: str, title: str, current: float 
     fig = go.Figure()
     for i, (task, rows) in enumerate(part.groupby("task", sort=False)):
         fig.add_trace(go.Scatter(x=rows["value"], y=rows["pct"], mode="lines+markers", name=str(task),
-                                 line={"width": 1.2, "color": _color(TASK_COLORS, i)}, marker={"size": 4},
+                                 line={"width": 1.2, "color": task_color(i)}, marker={"size": 4},
                                  customdata=rows["alpha"], hovertemplate=f"{task}<br>{x_label} %{{x:g}}<br>"
                                  "accuracy %{y:.1f}%<br>α %{customdata:g}<extra></extra>"))
     avg = part.groupby("value", sort=True)["pct"].mean()
@@ -138,7 +140,8 @@ def _curve_figure(table: pd.DataFrame, x_label: str, title: str, current: float 
     if current is not None and len(avg):
         nearest = avg.index[np.argmin(np.abs(avg.index.to_numpy() - current))]
         fig.add_trace(go.Scatter(x=[nearest], y=[avg[nearest]], mode="markers", name="current",
-                                 marker={"size": 16, "symbol": "circle-open", "line": {"width": 3}, "color": "#d62728"},
+                                 marker={"size": 16, "symbol": "circle-open", "line": {"width": 3},
+                                         "color": METHOD_COLORS["cart"]},
                                  hovertemplate=f"current {x_label} %{{x:g}}<br>average %{{y:.1f}}%<extra></extra>"))
     return _layout(fig, title, x_label, f"{split} accuracy (%)")
 
@@ -163,15 +166,70 @@ def alpha_curve(sweep: pd.DataFrame, chosen: float | None = None) -> go.Figure:
                                  line={"dash": dash, "width": 3},
                                  hovertemplate=f"{split}<br>α %{{x:g}}<br>accuracy %{{y:.1f}}%<extra></extra>"))
     if chosen is not None:
-        fig.add_vline(x=chosen, line_dash="dash", line_color="#d62728", annotation_text=f"chosen α = {chosen:g}")
+        fig.add_vline(x=chosen, line_dash="dash", line_color=METHOD_COLORS["cart"], annotation_text=f"chosen α = {chosen:g}")
     return _layout(fig, f"Accuracy vs scaling coefficient α · {method}", "α", "average accuracy (%)")
 
 
 def method_bars(summary: pd.DataFrame) -> go.Figure:
     """Average absolute and normalized test accuracy per method (``report.summary_table`` rows)."""
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=summary["method"], y=summary["accuracy"], name="absolute (%)", marker_color="#4c78a8",
+    fig.add_trace(go.Bar(x=summary["method"], y=summary["accuracy"], name="absolute (%)", marker_color=METHOD_COLORS["iso_c"],
                          hovertemplate="%{x}<br>absolute %{y:.1f}%<extra></extra>"))
-    fig.add_trace(go.Bar(x=summary["method"], y=summary["normalized"], name="normalized (%)", marker_color="#f58518",
+    fig.add_trace(go.Bar(x=summary["method"], y=summary["normalized"], name="normalized (%)", marker_color=METHOD_COLORS["cart"],
                          hovertemplate="%{x}<br>normalized %{y:.1f}%<extra></extra>"))
     return _layout(fig, "Average test accuracy per method", "method", "accuracy (%)", barmode="group")
+
+
+# -- compact app charts (house layout of ``analysis.style.style_figure``) ---------------------------
+
+LINE_STYLE = {"task": dict(width=1.1), "sum": dict(width=2.5, dash="dash"), "merged": dict(width=2.5)}
+
+
+def small_multiples(table: pd.DataFrame, log: bool = True, columns: int = 4) -> go.Figure:
+    """One small σ chart per layer for every source of an ``analysis.spectra.spectra`` frame
+    (colours are applied afterwards by ``analysis.style.recolor``)."""
+    layers = list(dict.fromkeys(table["layer"]))
+    rows = math.ceil(len(layers) / columns)
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=layers, vertical_spacing=0.35 / max(rows, 1),
+                        horizontal_spacing=0.04)
+    for i, (layer, part) in enumerate(table.groupby("layer", sort=False)):
+        for (source, kind), curve in part.groupby(["source", "kind"], sort=False):
+            fig.add_trace(go.Scatter(x=curve["index"], y=curve["sigma"], name=str(source), legendgroup=str(source),
+                                     showlegend=i == 0, mode="lines", line=LINE_STYLE[kind],
+                                     hovertemplate=f"{layer} · {source}<br>σ_%{{x}} = %{{y:.3e}}<extra></extra>"),
+                          row=i // columns + 1, col=i % columns + 1)
+    fig.update_yaxes(type="log" if log else "linear")
+    fig.update_layout(title="Singular values σi of every matrix layer (index i on x)")
+    return style_figure(fig, height=max(280, 200 * rows + 60))
+
+
+def reference_bars(table: pd.DataFrame, series: dict[str, str]) -> go.Figure:
+    """Per-task accuracy bars for each column of ``series`` ({column: legend name}), coloured by method."""
+    colors = {"zero_shot": METHOD_COLORS["zero_shot"], "accuracy": METHOD_COLORS["merged"],
+              "finetuned": METHOD_COLORS["finetuned"]}
+    fig = go.Figure([go.Bar(x=table["task"], y=table[col], name=name, marker_color=colors.get(col),
+                            hovertemplate=f"{name}<br>%{{x}}: %{{y:.1%}}<extra></extra>")
+                     for col, name in series.items()])
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title="test accuracy (top-1)", **PCT)
+    return style_figure(fig, height=360)
+
+
+def norm_bars(norms: pd.DataFrame, task_colors: dict[str, str]) -> go.Figure:
+    """‖τt‖ per task (``analysis.similarity.norms_and_cosines`` first frame)."""
+    fig = go.Figure(go.Bar(x=norms["task"], y=norms["norm"], marker_color=[task_colors.get(t) for t in norms["task"]],
+                           hovertemplate="%{x}<br>‖τ‖F = %{y:.4g}<extra></extra>"))
+    fig.update_layout(title="Task-vector norm ‖τt‖F")
+    fig.update_yaxes(title="Frobenius norm (weight units)", rangemode="tozero")
+    return style_figure(fig, height=340)
+
+
+def cosine_heatmap(cosines: pd.DataFrame) -> go.Figure:
+    """Pairwise cos(τi, τj) as a symmetric heatmap, values printed in the cells."""
+    z = cosines.to_numpy()
+    fig = go.Figure(go.Heatmap(z=z, x=list(cosines.columns), y=list(cosines.index), zmin=-1, zmax=1,
+                               colorscale="RdBu_r", colorbar=dict(title="cos"), texttemplate="%{z:.2f}",
+                               hovertemplate="cos(τ %{y}, τ %{x}) = %{z:.3f}<extra></extra>"))
+    fig.update_layout(title="Pairwise cosine similarity of task vectors")
+    fig.update_yaxes(autorange="reversed")
+    return style_figure(fig, height=340)

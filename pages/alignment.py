@@ -7,13 +7,13 @@ import pandas as pd
 import streamlit as st
 
 from analysis import figures
+from analysis.style import palette, recolor
 from merging.registry import all_methods
 from ui import data
 from ui.core import errors_in_place, progress_bar, timed
 from ui.models import current_evaluator, current_zoo
 from ui.page import header, link
 from ui.state import alpha_choice, key, params_for, selection
-from ui.theme import palette, recolor
 
 header(":material/explore: Alignment",
        "How much of each task survives the merge, measured by the <b>Subspace Alignment Ratio</b> (SAR): the share "

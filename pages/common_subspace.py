@@ -7,12 +7,12 @@ import pandas as pd
 import streamlit as st
 
 from analysis import figures
+from analysis.style import palette, recolor
 from merging.registry import all_methods
 from ui.core import errors_in_place, progress_bar
 from ui.models import current_evaluator, current_zoo, require_data
 from ui.page import header, link
 from ui.state import alpha_choice, key, params_for, selection
-from ui.theme import palette, recolor
 
 header(":material/tune: Common subspace",
        "Accuracy as the size of the shared subspace moves. Left: Iso-CTS against its <b>common fraction</b> "

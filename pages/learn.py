@@ -9,13 +9,13 @@ import streamlit as st
 import torch
 
 from analysis.sar import sar
+from analysis.style import method_color, style_figure
 from merging.merge import Merger
 from merging.methods.iso import common_rank
 from ui import toy
 from ui.core import errors_in_place
 from ui.page import header, link
 from ui.state import key
-from ui.theme import method_color, style_figure
 
 header(":material/school: Learn: spectral merging in five steps",
        "A guided tour for a first encounter (or a lecture). Each step explains one idea and shows it on a "

@@ -11,13 +11,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from analysis import figures
+from analysis.style import palette, recolor
 from merging.registry import get_method
-from ui import charts
 from ui.core import errors_in_place, progress_bar
 from ui.models import current_evaluator, current_zoo
 from ui.page import header, link
 from ui.state import alpha_choice, key, selection
-from ui.theme import recolor, palette
 
 header(":material/download: Merge & export",
        "Merge with the method, parameters and α chosen in the sidebar, check the result task by task against the "
@@ -73,7 +73,7 @@ else:
     c3.metric("Mean NAI", f"{test['nai'].mean():.2f}")
     c4.metric("α", f"{alpha:g}", "chosen on validation" if alpha_choice() is None and fixed is None else "fixed",
               delta_color="off")
-    fig = charts.reference_bars(test, {"zero_shot": "zero-shot θ0", "accuracy": method.display_name,
+    fig = figures.reference_bars(test, {"zero_shot": "zero-shot θ0", "accuracy": method.display_name,
                                        "finetuned": "fine-tuned θt"})
     fig.update_layout(title=f"Per-task test accuracy: {method.display_name} between the floor and the ceiling")
     st.plotly_chart(fig, key=key("merge_fig"))

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import streamlit as st
 
+from analysis import figures
 from analysis.labels import layer_labels
-from ui import charts, data
+from analysis.style import palette, task_colors
+from ui import data
 from ui.core import errors_in_place, progress_bar
 from ui.models import current_evaluator, current_merger, current_zoo
 from ui.page import header, link
 from ui.state import key
-from ui.theme import palette, task_colors
 
 header(":material/dashboard: Overview",
        "The zoo at a glance: which tasks there are, how well the pretrained model (zero-shot) and each fine-tuned "
@@ -38,7 +39,7 @@ else:
         refs = current_evaluator().reference_table()
         test = refs[refs["split"] == "test"]
         wide = test.pivot_table(index="task", columns="method", values="accuracy", sort=False).reset_index()
-        fig = charts.reference_bars(wide,
+        fig = figures.reference_bars(wide,
                                     {"zero_shot": "zero-shot θ0", "finetuned": "fine-tuned θt"})
         fig.update_layout(title="Test accuracy per task (top-1)")
         st.plotly_chart(fig, key=key("overview_acc"))
@@ -52,6 +53,6 @@ scope = st.selectbox("Parameters", ["all parameters", *merger.matrix_keys], key=
 keys = None if scope == "all parameters" else (scope,)
 norms, cosines = data.geometry(zoo.fingerprint, merger, tuple(zoo.tasks), keys)
 left, right = st.columns(2)
-left.plotly_chart(charts.norm_bars(norms, palette(zoo.tasks)), key=key("overview_norms"))
-right.plotly_chart(charts.cosine_heatmap(cosines), key=key("overview_cos"))
+left.plotly_chart(figures.norm_bars(norms, palette(zoo.tasks)), key=key("overview_norms"))
+right.plotly_chart(figures.cosine_heatmap(cosines), key=key("overview_cos"))
 link("spectra", "Next: the spectra behind the merge")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis import figures
+from analysis.style import palette, recolor
 from merging.registry import all_methods
-from ui import charts, data
+from ui import data
 from ui.core import timed
 from ui.models import current_zoo, decompositions
 from ui.page import header, link
 from ui.state import key, params_for, selection
-from ui.theme import palette, recolor
 
 header(":material/show_chart: Spectra",
        "Singular values of one layer's matrices, largest first, on a log scale. Thin coloured lines: the task "
@@ -57,7 +57,7 @@ def _spectrum_view() -> None:
                               "equally among the tasks). 1.0 is Iso-C.")
     if layout == "All layers":
         table = data.spectra(zoo.fingerprint, dec, method_params(fraction), tuple(dec.keys))
-        fig = charts.small_multiples(table, log=log_scale)
+        fig = figures.small_multiples(table, log=log_scale)
         st.plotly_chart(recolor(fig, colors), key=key("spectra_fig_all"))
         return
     first_attn = next((i for i, k in enumerate(dec.keys) if "attn" in k), 0)

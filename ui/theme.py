@@ -1,73 +1,13 @@
-"""Colours and styling: one colour per method and per task, everywhere in the app."""
+"""The app's stylesheet. Colours and figure layout live in ``analysis.style`` (shared with the
+HTML report)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import plotly.graph_objects as go
 import streamlit as st
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-
-# One colour per method (the "before" references in greys, the spectral methods in colour).
-METHOD_COLORS: dict[str, str] = {
-    "task": "#ADB5BD",
-    "weight_averaging": "#868E96",
-    "task_arithmetic": "#495057",
-    "ties": "#A47148",
-    "tsv_m": "#2F9E44",
-    "iso_c": "#4C6EF5",
-    "iso_cts": "#AE3EC9",
-    "cart": "#F76707",
-    "zero_shot": "#CED4DA",
-    "finetuned": "#212529",
-    "merged": "#4C6EF5",
-}
-# Tasks: a qualitative palette that avoids the method colours' hues where it can.
-TASK_PALETTE = ("#1C7ED6", "#E8590C", "#37B24D", "#F03E3E", "#7048E8", "#0CA678", "#D6336C",
-                "#F59F00", "#1098AD", "#74B816", "#5F3DC4", "#C2255C", "#364FC7", "#E67700")
-
-
-def method_color(name: str) -> str:
-    return METHOD_COLORS.get(name, "#495057")
-
-
-def task_colors(tasks: list[str]) -> dict[str, str]:
-    """A stable colour per task, by position in the zoo's task list."""
-    return {t: TASK_PALETTE[i % len(TASK_PALETTE)] for i, t in enumerate(tasks)}
-
-
-def palette(tasks: list[str]) -> dict[str, str]:
-    """Trace name → colour for every task and method, by registry name and by display name."""
-    from merging.registry import all_methods
-
-    names = {m.display_name: method_color(n) for n, m in all_methods().items()}
-    return {**task_colors(tasks), **METHOD_COLORS, **names, "TA sum": METHOD_COLORS["task_arithmetic"],
-            "average": METHOD_COLORS["finetuned"]}
-
-
-def recolor(fig: go.Figure, colors: dict[str, str]) -> go.Figure:
-    """Give every trace whose name is in ``colors`` its house colour (line and marker), so a task
-    or a method has the same colour in every view, whatever order a builder met it in."""
-    for trace in fig.data:
-        color = colors.get(trace.name)
-        if color is None:
-            continue
-        if getattr(trace, "line", None) is not None and trace.type == "scatter":
-            trace.line.color = color
-        if trace.type in ("scatter", "bar"):
-            trace.marker.color = color
-    return fig
-
-
-def style_figure(fig: go.Figure, height: int | None = None) -> go.Figure:
-    """House layout for every chart: white background, compact margins, legend on top."""
-    fig.update_layout(template="plotly_white", margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=1, xanchor="right"),
-                      hoverlabel=dict(namelength=-1))
-    if height:
-        fig.update_layout(height=height)
-    return fig
 
 
 def inject_css() -> None:

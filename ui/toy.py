@@ -6,8 +6,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import torch
 
+from analysis.style import TASK_PALETTE, method_color, style_figure
 from merging.tensors import task_vector
-from ui.theme import TASK_PALETTE, method_color, style_figure
 
 SIZE, TASKS, RANK = 8, 3, 2
 KEY = "toy.weight"

@@ -81,3 +81,26 @@ def test_alpha_curve_and_method_bars() -> None:
     bars = figures.method_bars(pd.DataFrame({"method": ["TA", "Iso-C"], "accuracy": [60.0, 70.0],
                                              "normalized": [70.0, 80.0]}))
     assert [t.name for t in bars.data] == ["absolute (%)", "normalized (%)"] and list(bars.data[0].x) == ["TA", "Iso-C"]
+
+
+def test_methods_keep_their_house_colour_in_every_figure() -> None:
+    """A method's colour comes from ``analysis.style`` by name, not from its position in the
+    frame: Iso-C is the same blue in the spectrum, the SAR bars and the SAR–NAI scatter, whatever
+    order the methods arrive in (the app and the HTML report use these builders alike)."""
+    from analysis.style import METHOD_COLORS, method_color
+
+    iso_c = METHOD_COLORS["iso_c"]
+    assert method_color("Iso-C") == method_color("iso_c") == iso_c
+    spectra = _spectra()
+    merged = spectra[spectra["kind"] == "merged"]["source"].unique()
+    fig = figures.spectrum_figure(spectra, "blk1 · mlp.c_fc")
+    checked = [t.name for t in fig.data if t.name in merged]
+    assert checked == ["Iso-CTS"] and fig.data[-1].line.color == METHOD_COLORS["iso_cts"]
+    for order in (["Iso-C", "Task Arithmetic"], ["Task Arithmetic", "Iso-C"]):
+        avg = pd.DataFrame({"method": [m for m in order for _ in range(2)], "task": ["A", "B"] * 2,
+                            "sar_avg": [0.9, 0.8, 0.5, 0.4]})
+        bars = {t.name: t.marker.color for t in figures.sar_avg_bars(avg).data}
+        points = avg.assign(nai=[0.8, 0.7, 0.3, 0.2])
+        dots = {t.name: t.marker.color for t in figures.sar_nai_scatter(points).data if t.mode == "markers"}
+        assert bars["Iso-C"] == dots["Iso-C"] == iso_c
+        assert bars["Task Arithmetic"] == dots["Task Arithmetic"] == METHOD_COLORS["task_arithmetic"] != iso_c
