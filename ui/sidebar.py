@@ -11,7 +11,7 @@ import streamlit as st
 from merging.device import available_devices
 from merging.errors import IsoscopeError
 from merging.registry import Method, Param, all_methods
-from ui.core import errors_in_place, optional, show_error
+from ui.core import errors_in_place, optional, progress_bar, show_error
 from ui.state import Selection, default_zoo_spec, key, store_selection
 
 SOURCES = {"Embedded digits zoo": "embedded", "Folder of checkpoints": "folder"}
@@ -46,6 +46,9 @@ def _zoo_source() -> tuple[str | None, str | None, bool, bool]:
                                    "no download, no GPU.")]
     if source == "embedded":
         return default_zoo_spec(), None, False, True
+    converted = st.session_state.pop(key("zoo_path_next"), None)  # set by _offer_conversion
+    if converted:
+        st.session_state[key("zoo_path")] = converted  # before the text input exists in this run
     folder = _checked_path(st.text_input("Checkpoint folder", key=key("zoo_path"), help=LAYOUTS_HELP,
                                          placeholder="/path/to/checkpoints"), "Checkpoint folder")
     data = _checked_path(st.text_input("Evaluation data folder (optional)", key=key("data_path"),
@@ -56,6 +59,8 @@ def _zoo_source() -> tuple[str | None, str | None, bool, bool]:
                         help="Pickled checkpoints (.pt whole modules) run code when loaded: tick only for files you made or trust.")
     if folder:
         _show_layout(folder)
+        if trust:
+            _offer_conversion(folder)
     return folder, data, trust, False
 
 
@@ -65,6 +70,39 @@ def _show_layout(folder: str) -> None:
         return
     with errors_in_place(stop=False):
         st.caption(f"Detected layout: **{detect(folder)}**")
+
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin")  # torch files; loading a whole pickled module runs code
+
+
+def _offer_conversion(folder: str) -> None:
+    """A trusted folder with torch files: convert it once to plain safetensors
+    (``zoo.folders.convert_folder``, with a progress bar) and open the copy, which needs no
+    trust, from then on. The copy goes next to the folder, under the served-mode policy."""
+    find_layout = optional("zoo.layouts", "find_layout")
+    convert_folder = optional("zoo.folders", "convert_folder")
+    if find_layout is None or convert_folder is None:
+        return
+    try:
+        files = find_layout(folder)
+    except IsoscopeError:
+        return  # the pages show what is wrong with the folder
+    paths = [files.pretrained, *files.tasks.values(), *files.heads.values()]
+    if not any(Path(p).suffix in PICKLE_SUFFIXES for p in paths):
+        return
+    target = f"{folder.rstrip('/')}-safetensors"
+    if not st.button("Convert once to safetensors", key=key("convert_folder"),
+                     help=f"Writes {target} (safetensors only, nothing that runs code) and opens it; "
+                          "it needs no trust afterwards."):
+        return
+    with errors_in_place(stop=False), progress_bar("Converting to safetensors") as report:
+        allowed_path = optional("merging.paths", "allowed_path")
+        out = Path(allowed_path(target)) if allowed_path else Path(target)
+        if out.exists():
+            raise IsoscopeError(f"{out} already exists: type it as the checkpoint folder, or remove it first")
+        convert_folder(folder, out, trust_pickle=True, progress=report)
+        st.session_state[key("zoo_path_next")] = str(out)
+        st.rerun()
 
 
 def param_widget(method: Method, param: Param) -> float | int:

@@ -3,6 +3,8 @@
     python -m zoo build [--name digits] [--out assets/zoo]   build (or reuse from the cache) and copy
     python -m zoo info  [--name digits]                      tasks, sizes and the fingerprint
     python -m zoo table --report reports/digits/results.json  per-task markdown table of a report
+    python -m zoo convert --folder F --out O [--trust-pickle] write any zoo folder once as
+                                                             plain safetensors (no pickles left)
 
 ``build --out assets/zoo`` reproduces the shipped ``assets/zoo/digits.safetensors``; the method
 table of docs/zoo.md comes from ``python -m analysis report --zoo digits``.
@@ -87,15 +89,29 @@ def _table(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"build": _build, "info": _info, "table": _table}
+def _convert(args: argparse.Namespace) -> int:
+    from zoo.folders import convert_folder
+
+    if not args.folder or not args.out:
+        raise IsoscopeError("convert needs --folder (the zoo folder) and --out (a new folder)")
+    out = convert_folder(args.folder, args.out, trust_pickle=args.trust_pickle, progress=_progress(every=0.0))
+    print(f"{out}  (open it from now on; no trust needed)")
+    return 0
+
+
+COMMANDS = {"build": _build, "info": _info, "table": _table, "convert": _convert}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zoo", description="Build and inspect the digits zoo.")
+    parser = argparse.ArgumentParser(prog="python -m zoo", description="Build and inspect the digits zoo; convert zoo folders.")
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("--name", default="digits", choices=sorted(D.RECIPES))
-    parser.add_argument("--out", default=None, help="folder to copy the built zoo file into (e.g. assets/zoo)")
+    parser.add_argument("--out", default=None,
+                        help="build: folder to copy the built zoo file into (e.g. assets/zoo); convert: the new folder")
     parser.add_argument("--report", default="reports/digits/results.json", help="table: a report's results.json")
+    parser.add_argument("--folder", default=None, help="convert: the zoo folder to convert")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="convert: allow loading pickled checkpoints (they run code from the files)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)

@@ -303,7 +303,8 @@ def _untrusted_message(files: FolderFiles) -> str:
     return (f"{files.root} holds pickled whole models ({files.layout} layout): loading them runs code "
             "stored in the files. Open it only if you trust where the files come from (app: tick "
             "'Trust these files'; command line: --trust-pickle; Python: trust_pickle=True), or convert it once to safetensors "
-            f"with zoo.folders.convert_folder('{files.root}', '<out>', trust_pickle=True) and open "
+            f"with: python -m zoo convert --folder '{files.root}' --out <new folder> --trust-pickle "
+            f"(Python: zoo.folders.convert_folder('{files.root}', '<out>', trust_pickle=True)) and open "
             "the converted folder from then on.")
 
 

@@ -51,6 +51,35 @@ def test_pickled_checkpoints_are_refused_until_trusted(tmp_path: Path) -> None:
     assert "pickled Python object" in errors and "Trust these files" in errors
 
 
+def test_trusted_torch_files_convert_once_to_safetensors(tmp_path: Path) -> None:
+    """With 'Trust these files' ticked on a folder of .pt files, the sidebar offers a one-time
+    conversion: it writes `<folder>-safetensors`, switches the app to it (no trust needed), and
+    a second conversion to the same place is refused in place instead of overwriting."""
+    import zoo
+
+    tiny = zoo.load_zoo("digits-tiny")
+    src = tmp_path / "torch"
+    src.mkdir()
+    torch.save(tiny.pretrained(), src / "pretrained.pt")
+    for task in tiny.tasks[:2]:
+        torch.save(tiny.finetuned(task), src / f"{task}.pt")
+    at = _folder(open_page(), src)
+    assert not [b for b in at.button if b.key == "iso_convert_folder"]  # offered only with trust
+    at.checkbox(key="iso_trust_pickle").check().run()
+    at.button(key="iso_convert_folder").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    out = tmp_path / "torch-safetensors"
+    assert at.text_input(key="iso_zoo_path").value == str(out)
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(
+        ["pretrained.safetensors"] + [f"{t}.safetensors" for t in tiny.tasks[:2]])
+    assert "Detected layout: **plain**" in " ".join(c.value for c in at.caption)
+    assert not [b for b in at.button if b.key == "iso_convert_folder"]  # nothing left to convert
+    assert len(chart(at, "iso_overview_cos")["data"][0]["x"]) == 2
+    again = _folder(open_page(), src, trust=True)
+    again.button(key="iso_convert_folder").click().run()
+    assert "already exists" in _messages(again) and not again.exception
+
+
 @pytest.fixture(scope="module")
 def plain_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits-tiny's θ0 and three θt as plain safetensors files, with no data and no heads."""

@@ -354,7 +354,29 @@ def test_pickled_layout_is_refused_without_trust(models: dict, tmp_path: Path) -
     root = write_task_vectors(tmp_path, models["quick_gelu"])
     with pytest.raises(UntrustedPickleError, match="trust") as err:
         open_folder(root)
-    assert "convert_folder" in str(err.value)
+    assert "python -m zoo convert" in str(err.value) and "convert_folder" in str(err.value)
+
+
+def test_convert_command_refuses_pickles_without_trust_then_writes_a_plain_folder(
+        models: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`python -m zoo convert`: one readable line and exit 2 without --trust-pickle (nothing is
+    written); with it, a plain safetensors folder that opens without trust and holds the same
+    weights."""
+    from zoo.__main__ import main
+
+    root = write_task_vectors(tmp_path, models["quick_gelu"])
+    out = tmp_path / "converted"
+    assert main(["convert", "--folder", str(root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "runs code" in err[-1] and "--trust-pickle" in err[-1]
+    assert not out.exists()
+    assert main(["convert", "--folder", str(root), "--out", str(out), "--trust-pickle"]) == 0
+    assert detect_layout(out) == "plain"
+    plain, pickled = open_folder(out), open_folder(root, trust_pickle=True)
+    assert plain.tasks == pickled.tasks
+    task = plain.tasks[0]
+    assert all(torch.equal(plain.finetuned(task)[k], v) for k, v in pickled.finetuned(task).items())
+    assert main(["convert", "--out", str(tmp_path / "x")]) == 2  # no --folder: a usage line, not a traceback
 
 
 def test_hostile_head_never_runs_without_trust(models: dict, data: Path, tmp_path: Path) -> None:
