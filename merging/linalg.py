@@ -322,13 +322,18 @@ def _settle(spread: float) -> float:
     return (spread ** 0.5 + spread ** -0.5) / 2
 
 
+def _takes_newton(a: torch.Tensor) -> bool:
+    """Whether ``a`` is for ``_newton_polar``: square, non-empty, float32."""
+    return a.dtype == torch.float32 and a.shape[0] == a.shape[1] and a.numel() > 0
+
+
 def polar_with_mean(a: torch.Tensor, scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The orthogonal polar factor of ``a`` and the mean of its singular values (a 0-d tensor);
     with ``scaled``, the factor comes already multiplied by the mean (``mean_scaled_polar``).
     Square float32 inputs take Newton's iteration (the mean is tr(QᵀA)/n); the rest take the
     Gram route or the SVD."""
     _check_finite(a, "polar")
-    if a.dtype == torch.float32 and a.shape[0] == a.shape[1] and a.numel():
+    if _takes_newton(a):
         got = _newton_polar(a)
         if got is not None:
             return (got[0].mul_(got[1]) if scaled else got[0]), got[1]
@@ -350,7 +355,7 @@ def conditioned_polar(a: torch.Tensor, max_cond: float) -> torch.Tensor | None:
     one more Newton–Schulz step: both routes leave singular values up to ~1e-5 from 1
     (Newton's stop, the Gram's ε32·κ²), which would show in a flattened spectrum."""
     _check_finite(a, "polar")
-    if a.dtype == torch.float32 and a.shape[0] == a.shape[1] and a.numel():
+    if _takes_newton(a):
         got = _newton_polar(a, max_cond)
     else:
         got = _gram_polar(a, max_cond=max_cond)
@@ -373,11 +378,18 @@ def _gram_top(a: torch.Tensor, rank: int, dtype: torch.dtype, min_ratio: float) 
     except RuntimeError:
         return None
     lam, w = lam.flip(0)[:rank], w.flip(1)[:, :rank]  # (k,), (n, k)
-    if not _finite(lam, w) or lam[0] <= 0 or lam[-1] < (min_ratio ** 2) * lam[0]:
+    if not _finite(lam, w) or not gram_resolves(lam, min_ratio):
         return None
     s = lam.sqrt()  # (k,)
     u = (x @ w) / s  # (m, k)
     return u.to(a.dtype), s.to(a.dtype), w.T.to(a.dtype)
+
+
+def gram_resolves(lam: torch.Tensor, min_ratio: float) -> bool:
+    """Whether a Gram's top eigenvalues ``lam`` (k,), descending, resolve its top-k space in
+    the Gram's dtype: λ_1 > 0 and σ_k/σ_1 = √(λ_k/λ_1) ≥ ``min_ratio`` (below, the directions
+    near the boundary are rounding; rank-deficient blocks land there too)."""
+    return bool(lam[0] > 0) and bool(lam[-1] >= min_ratio ** 2 * lam[0])
 
 
 # (dtype, smallest σ_k/σ_1 it resolves to ~1e-4 relative accuracy)

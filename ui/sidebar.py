@@ -72,9 +72,6 @@ def _show_layout(folder: str) -> None:
         st.caption(f"Detected layout: **{detect(folder)}**")
 
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin")  # torch files; loading a whole pickled module runs code
-
-
 def _offer_conversion(folder: str) -> None:
     """A trusted folder with torch files: convert it once to plain safetensors
     (``zoo.folders.convert_folder``, with a progress bar) and open the copy, which needs no
@@ -87,8 +84,7 @@ def _offer_conversion(folder: str) -> None:
         files = find_layout(folder)
     except IsoscopeError:
         return  # the pages show what is wrong with the folder
-    paths = [files.pretrained, *files.tasks.values(), *files.heads.values()]
-    if not any(Path(p).suffix in PICKLE_SUFFIXES for p in paths):
+    if not files.torch_files():
         return
     target = f"{folder.rstrip('/')}-safetensors"
     if not st.button("Convert once to safetensors", key=key("convert_folder"),

@@ -29,7 +29,8 @@ from pathlib import Path
 from merging.errors import CheckpointError
 from merging.paths import allowed_path
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")  # torch.save files: pickles, whatever they hold
+CHECKPOINT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
 PRETRAINED_STEMS = ("pretrained", "zeroshot", "zero_shot", "base", "theta0")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 OPTIONS_FILE = "isoscope.json"
@@ -48,6 +49,12 @@ class FolderFiles:
     pickled: bool = False  # whole pickled modules: loading them runs code from the files
     act: str = "gelu"  # the layout's default; FolderZoo layers an HF config and isoscope.json over it
     options: dict = field(default_factory=dict)  # from isoscope.json: act, heads, mean, std
+
+    def torch_files(self) -> list[Path]:
+        """θ0, θt and head files saved by torch (pickles), which a conversion to safetensors
+        would replace; an HF task folder counts as its folder, not its weights file."""
+        paths = [self.pretrained, *self.tasks.values(), *self.heads.values()]
+        return [p for p in paths if p.suffix in TORCH_SUFFIXES]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import math
 import torch
 
 from merging.linalg import (FLOAT32_GRAM_MIN_RATIO, STACK_MAX_COND, SVD, conditioned_polar, fast_svd, gram,
-                            mean_scaled_polar, polar, polar_extended, top_eigh, top_svd)
+                            gram_resolves, mean_scaled_polar, polar, polar_extended, top_eigh, top_svd)
 from merging.methods.common import Layer, Params, spectral
 from merging.registry import Method, Param, register
 
@@ -65,13 +65,6 @@ def _tail_rows(layer: Layer, t: int, k: int) -> torch.Tensor:
     return have[have.shape[0] - (u.shape[1] - k):]
 
 
-def _float32_resolves(lam: torch.Tensor) -> bool:
-    """Whether eigenpairs ``lam`` (s,) descending of a float32 Gram resolve its top-s space:
-    λ_s/λ_1 ≥ FLOAT32_GRAM_MIN_RATIO² (below, the directions near the boundary are float32
-    rounding; rank-deficient blocks land here too)."""
-    return bool(lam[-1] >= FLOAT32_GRAM_MIN_RATIO ** 2 * lam[0]) and bool(lam[0] > 0)
-
-
 def _tail_gram(layer: Layer, t: int, k: int) -> torch.Tensor:
     """Bt Btᵀ, (r−k, r−k): the trailing block of Uᵀ Δt Δtᵀ U, so a larger k slices it; as k
     moves down only the new rows' products are computed."""
@@ -100,7 +93,7 @@ def _wide_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
     tops = []
     for t in range(layer.num_tasks):
         rows = _tail_rows(layer, t, k)  # (r−k, n)
-        if not _float32_resolves(lam[t]):
+        if not gram_resolves(lam[t], FLOAT32_GRAM_MIN_RATIO):  # float32 blurs the boundary
             tops.append(top_svd(rows, s))  # float64 Gram, or the SVD
             continue
         sig = lam[t].sqrt()  # (s,)
@@ -165,7 +158,7 @@ def _tall_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
     inside = (uk @ coeff).view(uk.shape[0], layer.num_tasks, s)  # Uk Fk v  (m, T, s)
     tops = []
     for t, tau in enumerate(layer.taus):
-        if s and not _float32_resolves(lam[t]):
+        if s and not gram_resolves(lam[t], FLOAT32_GRAM_MIN_RATIO):
             tops.append(_residual_top_plain(layer, t, k, s))
             continue
         sig = lam[t].sqrt()  # (s,)
