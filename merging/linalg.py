@@ -85,13 +85,19 @@ def _complete(u: torch.Tensor, good: int) -> torch.Tensor:
     return q
 
 
+# σ_i/σ_1 below which the float64 Gram route calls a singular value zero and completes its left
+# vector: the Gram squares the condition number, so eigenvalues under ~n·ε64·λ1 are rounding and
+# their vectors a·w/σ are not orthogonal (a float32 rank-2 matrix has σ ≈ 2e-8·σ1 of rounding).
+GRAM_SVD_MIN_RATIO = 1e-6
+
+
 def _gram_svd(a: torch.Tensor) -> SVD:
     """Thin SVD from the float64 Gram eigendecomposition (eigh does not fail to converge)."""
     a64 = a.double()  # (m, n)
     lam, w = torch.linalg.eigh(gram(a64))  # ascending (n,), (n, n)
     lam, w = lam.flip(0).clamp_min(0), w.flip(1)
     s = lam.sqrt()  # (n,)
-    good = int((s > s[0] * 1e-12).sum()) if s.numel() and s[0] > 0 else 0
+    good = int((s > s[0] * GRAM_SVD_MIN_RATIO).sum()) if s.numel() and s[0] > 0 else 0
     u = torch.zeros_like(a64)
     u[:, :good] = (a64 @ w[:, :good]) / s[:good]
     return _complete(u, good), s, w.T
@@ -164,7 +170,8 @@ GRAM_PANELS = 4  # column panels of ``gram``: 3072×768 takes 7.4 ms instead of 
 
 def gram(a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """AᵀA (n, n) for ``a`` (m, n), exactly symmetric, computing only the upper panels: panel i
-    is A[:, i]ᵀ A[:, i:], mirrored below (5/8 of a GEMM's flops with 4 panels). Written into
+    is A[:, i]ᵀ A[:, i:], mirrored below (5/8 of a GEMM's flops with 4 panels; each diagonal block's
+upper half is mirrored too, so the result is exactly symmetric whatever the BLAS). Written into
     ``out`` when given."""
     n = a.shape[1]
     edges = [round(i * n / GRAM_PANELS) for i in range(GRAM_PANELS + 1)]
@@ -174,6 +181,8 @@ def gram(a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
             panel = a[:, lo:hi].T @ a[:, lo:]  # (hi−lo, n−lo)
             out[lo:hi, lo:] = panel
             out[hi:, lo:hi] = panel[:, hi - lo:].T
+            block = out[lo:hi, lo:hi]  # a GEMM need not return AᵢᵀAᵢ bit-symmetric: mirror its upper half
+            block.copy_(block.triu() + block.triu(1).T)
     return out
 
 
