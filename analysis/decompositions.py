@@ -1,40 +1,95 @@
-"""Cached spectral decompositions behind the spectra and SAR views (DESIGN §4).
+"""Per-layer spectral results behind the Spectra and Alignment views, computed only for the
+layers a view shows (Marczak et al., "No Task Left Behind", ICML 2025, Eq. 5–6 for SAR).
 
-One ``Decompositions`` wraps one ``Merger`` and computes, once each:
-- the singular values of every task matrix Δt and of the Task Arithmetic sum Σt Δt
-  (before any flattening), per matrix key;
-- the left singular vectors and singular values of a method's merged update ΔM (after
-  flattening), per matrix key, keyed by the method and its resolved parameters.
-Moving the Iso-CTS fraction boundary, ε of the SAR, or α therefore recomputes no SVD.
+For one matrix key, on demand:
+- ``LayerSpectra``: the singular values of every task matrix Δt and of the Task Arithmetic sum
+  Σt Δt (before any flattening), and ‖Δt‖F;
+- ``MergedLayer``: for a method and its parameters, the singular values of its update from θ0,
+  ΔM = θ − θ0 (after flattening), and ``proj[t, i] = ‖u_iᵀ Δt‖²`` for ΔM's left singular
+  vectors u_i in descending order. SAR at any ε is then a prefix sum of ``proj`` (no SVD, no
+  product per ε).
+
+ΔM is the method's α·Δ at α = 1 (the update as the engine returns it; a method that fixes α, like
+weight averaging's 1/T, uses its own), and for CART, which merges around the weight average, the
+whole update from θ0: mean(τt) + λ Σt c̃t (λ is α). Task Arithmetic, weight averaging and Iso-C
+share the left singular vectors of Σt Δt, so their ``proj`` is computed once per key and, on a
+flat spectrum, Iso-C's basis is deterministic: the sum's singular vectors in the order of the
+sum's singular values.
+
+Every result is small (a few (T, r) arrays) and immutable. It is kept in memory under a byte
+budget and, when a store and fingerprint are given, in the on-disk store (keyed by zoo
+fingerprint, key, method and parameters), so a revisit or a restart recomputes nothing. The
+heavy per-key work happens inside ``Merger.layer``: under that key's lock, with the key's task
+vectors read once and its decompositions shared with the merge engine.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from analysis.labels import layer_labels
 from analysis.store import canonical_params
 from merging.linalg import singular_values, svd
-from merging.progress import Progress, scaled
-from merging.registry import get_method
+from merging.merge import merges_around_average
+from merging.methods.common import Layer
+from merging.progress import Progress, silent
+from merging.registry import Method, get_method
 
 if TYPE_CHECKING:
+    from analysis.store import ResultStore
     from merging.merge import Merger
 
 log = logging.getLogger(__name__)
 
+RESULT_CACHE_BYTES = 256 * 2 ** 20  # in-memory results (a ViT-B/32 layer's are ~50 KB)
+SUM_BASIS = "sum basis"  # pseudo-method under which the projections on Σt Δt's vectors are kept
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array = np.ascontiguousarray(array, dtype=np.float64)
+    array.setflags(write=False)
+    return array
+
 
 @dataclass(frozen=True)
-class MergedSVD:
-    """Left singular vectors and singular values of one merged matrix ΔM (m × n, r = min(m, n))."""
+class LayerSpectra:
+    """Parameter-free spectra of one matrix key (r = min(m, n))."""
 
-    u: torch.Tensor  # (m, r)
-    s: torch.Tensor  # (r,), descending
+    task: np.ndarray  # (T, r) σ(Δt), descending
+    total: np.ndarray  # (r,) σ(Σt Δt), descending
+    norms: np.ndarray  # (T,) ‖Δt‖F
+
+
+@dataclass(frozen=True)
+class MergedLayer:
+    """One method's update ΔM on one key: its spectrum and the tasks' energy along its vectors."""
+
+    s: np.ndarray  # (r,) σ(ΔM), descending
+    proj: np.ndarray  # (T, r) ‖u_iᵀ Δt‖² for ΔM's left singular vectors u_i
+
+    def captured(self, k: int) -> np.ndarray:
+        """‖Πk Δt‖F for every task (T,), Πk the projector on ΔM's top-k left vectors."""
+        return np.sqrt(self.proj[:, :k].sum(axis=1))
+
+
+Result = LayerSpectra | MergedLayer
+RESULT_TYPES: dict[str, type] = {"spectra": LayerSpectra, "merged": MergedLayer}
+
+
+def _nbytes(result: Result) -> int:
+    return sum(getattr(result, f.name).nbytes for f in fields(result))
+
+
+def _to_arrays(result: Result) -> dict[str, np.ndarray]:
+    return {f.name: getattr(result, f.name) for f in fields(result)}
 
 
 def resolve(method: str, params: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
@@ -42,55 +97,162 @@ def resolve(method: str, params: Mapping[str, Any] | None) -> tuple[str, dict[st
     return method, get_method(method).resolve(params)
 
 
-class Decompositions:
-    """Lazily computed, cached decompositions of one merger's task matrices and merged updates."""
+def _projections(u: torch.Tensor, taus: Sequence[torch.Tensor]) -> np.ndarray:
+    """‖u_iᵀ Δt‖² for every task and column of ``u`` (m, r).  # (T, r)"""
+    return np.stack([(u.T @ tau).square().sum(1).double().cpu().numpy() for tau in taus])
 
-    def __init__(self, merger: Merger, tasks: Sequence[str] | None = None) -> None:
+
+def _sum_factors(layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
+    u, s, _ = layer.sum_svd()  # (m, r), (r,)
+    return u, s
+
+
+# Methods whose ΔM is written in the left singular vectors of S = Σt Δt, so no SVD is needed:
+# name -> σ(ΔM) from σ(S) and the number of tasks (at α = 1, or the method's fixed α).
+SUM_SPECTRUM: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "task_arithmetic": lambda s, t: s,
+    "weight_averaging": lambda s, t: s / t,
+    "iso_c": lambda s, t: torch.full_like(s, float(s.mean())),  # σ̄ on every direction
+}
+
+
+class _Results:
+    """A thread-safe LRU of immutable results, bounded by bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, Result] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, name: tuple) -> Result | None:
+        with self._lock:
+            found = self._items.get(name)
+            if found is not None:
+                self._items.move_to_end(name)
+            return found
+
+    def put(self, name: tuple, result: Result) -> None:
+        with self._lock:
+            if name in self._items:
+                return
+            self._items[name] = result
+            self._bytes += _nbytes(result)
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                self._bytes -= _nbytes(self._items.popitem(last=False)[1])
+
+
+class Decompositions:
+    """Per-layer spectra and merged-update decompositions of one merger, computed on demand."""
+
+    def __init__(self, merger: Merger, tasks: Sequence[str] | None = None, fingerprint: str | None = None,
+                 store: ResultStore | None = None, max_bytes: int = RESULT_CACHE_BYTES) -> None:
         self.merger = merger
         self.tasks = list(tasks) if tasks is not None else [f"task {i + 1}" for i in range(merger.num_tasks)]
         if len(self.tasks) != merger.num_tasks:
             raise ValueError(f"{len(self.tasks)} task names for {merger.num_tasks} task vectors")
         self.keys: list[str] = list(merger.matrix_keys)
         self.labels: dict[str, str] = layer_labels(self.keys)
-        self._task_sv: dict[str, list[torch.Tensor]] | None = None
-        self._sum_sv: dict[str, torch.Tensor] | None = None
-        self._merged: dict[tuple[str, str], dict[str, MergedSVD]] = {}
+        self.fingerprint = fingerprint
+        self.store = store if fingerprint is not None else None
+        self._results = _Results(max_bytes)
 
     def shape(self, key: str) -> tuple[int, int]:
-        m, n = self.merger.task_vectors()[0][key].shape
+        m, n = self.merger.shapes[key]
         return int(m), int(n)
 
     def rank(self, key: str) -> int:
         return min(self.shape(key))
 
-    def task_matrices(self, key: str) -> list[torch.Tensor]:
-        return [tv[key] for tv in self.merger.task_vectors()]  # T × (m, n)
+    def keys_of(self, keys: Iterable[str] | None) -> list[str]:
+        """``keys`` restricted to matrix keys (all of them when None), in the given order."""
+        return list(self.keys) if keys is None else [k for k in keys if k in self.labels]
 
-    def task_singular_values(self) -> dict[str, list[torch.Tensor]]:
-        """{key: [σ(Δt) for each task]}, each (r,) descending, on the CPU."""
-        if self._task_sv is None:
-            self._task_sv = {k: [singular_values(d).cpu() for d in self.task_matrices(k)] for k in self.keys}
-        return self._task_sv
+    # -- caching ---------------------------------------------------------------------------------
 
-    def sum_singular_values(self) -> dict[str, torch.Tensor]:
-        """{key: σ(Σt Δt)} (the Task Arithmetic sum before flattening), each (r,)."""
-        if self._sum_sv is None:
-            self._sum_sv = {k: singular_values(torch.stack(self.task_matrices(k)).sum(0)).cpu() for k in self.keys}
-        return self._sum_sv
+    def _cached(self, name: tuple, compute: Callable[[], Result]) -> Result:
+        """The result called ``name``: from memory, else the store, else ``compute()``."""
+        found = self._results.get(name)
+        if found is None and self.store is not None:
+            arrays = self.store.get_layer(self.fingerprint, *name)
+            if arrays is not None:
+                found = RESULT_TYPES[name[0]](**{k: _frozen(v) for k, v in arrays.items()})
+        if found is None:
+            found = compute()
+            if self.store is not None:
+                self.store.put_layer(self.fingerprint, *name, _to_arrays(found))
+        self._results.put(name, found)
+        return found
 
-    def merged(self, method: str, params: Mapping[str, Any] | None = None,
-               progress: Progress | None = None) -> dict[str, MergedSVD]:
-        """{key: MergedSVD of ΔM} for ``method`` with ``params`` (cached per resolved params)."""
-        name, resolved = resolve(method, params)
-        cache_key = (name, canonical_params(resolved))
-        if cache_key not in self._merged:
-            delta = self.merger.update(name, resolved, progress=scaled(progress, 0.0, 0.5)).delta
-            step = scaled(progress, 0.5, 1.0)
-            out = {}
-            for i, key in enumerate(self.keys):
-                u, s, _ = svd(delta[key].to(torch.float32))  # (m, r), (r,)
-                out[key] = MergedSVD(u=u, s=s.cpu())
-                step((i + 1) / len(self.keys), f"SVD of merged {self.labels[key]}")
-            self._merged[cache_key] = out
-            log.debug("decomposed merged update of %s %s", name, cache_key[1])
-        return self._merged[cache_key]
+    # -- parameter-free spectra ------------------------------------------------------------------
+
+    def spectra(self, key: str) -> LayerSpectra:
+        """σ(Δt) for every task, σ(Σt Δt) and ‖Δt‖F of one matrix key."""
+        return self._cached(("spectra", key, "", ""), lambda: self._compute_spectra(key))
+
+    def _compute_spectra(self, key: str) -> LayerSpectra:
+        with self.merger.layer(key) as layer:
+            task = np.stack([singular_values(tau).double().cpu().numpy() for tau in layer.taus])  # (T, r)
+            _, total = _sum_factors(layer)
+            norms = np.array([float(torch.linalg.vector_norm(tau.double())) for tau in layer.taus])  # (T,)
+            return LayerSpectra(task=_frozen(task), total=_frozen(total.double().cpu().numpy()), norms=_frozen(norms))
+
+    # -- merged updates --------------------------------------------------------------------------
+
+    def _alpha(self, spec: Method, alpha: float | None) -> float:
+        """The α that matters for ΔM's shape: only a method merging around the average (CART)
+        mixes mean(τt) with α·Δ; for the others α only scales ΔM, so it is fixed to 1."""
+        return float(1.0 if alpha is None else alpha) if merges_around_average(spec) else 1.0
+
+    def merged_layer(self, key: str, method: str, params: Mapping[str, Any] | None = None,
+                     alpha: float | None = None) -> MergedLayer:
+        """σ(ΔM) and the tasks' projections for ``method`` with ``params`` on one key."""
+        spec = get_method(method)
+        resolved = spec.resolve(params)
+        a = self._alpha(spec, alpha)
+        name = ("merged", key, spec.name, canonical_params({**resolved, **({"alpha": a} if a != 1.0 else {})}))
+        return self._cached(name, lambda: self._compute_merged(key, spec, resolved, a))
+
+    def _sum_basis(self, key: str) -> MergedLayer:
+        """σ(Σt Δt) and the projections on its left vectors (shared by TA, WA and Iso-C)."""
+        def compute() -> MergedLayer:
+            with self.merger.layer(key) as layer:
+                u, s = _sum_factors(layer)
+                return MergedLayer(s=_frozen(s.double().cpu().numpy()), proj=_frozen(_projections(u, layer.taus)))
+        return self._cached(("merged", key, SUM_BASIS, ""), compute)
+
+    def _compute_merged(self, key: str, spec: Method, params: Mapping[str, Any], alpha: float) -> MergedLayer:
+        flatten = SUM_SPECTRUM.get(spec.name)
+        if flatten is not None:
+            basis = self._sum_basis(key)
+            s = flatten(torch.from_numpy(np.array(basis.s)), self.merger.num_tasks).numpy()
+            return MergedLayer(s=_frozen(s), proj=basis.proj)
+        offset = self.merger.layer_offset(key, spec, params, alpha)  # (m, n) θ − θ0
+        u, s, _ = svd(offset.to(torch.float32))  # (m, r), (r,)
+        with self.merger.layer(key) as layer:
+            proj = _projections(u, layer.taus)
+        return MergedLayer(s=_frozen(s.double().cpu().numpy()), proj=_frozen(proj))
+
+    def merged(self, method: str, params: Mapping[str, Any] | None = None, keys: Iterable[str] | None = None,
+               progress: Progress | None = None, alpha: float | None = None) -> dict[str, MergedLayer]:
+        """{key: MergedLayer} of ``method`` over ``keys`` (default: every matrix key), one layer at
+        a time with progress."""
+        report = progress or silent
+        keys = self.keys_of(keys)
+        name = get_method(method).display_name
+        out = {}
+        for i, key in enumerate(keys):
+            out[key] = self.merged_layer(key, method, params, alpha)
+            report((i + 1) / max(len(keys), 1), f"{name}: {self.labels[key]}")
+        return out
+
+    def all_spectra(self, keys: Iterable[str] | None = None, progress: Progress | None = None
+                    ) -> dict[str, LayerSpectra]:
+        """{key: LayerSpectra} over ``keys`` (default: every matrix key), with progress."""
+        report = progress or silent
+        keys = self.keys_of(keys)
+        out = {}
+        for i, key in enumerate(keys):
+            out[key] = self.spectra(key)
+            report((i + 1) / max(len(keys), 1), f"task spectra: {self.labels[key]}")
+        return out

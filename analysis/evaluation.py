@@ -12,6 +12,8 @@ scored on its own task t (method ``finetuned``, α = 1).
 from __future__ import annotations
 
 import logging
+import math
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 ZERO_SHOT = "zero_shot"
 FINETUNED = "finetuned"
 SPLITS = ("test", "val")
-UPDATE_CACHE_SIZE = 2  # merged updates held at once (a ViT-B/32 update is ~0.7 GB)
+UPDATE_CACHE_BYTES = 768 * 2 ** 20  # merged updates (base and Δ) held at once; a larger model streams
 
 
 class Evaluator:
@@ -45,8 +47,9 @@ class Evaluator:
         self.tasks: list[str] = list(zoo.tasks)
         self.merger = merger if merger is not None else Merger(zoo.pretrained(), zoo.all_finetuned(), device=device)
         self.store = store if store is not None else ResultStore()
-        self.decompositions = Decompositions(self.merger, self.tasks)
+        self.decompositions = Decompositions(self.merger, self.tasks, fingerprint=zoo.fingerprint, store=self.store)
         self._updates: OrderedDict[tuple[str, str], MergeUpdate] = OrderedDict()
+        self._updates_lock = threading.Lock()
         self.evaluations = 0  # model × task evaluations actually run (not served by the store)
 
     @property
@@ -80,23 +83,40 @@ class Evaluator:
         return self._cached(FINETUNED, {}, 1.0, split,
                             lambda tasks: {t: self.zoo.evaluate(self.zoo.finetuned(t), t, split) for t in tasks})
 
+    def _model_bytes(self) -> int:
+        """Bytes of one fp32 merged update (base and Δ over every key)."""
+        return 2 * 4 * sum(math.prod(shape) for shape in self.merger.shapes.values())
+
     def update(self, method: str, params: Mapping[str, Any] | None = None) -> MergeUpdate:
-        """The merged update of ``method`` (a few held in memory; the Merger caches SVDs)."""
+        """The merged update of ``method`` (kept while it fits UPDATE_CACHE_BYTES, so an α search
+        recombines it without merging again). Shared between threads: never mutated."""
         name, resolved = resolve(method, params)
         key = (name, canonical_params(resolved))
-        if key not in self._updates:
-            self._updates[key] = self.merger.update(name, resolved)
-            while len(self._updates) > UPDATE_CACHE_SIZE:
+        with self._updates_lock:
+            found = self._updates.get(key)
+            if found is not None:
+                self._updates.move_to_end(key)
+                return found
+        update = self.merger.update(name, resolved)
+        with self._updates_lock:
+            self._updates[key] = update
+            while len(self._updates) * self._model_bytes() > UPDATE_CACHE_BYTES and len(self._updates) > 1:
                 self._updates.popitem(last=False)
-        self._updates.move_to_end(key)
-        return self._updates[key]
+        return update
+
+    def merged_state(self, method: str, params: Mapping[str, Any] | None, alpha: float) -> dict[str, torch.Tensor]:
+        """θ = base + α·Δ: recombined from a kept update for models that fit the update budget,
+        else merged key by key straight into the state dict (one model in memory)."""
+        if self._model_bytes() <= UPDATE_CACHE_BYTES:
+            return self.update(method, params).state(alpha)
+        return self.merger.merged(method, params, alpha)
 
     def accuracy(self, method: str, params: Mapping[str, Any] | None, alpha: float,
                  split: str = "test") -> dict[str, float]:
         """Accuracy per task of θ = base + α·Δ of ``method`` with ``params``."""
         name, resolved = resolve(method, params)
         return self._cached(name, resolved, alpha, split, lambda tasks: self.zoo.evaluate_tasks(
-            self.update(name, resolved).state(alpha), tasks, split))
+            self.merged_state(name, resolved, alpha), tasks, split))
 
     def val_score(self, method: str, params: Mapping[str, Any] | None, alpha: float) -> float:
         """Mean normalized validation accuracy at α (the α-selection criterion)."""

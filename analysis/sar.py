@@ -12,7 +12,7 @@ the paper's definition, with ε adjustable.)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 
 from analysis.decompositions import Decompositions
 from merging.linalg import svd
+from merging.progress import Progress
 from merging.registry import get_method
 
 DEFAULT_EPS = 0.05
@@ -50,18 +51,25 @@ def sar(task: torch.Tensor, merged: torch.Tensor, eps: float = DEFAULT_EPS) -> f
 
 
 def sar_table(dec: Decompositions, method: str, params: Mapping[str, Any] | None = None,
-              eps: float = DEFAULT_EPS) -> pd.DataFrame:
-    """SAR per task × matrix layer for ``method``'s merged update, with k_M and r per layer."""
+              eps: float = DEFAULT_EPS, keys: Iterable[str] | None = None, progress: Progress | None = None,
+              alpha: float | None = None) -> pd.DataFrame:
+    """SAR per task × matrix layer for ``method``'s update from θ0, with k_M and r per layer,
+    over ``keys`` (default: every matrix layer), one layer at a time with progress.
+
+    ‖Π_{k_M} Δt‖F² is the sum of the task's energy along ΔM's top k_M left vectors, which the
+    decompositions keep per layer, so a new ε costs no product."""
     if not 0.0 <= eps < 1.0:
         raise ValueError(f"eps must be in [0, 1), got {eps}")
-    merged = dec.merged(method, params)
     name = get_method(method).name
+    merged = dec.merged(method, params, keys, progress, alpha)
     rows = []
-    for key in dec.keys:
-        k_m = alignment_rank(merged[key].s, eps)
-        basis = merged[key].u[:, :k_m]  # (m, k_M)
-        for task, delta in zip(dec.tasks, dec.task_matrices(key)):
-            rows.append((name, task, key, dec.labels[key], alignment_ratio(delta, basis), k_m, len(merged[key].s)))
+    for key, layer in merged.items():
+        k_m = alignment_rank(layer.s, eps)
+        norms = dec.spectra(key).norms  # (T,)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.where(norms > 0, layer.captured(k_m) / np.where(norms > 0, norms, 1.0), np.nan)  # (T,)
+        rows += [(name, task, key, dec.labels[key], float(min(ratio, 1.0)), k_m, len(layer.s))
+                 for task, ratio in zip(dec.tasks, ratios)]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -9,7 +9,7 @@ stack of one parameter), so no task vector is ever flattened whole.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,20 +18,22 @@ import torch
 Vectors = Sequence[Mapping[str, torch.Tensor]]
 
 
-def gram(task_vectors: Vectors) -> np.ndarray:
-    """G[i, j] = ⟨τi, τj⟩ over every parameter, in float64.  # (T, T)"""
+def gram(task_vectors: Vectors, keys: Iterable[str] | None = None) -> np.ndarray:
+    """G[i, j] = ⟨τi, τj⟩ over ``keys`` (default every parameter), in float64.  # (T, T)
+    Lazy task vectors (``Merger.task_views``) are read one key at a time."""
     count = len(task_vectors)
     total = torch.zeros(count, count, dtype=torch.float64)
-    for key in task_vectors[0] if count else ():
+    for key in (keys if keys is not None else task_vectors[0]) if count else ():
         stack = torch.stack([tv[key].reshape(-1).to("cpu", torch.float64) for tv in task_vectors])  # (T, numel)
         total += stack @ stack.T
     return total.numpy()
 
 
-def norms_and_cosines(task_vectors: Vectors, tasks: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per task: ``task, norm``; the T×T cosine matrix indexed by task both ways).
-    A zero task vector has NaN cosines."""
-    g = gram(task_vectors)  # (T, T)
+def norms_and_cosines(task_vectors: Vectors, tasks: Sequence[str], keys: Iterable[str] | None = None
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per task: ``task, norm``; the T×T cosine matrix indexed by task both ways), over
+    ``keys`` (default every parameter). A zero task vector has NaN cosines."""
+    g = gram(task_vectors, keys)  # (T, T)
     norm = np.sqrt(np.clip(np.diag(g), 0.0, None))  # (T,)
     with np.errstate(divide="ignore", invalid="ignore"):
         cos = g / np.where(np.outer(norm, norm) == 0, np.nan, np.outer(norm, norm))

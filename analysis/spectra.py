@@ -32,8 +32,8 @@ def cumulative_energy(sigma: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.cumsum(s2) / total if total > 0 else np.zeros_like(s2)
 
 
-def _frame(dec: Decompositions, key: str, source: str, kind: str, sigma: torch.Tensor) -> dict[str, np.ndarray]:
-    s = sigma.double().numpy()  # (r,)
+def _frame(dec: Decompositions, key: str, source: str, kind: str, sigma: np.ndarray) -> dict[str, np.ndarray]:
+    s = np.asarray(sigma, dtype=np.float64)  # (r,)
     r = len(s)
     return {"key": np.full(r, key, dtype=object), "layer": np.full(r, dec.labels[key], dtype=object),
             "source": np.full(r, source, dtype=object), "kind": np.full(r, kind, dtype=object),
@@ -46,43 +46,42 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> pd.DataFrame:
     return pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in COLUMNS})
 
 
-def _keys(dec: Decompositions, keys: Iterable[str] | None) -> list[str]:
-    return dec.keys if keys is None else [k for k in keys if k in dec.labels]
-
-
 def task_spectra(dec: Decompositions, keys: Iterable[str] | None = None) -> pd.DataFrame:
     """σ(Δt) for every task and matrix key; ``source`` is the task name."""
-    sv = dec.task_singular_values()
-    return _concat([_frame(dec, k, task, "task", s) for k in _keys(dec, keys) for task, s in zip(dec.tasks, sv[k])])
+    parts = []
+    for k in dec.keys_of(keys):
+        sv = dec.spectra(k).task  # (T, r)
+        parts += [_frame(dec, k, task, "task", s) for task, s in zip(dec.tasks, sv)]
+    return _concat(parts)
 
 
 def sum_spectra(dec: Decompositions, keys: Iterable[str] | None = None) -> pd.DataFrame:
     """σ(Σt Δt), the Task Arithmetic sum before flattening; ``source`` is "TA sum"."""
-    sv = dec.sum_singular_values()
-    return _concat([_frame(dec, k, SUM_SOURCE, "sum", sv[k]) for k in _keys(dec, keys)])
+    return _concat([_frame(dec, k, SUM_SOURCE, "sum", dec.spectra(k).total) for k in dec.keys_of(keys)])
 
 
 def merged_spectra(dec: Decompositions, method: str, params: Mapping[str, Any] | None = None,
-                   keys: Iterable[str] | None = None, alpha: float = 1.0) -> pd.DataFrame:
-    """σ(α·ΔM) of ``method``'s merged update (α = 1: the update as the engine returns it)."""
-    merged = dec.merged(method, params)
+                   keys: Iterable[str] | None = None, alpha: float | None = None) -> pd.DataFrame:
+    """σ(ΔM) of ``method``'s update from θ0 (see ``analysis.decompositions``: α = 1 except where
+    α changes the update's shape, CART's mean(τt) + λ Σt c̃t)."""
     name = get_method(method).display_name
-    return _concat([_frame(dec, k, name, "merged", merged[k].s * alpha) for k in _keys(dec, keys)])
+    return _concat([_frame(dec, k, name, "merged", dec.merged_layer(k, method, params, alpha).s)
+                    for k in dec.keys_of(keys)])
 
 
 def spectra(dec: Decompositions, methods: Mapping[str, Mapping[str, Any] | None] | None = None,
-            keys: Iterable[str] | None = None) -> pd.DataFrame:
+            keys: Iterable[str] | None = None, alpha: float | None = None) -> pd.DataFrame:
     """Tasks, the TA sum and each of ``methods`` ({name: params}) in one frame."""
-    keys = _keys(dec, keys)
+    keys = dec.keys_of(keys)
     frames = [task_spectra(dec, keys), sum_spectra(dec, keys)]
-    frames += [merged_spectra(dec, m, p, keys) for m, p in (methods or {}).items()]
+    frames += [merged_spectra(dec, m, p, keys, alpha) for m, p in (methods or {}).items()]
     return pd.concat(frames, ignore_index=True)
 
 
-def common_boundary(dec: Decompositions, common_fraction: float) -> pd.DataFrame:
-    """Per matrix key, where Iso-CTS's common subspace ends: ``r, k, s`` (no SVD computed)."""
+def common_boundary(dec: Decompositions, common_fraction: float, keys: Iterable[str] | None = None) -> pd.DataFrame:
+    """Per matrix key, where Iso-CTS's common subspace ends: ``r, k, s`` (nothing read or computed)."""
     rows = []
-    for key in dec.keys:
+    for key in dec.keys_of(keys):
         r = dec.rank(key)
         k, s = common_rank(r, dec.merger.num_tasks, common_fraction)
         rows.append({"key": key, "layer": dec.labels[key], "r": r, "k": int(k), "s": int(s),

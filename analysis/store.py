@@ -12,6 +12,7 @@ Connections are opened per call, so the store is safe to share across threads an
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sqlite3
@@ -21,13 +22,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from merging.paths import cache_root
 
 log = logging.getLogger(__name__)
 
 STORE_NAME = "results.sqlite"
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the ``layers`` table
 ALPHA_DIGITS = 6  # α is stored rounded, so 0.1 * 3 and 0.3 name the same point
 
 _SCHEMA = """
@@ -41,6 +44,21 @@ CREATE TABLE IF NOT EXISTS points (
     accuracy    REAL NOT NULL,
     created     REAL NOT NULL,
     PRIMARY KEY (fingerprint, method, params, alpha, split, task)
+) WITHOUT ROWID
+"""
+
+# Per-layer analysis results (analysis.decompositions): a few small arrays per (layer, method,
+# parameters), stored as an .npz blob, so a revisit or a restart of the app recomputes nothing.
+_LAYER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS layers (
+    fingerprint TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    method      TEXT NOT NULL,
+    params      TEXT NOT NULL,
+    arrays      BLOB NOT NULL,
+    created     REAL NOT NULL,
+    PRIMARY KEY (fingerprint, kind, key, method, params)
 ) WITHOUT ROWID
 """
 
@@ -64,6 +82,7 @@ class ResultStore:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(_SCHEMA)
+            con.execute(_LAYER_SCHEMA)
             con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
@@ -102,6 +121,31 @@ class ResultStore:
                 con.execute("ROLLBACK")
                 raise
         log.debug("stored %d row(s) for %s %s α=%s %s", len(rows), method, canonical_params(params), alpha, split)
+
+    def get_layer(self, fingerprint: str, kind: str, key: str, method: str, params: str
+                  ) -> dict[str, np.ndarray] | None:
+        """The arrays stored for one per-layer result, or None (an unreadable blob counts as
+        missing: it is recomputed and replaced)."""
+        with self._connect() as con:
+            row = con.execute("SELECT arrays FROM layers WHERE fingerprint=? AND kind=? AND key=? AND method=? "
+                              "AND params=?", (fingerprint, kind, key, method, params)).fetchone()
+        if row is None:
+            return None
+        try:
+            with np.load(io.BytesIO(row[0]), allow_pickle=False) as blob:
+                return {name: blob[name] for name in blob.files}
+        except (ValueError, OSError, EOFError) as err:
+            log.warning("ignoring an unreadable stored layer result %s %s %s: %s", kind, key, method, err)
+            return None
+
+    def put_layer(self, fingerprint: str, kind: str, key: str, method: str, params: str,
+                  arrays: Mapping[str, np.ndarray]) -> None:
+        """Store one per-layer result (deterministic values: a second writer replaces the first)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        with self._connect() as con:
+            con.execute("INSERT OR REPLACE INTO layers VALUES (?,?,?,?,?,?,?)",
+                        (fingerprint, kind, key, method, params, buffer.getvalue(), time.time()))
 
     def rows(self, fingerprint: str | None = None) -> list[tuple]:
         """Every stored row (optionally of one zoo), oldest first: for inspection and tests."""

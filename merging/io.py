@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from merging.errors import CheckpointError, UntrustedPickleError
 from merging.pickle_scan import PickleScan, StorageRef, scan_pickles
@@ -244,18 +243,29 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
     return infos
 
 
+def _read_span(path: Path, offset: int, info: TensorInfo) -> torch.Tensor:
+    """One tensor read with a plain positional read (no memory map, so reading a layer leaves
+    no file pages resident in the process: memory stays bounded by what is kept)."""
+    count = info.end - info.begin
+    buffer = bytearray(count)
+    view, got = memoryview(buffer), 0
+    with _os_errors(path), open(path, "rb", buffering=0) as f:
+        f.seek(offset + info.begin)
+        while got < count and (n := f.readinto(view[got:])):  # a read returns at most ~2 GiB
+            got += n
+    if got != count:
+        raise CheckpointError(f"{path}: truncated while reading a tensor ({got} of {count} bytes)")
+    if count == 0:
+        return torch.empty(info.shape, dtype=info.dtype)
+    return torch.frombuffer(buffer, dtype=info.dtype).view(info.shape)  # (*shape), owns ``buffer``
+
+
 def _open_safetensors(path: Path, _size: int, _trust: bool) -> _Opened:
     infos = read_safetensors_header(path)
-    try:
-        handle = safe_open(str(path), framework="pt")
-    except Exception as err:  # noqa: BLE001 - the library raises many types
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_oneline(err)})") from err
+    data_start = 8 + int.from_bytes(_read_bytes(path, 0, 8), "little")
 
     def read(key: str) -> torch.Tensor:
-        try:
-            return handle.get_tensor(key)
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"{path}: cannot read tensor '{key}' ({_oneline(err)})") from err
+        return _read_span(path, data_start, infos[key])
 
     return _Opened("safetensors", {k: i.shape for k, i in infos.items()},
                    {k: i.dtype for k, i in infos.items()}, read)

@@ -3,15 +3,20 @@ and the zoo) and the streaming ``merge_files`` (key by key from disk, for the CL
 
 Every method returns θ = base + α·Δ (DESIGN §2): base = θ0, except CART whose base is the
 weight average θavg; weight averaging fixes α = 1/T. A method is a per-parameter function
-``fn(Layer, params) -> Δ`` (merging/methods/common.py); ``Method.extra["prepare"]`` runs a
-global pass first (TIES' thresholds) and ``Method.extra["base"] == "average"`` selects θavg.
+``fn(Layer, params) -> Δ`` (merging/methods/common.py) that merges each key independently once
+its model-wide quantities are known: ``Method.extra["prepare"]`` computes those in one streaming
+pass (TIES' thresholds) and ``Method.extra["base"] == "average"`` selects θavg. So one key's
+merge (``Merger.layer_update``) equals that key of the whole-model merge.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +28,14 @@ from merging.io import open_checkpoint, safetensors_writer
 from merging.methods.common import Layer
 from merging.progress import Progress, scaled, silent
 from merging.registry import Method, get_method
-from merging.tensors import (COMPUTE_DTYPE, StateDict, check_compatible, check_finite, check_state_finite, is_matrix,
+from merging.tensors import (COMPUTE_DTYPE, StateDict, check_compatible, check_finite, is_matrix,
                              task_vector)
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
+CACHE_ENV = "ISOSCOPE_LAYER_CACHE_MB"
+DEFAULT_CACHE_MB = 1024
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,18 @@ class MergeUpdate:
 
     def state(self, alpha: float | None = None) -> StateDict:
         """base + α·Δ (a fixed α wins over ``alpha``; α defaults to 1.0)."""
-        a = self.fixed_alpha if self.fixed_alpha is not None else (1.0 if alpha is None else float(alpha))
+        a = effective_alpha(self.fixed_alpha, alpha)
         return {k: b + a * self.delta[k] for k, b in self.base.items()}
+
+
+def effective_alpha(fixed: float | None, alpha: float | None) -> float:
+    """The α a merge uses: the method's fixed α wins, else ``alpha``, else 1.0."""
+    return fixed if fixed is not None else (1.0 if alpha is None else float(alpha))
+
+
+def merges_around_average(method: Method) -> bool:
+    """Whether ``method``'s base is the weight average θavg instead of θ0 (CART)."""
+    return method.extra.get("base") == "average"
 
 
 def _layer_delta(method: Method, params: Mapping[str, Any], layer: Layer) -> torch.Tensor:
@@ -55,72 +72,262 @@ def _layer_delta(method: Method, params: Mapping[str, Any], layer: Layer) -> tor
 def _base(method: Method, pretrained: torch.Tensor, layer: Layer) -> torch.Tensor:
     """θ0[key] in fp32, or θavg[key] = θ0 + mean(τt) for methods merging around the average."""
     base = pretrained.to(device=layer.taus[0].device, dtype=COMPUTE_DTYPE)
-    return base + layer.mean() if method.extra.get("base") == "average" else base
+    return base + layer.mean() if merges_around_average(method) else base
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes held by the tensors in ``value`` (nested tuples, lists and dicts)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 0
+
+
+@dataclass
+class _Entry:
+    """One key's θ0 and task vectors (fp32, on the merger's device) and the methods' cache."""
+
+    pretrained: torch.Tensor  # shape of θ0[key]
+    taus: list[torch.Tensor]  # T × shape of θ0[key]
+    cache: dict[str, Any]  # Layer.cache: decompositions reused across parameter values
+    nbytes: int = 0
+
+
+class _TaskView(Mapping[str, torch.Tensor]):
+    """τt as a lazy mapping: each key is read from the checkpoints when asked for, never kept."""
+
+    def __init__(self, merger: Merger, task: int) -> None:
+        self.merger, self.task = merger, task
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.merger.task_matrix(key, self.task)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.merger.keys)
+
+    def __len__(self) -> int:
+        return len(self.merger.keys)
 
 
 class Merger:
-    """θ0 and T fine-tuned state dicts (in-memory Mappings, e.g. a zoo's), decompositions cached.
+    """θ0 and T fine-tuned models, merged one parameter (layer) at a time.
 
-    Task vectors are computed once (fp32, on ``device``); every decomposition a method needs
-    that does not depend on its parameters or α (the SVD of Σt Δt, per-task SVDs, projections)
-    is cached per key, so sweeps over Iso-CTS's fraction or CART's rank are cheap."""
+    The checkpoints stay where they are (lazy ``merging.io.Checkpoint`` views or in-memory state
+    dicts): a key's θ0 and task vectors are read when a merge or a view first needs that key,
+    together with every decomposition the methods cache for it (the SVD of Σt Δt, per-task
+    SVDs, projections: what makes a sweep over Iso-CTS's fraction or CART's rank cheap). These
+    per-key entries live in an LRU bounded by ``cache_bytes``, so memory is set by one layer
+    across the T tasks plus the budget, not by the size of the zoo.
+
+    Thread safety: one Merger may be shared by every browser session. Work on a key (reading it,
+    running a method, reading its cache) happens under that key's lock (``layer``), because
+    some caches move in place with the parameters (Iso-CTS's residual Grams follow k). Model-wide
+    quantities (TIES thresholds) are computed once per parameter value under their own lock."""
 
     def __init__(self, pretrained: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]],
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, cache_bytes: int | None = None) -> None:
         if len(finetuned) == 0:
             raise MismatchError("at least one fine-tuned model is needed to merge")
         self.device = pick_device(device)
         self.keys: list[str] = list(pretrained)
         for i, ft in enumerate(finetuned):
             check_compatible(pretrained, ft, f"fine-tuned model {i + 1}")
-        self._pretrained = {k: pretrained[k].to(self.device, COMPUTE_DTYPE) for k in self.keys}
-        check_state_finite(self._pretrained, "pretrained model")
-        self._tvs: list[StateDict] = []
-        for i, ft in enumerate(finetuned):
-            tv = {k: task_vector(self._pretrained[k], ft[k].to(self.device)) for k in self.keys}
-            check_state_finite(tv, f"fine-tuned model {i + 1}")
-            self._tvs.append(tv)
-        self.num_tasks: int = len(self._tvs)
-        self.matrix_keys: list[str] = [k for k in self.keys if is_matrix(k, self._pretrained[k])]
-        self._cache: dict[str, dict[str, Any]] = {k: {} for k in self.keys}
+        self._sources = (pretrained, list(finetuned))
+        self.num_tasks: int = len(finetuned)
+        self.shapes: dict[str, tuple[int, ...]] = {k: _shape_of(pretrained, k) for k in self.keys}
+        self.matrix_keys: list[str] = [k for k in self.keys if is_matrix(k, self.shapes[k])]
+        self._matrix_set = frozenset(self.matrix_keys)
+        self.cache_bytes = layer_cache_bytes() if cache_bytes is None else int(cache_bytes)
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()  # guards _entries, _key_locks, _shared
+        self._key_locks: dict[str, threading.RLock] = {}
+        self._shared: dict[tuple[str, str], Mapping[str, Any]] = {}
+        self._shared_lock = threading.Lock()
 
-    def task_vectors(self) -> list[StateDict]:
-        """The cached τt (fp32, on the merger's device). Shared: never mutate them."""
-        return self._tvs
+    # -- reading ---------------------------------------------------------------------------------
 
-    def pretrained(self) -> StateDict:
-        """θ0 in fp32 on the merger's device. Shared: never mutate it."""
-        return self._pretrained
+    def _read_pretrained(self, key: str) -> torch.Tensor:
+        pre = self._sources[0][key].to(self.device, COMPUTE_DTYPE)
+        check_finite(key, pre, "pretrained model")
+        return pre
+
+    def _read_task(self, key: str, task: int, pre: torch.Tensor) -> torch.Tensor:
+        tau = task_vector(pre, self._sources[1][task][key].to(self.device))
+        check_finite(key, tau, f"fine-tuned model {task + 1}")
+        return tau
+
+    def task_matrix(self, key: str, task: int) -> torch.Tensor:
+        """τt[key] (fp32, on the merger's device), read afresh: nothing is kept."""
+        return self._read_task(key, task, self._read_pretrained(key))
+
+    def task_vector(self, task: int) -> StateDict:
+        """τt over every key (one task at a time in memory)."""
+        return {k: self.task_matrix(k, task) for k in self.keys}
+
+    def task_views(self) -> list[Mapping[str, torch.Tensor]]:
+        """The T task vectors as lazy mappings (each key read when asked for, never kept)."""
+        return [_TaskView(self, t) for t in range(self.num_tasks)]
+
+    # -- per-key entries -------------------------------------------------------------------------
+
+    def _key_lock(self, key: str) -> threading.RLock:
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.RLock())
+
+    def _entry(self, key: str) -> _Entry:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry
+        pre = self._read_pretrained(key)
+        entry = _Entry(pretrained=pre, taus=[self._read_task(key, t, pre) for t in range(self.num_tasks)], cache={})
+        with self._lock:
+            self._entries[key] = entry
+        return entry
+
+    def _account(self, key: str, entry: _Entry) -> None:
+        """Re-measure ``entry`` and evict the least recently used others beyond the budget."""
+        entry.nbytes = _nbytes(entry.pretrained) + _nbytes(entry.taus) + _nbytes(entry.cache)
+        with self._lock:
+            total = sum(e.nbytes for e in self._entries.values())
+            for old in list(self._entries):
+                if total <= self.cache_bytes:
+                    break
+                if old != key:
+                    total -= self._entries.pop(old).nbytes
+
+    @contextmanager
+    def _locked(self, key: str, shared: Mapping[str, Any] | None) -> Iterator[tuple[_Entry, Layer]]:
+        if key not in self.shapes:
+            raise KeyError(key)
+        with self._key_lock(key):
+            entry = self._entry(key)
+            try:
+                yield entry, Layer(key=key, taus=entry.taus, matrix=key in self._matrix_set, cache=entry.cache,
+                                   shared=shared or {})
+            finally:
+                self._account(key, entry)
+
+    @contextmanager
+    def layer(self, key: str, shared: Mapping[str, Any] | None = None) -> Iterator[Layer]:
+        """The per-key view methods compute from, held under the key's lock (its cache outlives
+        the block unless evicted). Never mutate its tensors, nor keep them beyond the block."""
+        with self._locked(key, shared) as (_, layer):
+            yield layer
+
+
+    def pretrained_tensor(self, key: str) -> torch.Tensor:
+        """θ0[key] in fp32 on the merger's device (a fresh read)."""
+        return self._read_pretrained(key)
 
     def clear_cache(self) -> None:
-        """Drop every cached decomposition (frees memory; the next update recomputes)."""
-        self._cache = {k: {} for k in self.keys}
+        """Drop every cached key (frees memory; the next use reads and decomposes again)."""
+        with self._lock:
+            self._entries.clear()
 
-    def layer(self, key: str, shared: Mapping[str, Any] | None = None) -> Layer:
-        """The per-key view methods compute from (its cache outlives the call)."""
-        return Layer(key=key, taus=[tv[key] for tv in self._tvs], matrix=is_matrix(key, self._pretrained[key]),
-                     cache=self._cache[key], shared=shared or {})
+    def cached_bytes(self) -> int:
+        """Bytes held by the cached per-key entries."""
+        with self._lock:
+            return sum(e.nbytes for e in self._entries.values())
+
+    # -- merging ---------------------------------------------------------------------------------
+
+    def shared(self, method: str | Method, params: Mapping[str, float] | None = None) -> Mapping[str, Any]:
+        """The model-wide quantities ``method`` needs before any layer (TIES's per-task magnitude
+        thresholds: one streaming pass, one task at a time), computed once per parameter value."""
+        spec = get_method(method) if isinstance(method, str) else method
+        values = spec.resolve(params)
+        prepare = spec.extra.get("prepare")
+        if prepare is None:
+            return {}
+        name = (spec.name, repr(sorted(values.items())))
+        with self._shared_lock:
+            if name not in self._shared:
+                self._shared[name] = prepare(self.task_vector, self.num_tasks, values)
+            return self._shared[name]
+
+    def layer_update(self, key: str, method: str | Method, params: Mapping[str, float] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(base, Δ) of ``method`` for one key: equal to that key of the whole-model ``update``."""
+        spec = get_method(method) if isinstance(method, str) else method
+        values = spec.resolve(params)
+        shared = self.shared(spec, values)
+        with self._locked(key, shared) as (entry, layer):
+            delta = _layer_delta(spec, values, layer)
+            return _base(spec, entry.pretrained, layer), delta.clone() if _aliases(delta, layer) else delta
+
+    def layer_offset(self, key: str, method: str | Method, params: Mapping[str, float] | None = None,
+                     alpha: float | None = None) -> torch.Tensor:
+        """θ − θ0 for one key: α·Δ, plus mean(τt) for methods merging around the average
+        (CART's update from θ0 is mean τ + λ Σt c̃t)."""
+        spec = get_method(method) if isinstance(method, str) else method
+        values = spec.resolve(params)
+        a = effective_alpha(spec.alpha_for(self.num_tasks), alpha)
+        with self.layer(key, self.shared(spec, values)) as layer:
+            offset = _layer_delta(spec, values, layer) * a
+            return offset + layer.mean() if merges_around_average(spec) else offset
 
     def update(self, method: str, params: Mapping[str, float] | None = None,
                progress: Progress | None = None) -> MergeUpdate:
-        """Base and Δ of ``method`` with ``params`` (defaults filled in; MethodError if invalid)."""
+        """Base and Δ of ``method`` with ``params`` over every key (defaults filled in;
+        MethodError if invalid). Holds two models' worth of fp32: see ``iter_merged``."""
         spec = get_method(method)
         values = spec.resolve(params)
         report = progress or silent
-        prepare = spec.extra.get("prepare")
-        shared = prepare(lambda t: self._tvs[t], self.num_tasks, values) if prepare else {}
         base, delta = {}, {}
         for i, key in enumerate(self.keys):
-            layer = self.layer(key, shared)
-            delta[key] = _layer_delta(spec, values, layer)
-            base[key] = _base(spec, self._pretrained[key], layer)
+            base[key], delta[key] = self.layer_update(key, spec, values)
             report((i + 1) / len(self.keys), f"{spec.display_name}: {key}")
         return MergeUpdate(base=base, delta=delta, fixed_alpha=spec.alpha_for(self.num_tasks))
 
+    def iter_merged(self, method: str, params: Mapping[str, float] | None = None, alpha: float | None = None,
+                    progress: Progress | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(key, θ[key]) on the CPU in fp32, one key at a time (for evaluation and export)."""
+        spec = get_method(method)
+        values = spec.resolve(params)
+        a = effective_alpha(spec.alpha_for(self.num_tasks), alpha)
+        report = progress or silent
+        for i, key in enumerate(self.keys):
+            base, delta = self.layer_update(key, spec, values)
+            yield key, (base + a * delta).cpu()
+            report((i + 1) / len(self.keys), f"{spec.display_name}: {key}")
+
     def merged(self, method: str, params: Mapping[str, float] | None = None,
-               alpha: float | None = None) -> StateDict:
-        """The merged state dict θ = base + α·Δ, on the CPU in fp32."""
-        return {k: v.cpu() for k, v in self.update(method, params).state(alpha).items()}
+               alpha: float | None = None, progress: Progress | None = None) -> StateDict:
+        """The merged state dict θ = base + α·Δ, on the CPU in fp32, built key by key."""
+        return dict(self.iter_merged(method, params, alpha, progress))
+
+
+    def export(self, out: PathLike, method: str, params: Mapping[str, float] | None = None,
+               alpha: float | None = None, metadata: Mapping[str, str] | None = None,
+               progress: Progress | None = None) -> None:
+        """Write θ (fp32 safetensors) to ``out`` key by key, each tensor as soon as it is merged."""
+        layout = {key: (COMPUTE_DTYPE, self.shapes[key]) for key in self.keys}
+        with safetensors_writer(out, layout, metadata) as write:
+            for key, tensor in self.iter_merged(method, params, alpha, progress):
+                write(key, tensor)
+
+
+def layer_cache_bytes() -> int:
+    """The per-key cache budget: $ISOSCOPE_LAYER_CACHE_MB (default 1024 MiB)."""
+    try:
+        return int(float(os.environ.get(CACHE_ENV, "") or DEFAULT_CACHE_MB) * 2 ** 20)
+    except ValueError:
+        return DEFAULT_CACHE_MB * 2 ** 20
+
+
+def _aliases(delta: torch.Tensor, layer: Layer) -> bool:
+    """Whether ``delta`` is (a view of) a tensor the layer's cache owns (Task Arithmetic's Σt τt)."""
+    return any(isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == delta.untyped_storage().data_ptr()
+               for v in layer.cache.values())
+
+
+def _shape_of(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    return tuple(state.shape(key)) if hasattr(state, "shape") else tuple(state[key].shape)
 
 
 # ---------------------------------------------------------------------------------------------

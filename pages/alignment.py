@@ -35,11 +35,18 @@ method = sel.method if sel.method in registry else next(iter(registry))
 compared = [m for m in COMPARED if m in registry]
 
 
-def sar_avg(eps: float) -> pd.DataFrame:
+def sar_tables(eps: float) -> dict[str, pd.DataFrame]:
+    """SAR per task × layer of every compared method, computed layer by layer under one progress bar."""
+    alpha = alpha_choice()
+    methods = tuple((m, params_for(m)) for m in dict.fromkeys([method, *compared]))
+    data.prepare(dec, methods, tuple(dec.keys), "Subspace alignment, layer by layer", spectra=True, alpha=alpha)
+    return {m: data.sar_table(zoo.fingerprint, dec, m, p, eps, alpha) for m, p in methods}
+
+
+def sar_avg(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     from analysis.sar import sar_average
 
-    tables = [data.sar_table(zoo.fingerprint, dec, m, params_for(m), eps) for m in compared]
-    return sar_average(pd.concat(tables, ignore_index=True))
+    return sar_average(pd.concat([tables[m] for m in compared], ignore_index=True))
 
 
 def nai_points() -> pd.DataFrame | None:
@@ -84,11 +91,12 @@ def _alignment_view(nai: pd.DataFrame | None) -> None:
                     key=key("align_eps"), help="k_M is the smallest rank holding all but ε of ‖ΔM‖F² "
                                                "(paper default 0.05). Larger ε: smaller subspace, lower SAR.")
     with errors_in_place():
-        table = data.sar_table(zoo.fingerprint, dec, method, params_for(method), eps)
+        tables = sar_tables(eps)
+    table = tables[method]
     st.plotly_chart(figures.sar_heatmap(table.assign(method=registry[method].display_name)), key=key("align_heatmap"))
     st.caption("k_M per layer (of r): " + ", ".join(
         f"{row.layer} {row.k_m}/{row.r}" for row in table.drop_duplicates("layer").itertuples()))
-    averages = sar_avg(eps)
+    averages = sar_avg(tables)
     averages["method"] = averages["method"].map(lambda m: registry[m].display_name)
     st.plotly_chart(recolor(figures.sar_avg_bars(averages), colors), key=key("align_bars"))
     scatter(averages, nai)

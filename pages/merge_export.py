@@ -36,14 +36,11 @@ st.markdown(f"**{method.display_name}** · " + (", ".join(f"{k} = {v:g}" for k, 
 
 
 def merged_bytes(alpha: float) -> bytes:
-    """The full merged encoder as safetensors bytes (written by merging.io, read back)."""
-    from merging.io import save_safetensors
-
-    state = ev.update(method.name, params).state(alpha)
+    """The full merged encoder as safetensors bytes (merged and written key by key, read back)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "merged.safetensors"
-        save_safetensors(state, path, metadata={"method": method.name, "alpha": f"{alpha:g}",
-                                                "params": str(params), "zoo": zoo.fingerprint})
+        ev.merger.export(path, method.name, params, alpha, metadata={
+            "method": method.name, "alpha": f"{alpha:g}", "params": str(params), "zoo": zoo.fingerprint})
         return path.read_bytes()
 
 

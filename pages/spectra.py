@@ -11,7 +11,7 @@ from ui import data
 from ui.core import timed
 from ui.models import current_zoo, decompositions
 from ui.page import header, link
-from ui.state import key, params_for, selection
+from ui.state import alpha_choice, key, params_for, selection
 
 header(":material/show_chart: Spectra",
        "Singular values of one layer's matrices, largest first, on a log scale. Thin coloured lines: the task "
@@ -55,16 +55,21 @@ def _spectrum_view() -> None:
     fraction = st.slider("Common fraction of Iso-CTS", 0.0, 1.0, default, 0.05, key=key("spectra_fraction"),
                          help="Share of each layer's rank r given to the common subspace (the rest is split "
                               "equally among the tasks). 1.0 is Iso-C.")
+    alpha = alpha_choice()
+    methods = method_params(fraction)
     if layout == "All layers":
-        table = data.spectra(zoo.fingerprint, dec, method_params(fraction), tuple(dec.keys))
+        keys = tuple(dec.keys)
+        data.prepare(dec, methods, keys, "Spectra of every layer", alpha=alpha)
+        table = data.spectra(zoo.fingerprint, dec, methods, keys, alpha)
         fig = figures.small_multiples(table, log=log_scale)
         st.plotly_chart(recolor(fig, colors), key=key("spectra_fig_all"))
         return
     first_attn = next((i for i, k in enumerate(dec.keys) if "attn" in k), 0)
     layer_key = st.selectbox("Layer", dec.keys, index=first_attn, format_func=lambda k: f"{labels[k]}  {dec.shape(k)}",
                              key=key("spectra_layer"))
-    table = data.spectra(zoo.fingerprint, dec, method_params(fraction), (layer_key,))
-    bound = data.boundary(zoo.fingerprint, dec, fraction).set_index("key").loc[layer_key]
+    data.prepare(dec, methods, (layer_key,), f"Spectra of {labels[layer_key]}", alpha=alpha)
+    table = data.spectra(zoo.fingerprint, dec, methods, (layer_key,), alpha)
+    bound = data.boundary(zoo.fingerprint, dec, fraction, (layer_key,)).set_index("key").loc[layer_key]
     span = [0.5, int(bound["r"]) + 0.5]  # keep the boundary label from widening the axis
     fig = figures.spectrum_figure(table, labels[layer_key], bound.to_dict())
     fig.update_yaxes(type="log" if log_scale else "linear")

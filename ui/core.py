@@ -21,6 +21,8 @@ from merging.progress import Progress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+PROGRESS_DELAY_S = 0.15  # a progress bar appears only for work longer than this
+PROGRESS_INTERVAL_S = 0.1  # and is redrawn at most this often
 
 # What the user can do about each kind of error (most specific class first).
 HINTS: tuple[tuple[type[BaseException], str], ...] = (
@@ -78,10 +80,17 @@ def errors_in_place(stop: bool = True) -> Iterator[None]:
 @contextmanager
 def progress_bar(label: str) -> Iterator[Progress]:
     """A ``merging.progress.Progress`` callback drawing an ``st.progress`` bar (removed at the end).
-    The bar appears on the first report, so cache hits show nothing."""
+    The bar appears once the work has taken PROGRESS_DELAY_S and is redrawn at most every
+    PROGRESS_INTERVAL_S, so cache hits (hundreds of instant reports) send nothing to the browser."""
     slot = st.empty()
+    start = time.perf_counter()
+    last = [0.0]
 
     def report(fraction: float, message: str) -> None:
+        now = time.perf_counter()
+        if now - start < PROGRESS_DELAY_S or now - last[0] < PROGRESS_INTERVAL_S:
+            return
+        last[0] = now
         slot.progress(min(max(float(fraction), 0.0), 1.0), text=f"{label} · {message}" if message else label)
 
     try:

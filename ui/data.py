@@ -1,6 +1,7 @@
 """Derived tables behind the views, cached per zoo (``st.cache_data``, bounded by entries and
 time). Heavy objects arrive as ``_``-prefixed arguments (not hashed); the zoo fingerprint and
-the parameters key the cache."""
+the parameters key the cache. The per-layer work behind them runs first in ``prepare``, with a
+progress bar, and is itself cached (memory and disk) by ``analysis.decompositions``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pandas as pd
 import streamlit as st
 
 from analysis.similarity import norms_and_cosines
+from merging.progress import scaled
+from ui.core import progress_bar
 
 BOUNDS = dict(max_entries=64, ttl=3600, show_spinner=False)
 
@@ -18,33 +21,46 @@ def _params(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
     return dict(items)
 
 
+def prepare(dec: Any, methods: tuple[tuple[str, tuple], ...], keys: tuple[str, ...], label: str,
+            spectra: bool = True, alpha: float | None = None) -> None:
+    """Compute (or fetch from the store) the per-layer results ``keys`` × ``methods`` need, one
+    layer at a time under a progress bar, so the cached table builders below only assemble."""
+    steps = ([("spectra", None)] if spectra else []) + list(methods)
+    with progress_bar(label) as report:
+        for i, (method, params) in enumerate(steps):
+            part = scaled(report, i / len(steps), (i + 1) / len(steps))
+            if method == "spectra":
+                dec.all_spectra(keys, part)
+            else:
+                dec.merged(method, _params(params), keys, part, alpha)
+
+
 @st.cache_data(**BOUNDS)
-def spectra(fingerprint: str, _dec: Any, methods: tuple[tuple[str, tuple], ...], keys: tuple[str, ...]) -> pd.DataFrame:
+def spectra(fingerprint: str, _dec: Any, methods: tuple[tuple[str, tuple], ...], keys: tuple[str, ...],
+            alpha: float | None = None) -> pd.DataFrame:
     """Task, TA-sum and merged spectra of ``keys`` (``methods``: ((name, params items), ...))."""
-    from analysis.spectra import spectra as build  # imported once the engine has landed
+    from analysis.spectra import spectra as build
 
-    return build(_dec, {m: _params(p) for m, p in methods}, list(keys))
+    return build(_dec, {m: _params(p) for m, p in methods}, list(keys), alpha)
 
 
 @st.cache_data(**BOUNDS)
-def boundary(fingerprint: str, _dec: Any, fraction: float) -> pd.DataFrame:
+def boundary(fingerprint: str, _dec: Any, fraction: float, keys: tuple[str, ...] | None = None) -> pd.DataFrame:
     from analysis.spectra import common_boundary
 
-    return common_boundary(_dec, fraction)
+    return common_boundary(_dec, fraction, keys)
 
 
 @st.cache_data(**BOUNDS)
-def sar_table(fingerprint: str, _dec: Any, method: str, params: tuple, eps: float) -> pd.DataFrame:
+def sar_table(fingerprint: str, _dec: Any, method: str, params: tuple, eps: float,
+              alpha: float | None = None) -> pd.DataFrame:
     from analysis.sar import sar_table as build
 
-    return build(_dec, method, _params(params), eps)
+    return build(_dec, method, _params(params), eps, alpha=alpha)
 
 
 @st.cache_data(**BOUNDS)
 def geometry(fingerprint: str, _merger: Any, tasks: tuple[str, ...], keys: tuple[str, ...] | None
              ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Task-vector norms and cosines over ``keys`` (None: every parameter)."""
-    tvs = _merger.task_vectors()
-    if keys is not None:
-        tvs = [{k: tv[k] for k in keys} for tv in tvs]
-    return norms_and_cosines(tvs, list(tasks))
+    """Task-vector norms and cosines over ``keys`` (None: every parameter), read key by key."""
+    return norms_and_cosines(_merger.task_views(), list(tasks), keys)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from merging.linalg import SVD, top_svd
+from merging.linalg import SVD, fast_svd, top_svd
 from merging.tensors import StateDict
 
 Params = Mapping[str, float]
@@ -67,6 +67,11 @@ class Layer:
         for tau in self.taus[1:]:
             total += tau
         return total
+
+    def sum_svd(self) -> SVD:
+        """Thin SVD of Σt τt, U (m, r), S (r,), Vh (r, n) (cached): shared by Iso-C, Iso-CTS and
+        the analysis of the Task Arithmetic sum."""
+        return self.memo("sum_svd", lambda: fast_svd(self.total()))
 
     def mean(self) -> torch.Tensor:
         """mean of the τt (cached through ``total``)."""

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from merging.linalg import (FLOAT32_GRAM_MIN_RATIO, STACK_MAX_COND, SVD, conditioned_polar, fast_svd, gram,
+from merging.linalg import (FLOAT32_GRAM_MIN_RATIO, STACK_MAX_COND, SVD, conditioned_polar, gram,
                             gram_resolves, mean_scaled_polar, polar, polar_extended, top_eigh, top_svd)
 from merging.methods.common import Layer, Params, spectral
 from merging.registry import Method, Param, register
@@ -36,10 +36,6 @@ def common_rank(r: int, num_tasks: int, common_fraction: float) -> tuple[int, in
     k0 = math.floor(r * common_fraction + 1e-9)
     s = min(round((r - k0) / num_tasks), r // num_tasks)
     return r - s * num_tasks, s
-
-
-def _sum_svd(layer: Layer) -> SVD:
-    return layer.memo("sum_svd", lambda: fast_svd(layer.total()))  # (m, r), (r,), (r, n)
 
 
 def iso_c_delta(layer: Layer) -> torch.Tensor:
@@ -54,7 +50,7 @@ def iso_c_delta(layer: Layer) -> torch.Tensor:
 
 def _tail_rows(layer: Layer, t: int, k: int) -> torch.Tensor:
     """Bt = U[:, k:]ᵀ Δt, (r−k, n); rows are computed once and kept as k moves down."""
-    u = _sum_svd(layer)[0]  # (m, r)
+    u = layer.sum_svd()[0]  # (m, r)
     name = f"tail:{t}"
     have = layer.cache.get(name)
     start = u.shape[1] if have is None else u.shape[1] - have.shape[0]
@@ -106,7 +102,7 @@ def _wide_blocks(layer: Layer, k: int, s: int) -> tuple[torch.Tensor, list[SVD]]
     left vectors are U[:, k:] Y with Y (r−k, Ts) their coefficients, and
     polar(U*) = U · blockdiag(I, polar(Y)) exactly. Y is square (Ts = r − k) and often far from
     orthogonal (κ ~ 1e3–1e4): Newton in float32 up to κ = STACK_MAX_COND, else float64."""
-    u = _sum_svd(layer)[0]
+    u = layer.sum_svd()[0]
     tops = _wide_tasks(layer, k, s)
     coeff = torch.cat([ub for ub, _, _ in tops], 1)  # (r−k, Ts)
     y = conditioned_polar(coeff, STACK_MAX_COND)
@@ -123,7 +119,7 @@ def _top_rows(layer: Layer, k: int) -> torch.Tensor:
     if have is None:
         have = layer.taus[0].new_empty(layer.num_tasks, 0, layer.taus[0].shape[1])
     if k > have.shape[1]:
-        uk = _sum_svd(layer)[0][:, have.shape[1]:k]  # (m, k−done)
+        uk = layer.sum_svd()[0][:, have.shape[1]:k]  # (m, k−done)
         new = have.new_empty(layer.num_tasks, uk.shape[1], have.shape[2])  # (T, k−done, n)
         for t, tau in enumerate(layer.taus):
             torch.mm(uk.T, tau, out=new[t])
@@ -153,7 +149,7 @@ def _tall_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
     """Top-s triplets of every Rt when m > n, from the n×n Grams (one batched eigensolve)."""
     lam, w = top_eigh(_residual_grams(layer, k), s, layer.cache.get("rvec"))  # (T, s), (T, n, s)
     layer.cache["rvec"] = w
-    uk = _sum_svd(layer)[0][:, :k]  # (m, k)
+    uk = layer.sum_svd()[0][:, :k]  # (m, k)
     coeff = (_top_rows(layer, k) @ w).transpose(0, 1).reshape(k, layer.num_tasks * s)  # Fk v side by side (k, Ts)
     inside = (uk @ coeff).view(uk.shape[0], layer.num_tasks, s)  # Uk Fk v  (m, T, s)
     tops = []
@@ -170,7 +166,7 @@ def _tall_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
 def _residual_top_plain(layer: Layer, t: int, k: int, s: int) -> SVD:
     """Top-s triplets of Rt = Δt − Uk Ukᵀ Δt from the residual itself (``top_svd``: a float64
     Gram, or the full robust SVD when rank-deficient)."""
-    uk = _sum_svd(layer)[0][:, :k]
+    uk = layer.sum_svd()[0][:, :k]
     tau = layer.taus[t]
     return top_svd(tau - uk @ (uk.T @ tau), s)
 
@@ -196,7 +192,7 @@ def _left_polar(uk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def iso_cts_delta(layer: Layer, k: int, s: int) -> torch.Tensor:
     """Δ = σ̄ polar(U*) polar(V*)ᵀ over the common block and the T task blocks."""
-    u, sig, vh = _sum_svd(layer)
+    u, sig, vh = layer.sum_svd()
     m, n = layer.taus[0].shape
     if m > n:
         tasks = _tall_tasks(layer, k, s)

@@ -23,8 +23,7 @@ def dec() -> Decompositions:
 
 
 def _taus(dec: Decompositions, key: str) -> list[torch.Tensor]:
-    zoo_tvs = dec.merger.task_vectors()
-    return [tv[key].double() for tv in zoo_tvs]
+    return [dec.merger.task_matrix(key, t).double() for t in range(dec.merger.num_tasks)]
 
 
 def test_spectra_match_plain_svdvals(dec: Decompositions) -> None:
@@ -46,11 +45,13 @@ def test_spectra_match_plain_svdvals(dec: Decompositions) -> None:
 def test_merged_decomposition_is_cached(dec: Decompositions, monkeypatch: pytest.MonkeyPatch) -> None:
     dec.merged("iso_cts", {"common_fraction": 0.5})
     calls = []
-    original = dec.merger.update
-    monkeypatch.setattr(dec.merger, "update", lambda *a, **k: calls.append(a) or original(*a, **k))
+    original = dec.merger.layer_offset
+    monkeypatch.setattr(dec.merger, "layer_offset", lambda *a, **k: calls.append(a) or original(*a, **k))
     dec.merged("iso_cts", {"common_fraction": 0.5})
     spectra(dec, {"iso_cts": {"common_fraction": 0.5}})
     assert calls == []
+    dec.merged("iso_cts", {"common_fraction": 0.3}, keys=KEYS[:1])  # a new value: that layer only
+    assert [a[0] for a in calls] == KEYS[:1]
 
 
 def test_boundary_uses_common_rank(dec: Decompositions) -> None:
