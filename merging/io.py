@@ -19,8 +19,11 @@ What is read: the format is sniffed from the bytes, not the suffix.
 - torch files (zip, legacy, or a plain pickle): the pickle is first replayed inertly
   (``merging.pickle_scan``); storages declared larger than the bytes they point at are errors.
   Files whose pickle needs globals outside torch's weights-only allowlist (whole pickled modules
-  such as the task_vectors layout, ``__reduce__`` payloads) raise ``UntrustedPickleError`` unless
-  ``trust_pickle=True``. Everything else loads with ``torch.load(weights_only=True)``.
+  such as the task_vectors layout) and legacy-format files are read by the code-free reader
+  (``merging.pickle_reader``: nothing imported or called, tensors read lazily from the file).
+  What it cannot interpret (``__reduce__`` payloads in place of tensors, self-rebuilding objects)
+  raises ``UntrustedPickleError`` unless ``trust_pickle=True``. Zip state dicts load with
+  ``torch.load(weights_only=True)``, memory-mapped.
 Every failure is a ``CheckpointError`` whose one-line message starts with the file's path.
 """
 

@@ -92,6 +92,10 @@ def test_task_vectors_release_opens_without_trust_or_the_authors_code(models: di
     assert authors_code_absent()
     raw = (root / "ViT-T-8" / "zeroshot.pt").read_bytes()
     assert b"src.modeling" in raw and b"VisualTransformer" in raw and b"torchvision" in raw
+    whole = R.image_encoder(models[""], text).state_dict()  # what Module.state_dict() gives
+    ckpt = open_checkpoint(root / "ViT-T-8" / "zeroshot.pt")
+    assert list(ckpt) == list(whole) and "model.attn_mask" not in ckpt  # non-persistent buffer left out
+    assert all(torch.equal(ckpt[k], v) for k, v in whole.items())
     zoo = open_folder(root, device="cpu")
     assert zoo.files.layout == "task_vectors" and zoo.tasks == sorted(TASKS) and zoo.config.act == "quick_gelu"
     for task in ("", "SVHN"):
