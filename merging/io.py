@@ -19,8 +19,11 @@ What is read: the format is sniffed from the bytes, not the suffix.
 - torch files (zip, legacy, or a plain pickle): the pickle is first replayed inertly
   (``merging.pickle_scan``); storages declared larger than the bytes they point at are errors.
   Files whose pickle needs globals outside torch's weights-only allowlist (whole pickled modules
-  such as the task_vectors layout, ``__reduce__`` payloads) raise ``UntrustedPickleError`` unless
-  ``trust_pickle=True``. Everything else loads with ``torch.load(weights_only=True)``.
+  such as the task_vectors layout) and legacy-format files are read by the code-free reader
+  (``merging.pickle_reader``: nothing imported or called, tensors read lazily from the file).
+  What it cannot interpret (``__reduce__`` payloads in place of tensors, self-rebuilding objects)
+  raises ``UntrustedPickleError`` unless ``trust_pickle=True``. Zip state dicts load with
+  ``torch.load(weights_only=True)``, memory-mapped.
 Every failure is a ``CheckpointError`` whose one-line message starts with the file's path.
 """
 
@@ -43,6 +46,8 @@ from typing import Any
 import torch
 
 from merging.errors import CheckpointError, UntrustedPickleError
+from merging.pickle_reader import (STORAGE_DTYPES, Uninterpretable, check_refs, legacy_layout, reader_for, state_of,
+                                   zip_layout)
 from merging.pickle_scan import PickleScan, StorageRef, scan_pickles
 from merging.tensors import StateDict
 
@@ -60,12 +65,7 @@ ST_DTYPES: dict[str, torch.dtype] = {
     "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-STORAGE_ITEMSIZE: dict[str, int] = {
-    "torch.DoubleStorage": 8, "torch.FloatStorage": 4, "torch.HalfStorage": 2, "torch.BFloat16Storage": 2,
-    "torch.LongStorage": 8, "torch.IntStorage": 4, "torch.ShortStorage": 2, "torch.CharStorage": 1,
-    "torch.ByteStorage": 1, "torch.BoolStorage": 1, "torch.ComplexFloatStorage": 8,
-    "torch.ComplexDoubleStorage": 16, "torch.UntypedStorage": 1, "torch.storage.UntypedStorage": 1,
-}
+STORAGE_ITEMSIZE: dict[str, int] = {name: dtype.itemsize for name, dtype in STORAGE_DTYPES.items()}
 # Used only if torch's private allowlist cannot be read: what a plain tensor state dict needs.
 _FALLBACK_SAFE_GLOBALS = frozenset({
     "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
@@ -274,11 +274,12 @@ def _open_safetensors(path: Path, _size: int, _trust: bool) -> _Opened:
 # ---------------------------------------------------------------- torch / pickle
 
 
-def untrusted_message(path: Path, names: list[str]) -> str:
-    """The one-line refusal: why, and how to proceed."""
+def untrusted_message(path: Path, names: list[str], reason: str | None = None) -> str:
+    """The one-line refusal: why (what the code-free reader could not interpret), and how to proceed."""
     unique = list(dict.fromkeys(names))
     shown = ", ".join(_printable(n, 50) for n in unique[:3]) + (", …" if len(unique) > 3 else "")
-    return (f"{path}: refused: it is a pickled Python object (it imports {shown}) and loading it would "
+    why = f"; the code-free reader cannot interpret it ({_printable(reason, 100)})" if reason else ""
+    return (f"{path}: refused: it is a pickled Python object (it imports {shown}){why} and loading it would "
             f"execute code from the file; if you trust its source, pass --trust-pickle (in the app, tick "
             f"'Trust these files') and convert it once to safetensors with: python -m merging convert "
             f"{path} --out {path.with_suffix('.safetensors')} --trust-pickle")
@@ -363,19 +364,67 @@ _TORCH_SCANNERS: dict[str, Callable[[Path, int], tuple[PickleScan, Callable[[Sto
 }
 
 
+def _zip_layout(path: Path) -> tuple[int, Callable]:
+    """Index of the pickle in a zip checkpoint's values, and a builder of its storage layout."""
+    def build() -> object:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            prefix = next(i.filename for i in infos if i.filename.endswith("/data.pkl"))[: -len("data.pkl")]
+            records = {i.filename: (i.header_offset, i.file_size) for i in infos}
+            return zip_layout(path, prefix, records, zf.read)
+    return 0, build
+
+
+def _code_free(path: Path, size: int, scan: PickleScan, kind: str) -> _Opened | str:
+    """The tensors the pickle describes, read lazily without running anything
+    (``merging.pickle_reader``); or why it cannot be interpreted."""
+    index, build = _zip_layout(path) if kind == "torch-zip" else (3, lambda: legacy_layout(path, scan, size))
+    try:
+        refs = state_of(scan.values[index])
+    except Uninterpretable as err:
+        return str(err)
+    except RecursionError:
+        return "objects nested too deeply"
+    try:
+        layout = build()
+        check_refs(layout, refs)
+    except Uninterpretable as err:
+        raise CheckpointError(f"{path}: {_oneline(err)}") from err
+    except (OSError, ValueError, KeyError, StopIteration, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: truncated or corrupted torch checkpoint ({_oneline(err)})") from err
+    read = reader_for(path, layout, refs)
+
+    def guarded(key: str) -> torch.Tensor:
+        try:
+            return read(key)
+        except (OSError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: cannot read tensor '{_printable(key)}' ({_oneline(err)})") from err
+
+    log.info("%s: read without running code (%d tensors)", path, len(refs))
+    return _Opened(kind, {k: r.size for k, r in refs.items()}, {k: r.dtype for k, r in refs.items()}, guarded)
+
+
 def _open_torch(path: Path, size: int, trust: bool, kind: str) -> _Opened:
     scan, available = _TORCH_SCANNERS[kind](path, size)
     unsafe = [g for g in scan.globals if g not in SAFE_GLOBALS]
+    if kind == "pickle" and not scan.error:
+        kind = "legacy" if _is_legacy_torch(scan) else "plain-pickle"
+    reason = None
+    complete = not scan.error and (kind == "torch-zip" or (kind == "legacy" and len(scan.values) >= 5))
+    if complete and (unsafe or kind == "legacy"):  # whole modules, and legacy files (read lazily)
+        _check_storages(path, scan, available, size)
+        opened = _code_free(path, size, scan, kind)
+        if isinstance(opened, _Opened):
+            return opened
+        reason = opened
     if unsafe and not trust:
-        raise UntrustedPickleError(untrusted_message(path, unsafe))
+        raise UntrustedPickleError(untrusted_message(path, unsafe, reason))
     if scan.error:
         raise CheckpointError(f"{path}: truncated or corrupted torch checkpoint ({_printable(scan.error, 120)})")
-    if kind == "pickle":
-        kind = "legacy" if _is_legacy_torch(scan) else "plain-pickle"
-        if kind == "legacy" and len(scan.values) < 5:
-            raise CheckpointError(f"{path}: truncated torch checkpoint")
-        if kind == "plain-pickle" and not unsafe:
-            raise CheckpointError(f"{path}: a plain Python pickle, not a torch checkpoint")
+    if kind == "legacy" and len(scan.values) < 5:
+        raise CheckpointError(f"{path}: truncated torch checkpoint")
+    if kind == "plain-pickle" and not unsafe:
+        raise CheckpointError(f"{path}: a plain Python pickle, not a torch checkpoint")
     _check_storages(path, scan, available, size)
     state = _as_state_dict(path, _torch_load(path, kind, weights_only=not unsafe))
     return _Opened(kind, {k: tuple(v.shape) for k, v in state.items()},
@@ -449,7 +498,7 @@ def load_state_dict(path: str | Path, trust_pickle: bool = False) -> StateDict:
     return open_checkpoint(path, trust_pickle).load()
 
 
-def _umask() -> int:
+def process_umask() -> int:
     """The process umask, read without changing it (os.umask would race other threads)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -471,7 +520,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600
+        os.chmod(tmp, 0o666 & ~process_umask())  # mkstemp made it 0600
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -4,13 +4,14 @@ it declares.
 Unpickling a file runs whatever callables its ``GLOBAL``/``REDUCE`` opcodes name (that is how a
 ``__reduce__`` payload calls ``os.system``). ``scan_pickles`` replays the opcodes with an
 unpickler whose ``find_class`` never imports anything: every global becomes an inert stand-in
-class that records its dotted name, and every call, ``BUILD`` or item assignment on it is a
-no-op. Nothing from the file is executed, and memory stays proportional to the pickle's size (callers
+class (``Record``) that carries its dotted name, and every call, ``BUILD`` or item assignment on
+it is only written down (arguments, state, items), never executed. Nothing from the file is executed, and memory stays proportional to the pickle's size (callers
 cap that size).
 
 The result lets ``merging.io`` (1) refuse files that need non-allowlisted globals (whole-module
 checkpoints, hostile payloads) with a message that names them, and (2) check the storage sizes a
-torch checkpoint declares against the bytes it actually holds, before torch allocates anything.
+torch checkpoint declares against the bytes it actually holds, before torch allocates anything;
+(3) hand the recorded objects to ``merging.pickle_reader``, which finds the tensors in them.
 """
 
 from __future__ import annotations
@@ -22,40 +23,52 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class _Inert:
-    """Stand-in for any global a pickle names: accepts every call and mutation, does nothing."""
+class Record:
+    """Stand-in for any global a pickle names (a class or a function). Instantiating or calling
+    it, ``BUILD``, item assignment and appends are *recorded* on the instance, never executed, so
+    ``merging.pickle_reader`` can later walk what the pickle describes. The class attribute
+    ``qualname`` is the dotted name the pickle gave."""
 
     qualname = "?"
 
-    def __new__(cls, *_args: Any, **_kwargs: Any) -> _Inert:
-        return object.__new__(cls)
+    def __new__(cls, *args: Any, **kwargs: Any) -> Record:
+        obj = object.__new__(cls)
+        obj.args, obj.kwargs, obj.state, obj.items, obj.list = args, kwargs, None, {}, []
+        return obj
 
     def __init__(self, *_args: Any, **_kwargs: Any) -> None:
         pass
 
-    def __call__(self, *_args: Any, **_kwargs: Any) -> _Inert:
-        return _Inert()
+    def __call__(self, *args: Any, **kwargs: Any) -> Record:  # an instance called (chained payloads)
+        return _Called(self, *args, **kwargs)
 
-    def __setstate__(self, _state: Any) -> None:
-        pass
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
 
-    def __setitem__(self, _key: Any, _value: Any) -> None:
-        pass
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
 
-    def append(self, _value: Any) -> None:
-        pass
+    def append(self, value: Any) -> None:
+        self.list.append(value)
 
-    def extend(self, _values: Any) -> None:
-        pass
+    def extend(self, values: Any) -> None:
+        self.list.extend(values)
 
 
-@dataclass
+class _Called(Record):
+    """The result of calling a Record instance: ``args[0]`` is the callee."""
+
+    qualname = "<call>"
+
+
+@dataclass(frozen=True, slots=True)  # slots: a pickle's BUILD cannot rewrite it through __dict__
 class StorageRef:
     """One storage a torch pickle points at through a persistent id."""
 
     type_name: str  # dotted name of the storage class, e.g. "torch.FloatStorage"
     key: str  # record name (zip) or root key (legacy)
     numel: int  # elements of type_name (bytes for UntypedStorage)
+    view: tuple[str, int, int] | None = None  # legacy views: (view key, offset, numel) into the root
 
 
 @dataclass
@@ -83,15 +96,17 @@ class _InertUnpickler(pickle._Unpickler):  # noqa: SLF001
         qualname = f"{module}.{name}"
         self._scan.globals.append(qualname)
         if qualname not in self._classes:
-            self._classes[qualname] = type("Inert", (_Inert,), {"qualname": qualname})
+            self._classes[qualname] = type("Record", (Record,), {"qualname": qualname})
         return self._classes[qualname]
 
-    def persistent_load(self, pid: Any) -> _Inert | type:
+    def persistent_load(self, pid: Any) -> Any:
         ref = _storage_ref(pid)
-        if ref is None:  # e.g. legacy ('module', cls, ...): the class is a global, already recorded
-            return _Inert
-        self._scan.storages.append(ref)
-        return _Inert()
+        if ref is not None:
+            self._scan.storages.append(ref)
+            return ref
+        if isinstance(pid, tuple) and len(pid) > 1 and isinstance(pid[1], type) and issubclass(pid[1], Record):
+            return pid[1]  # legacy ('module', cls, file, source): the class, a global already recorded
+        return Record
 
 
 def _modern_name(module: str, name: str) -> tuple[str, str]:
@@ -106,11 +121,19 @@ def _storage_ref(pid: Any) -> StorageRef | None:
     if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
         return None
     storage_type, key, numel = pid[1], pid[2], pid[4]
-    if not (isinstance(storage_type, type) and issubclass(storage_type, _Inert)):
+    if not (isinstance(storage_type, type) and issubclass(storage_type, Record)):
         return None
-    if not isinstance(key, str) or not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+    if not isinstance(key, str) or not _is_count(numel):
         return None
-    return StorageRef(storage_type.qualname, key, numel)
+    view = pid[5] if len(pid) == 6 else None
+    if view is not None and not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[0], str)
+                                 and _is_count(view[1]) and _is_count(view[2])):
+        return None
+    return StorageRef(storage_type.qualname, key, numel, view)
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def scan_pickles(data: bytes, max_pickles: int = 1) -> PickleScan:

@@ -129,6 +129,11 @@ class ResourceStore:
     def __contains__(self, key: Any) -> bool:
         return key in self._items
 
+    def peek(self, key: Any) -> Any | None:
+        """The value stored for ``key``, or None; never builds."""
+        with self._lock:
+            return self._items.get(key)
+
 
 @st.cache_resource(show_spinner=False)
 def _store(kind: str) -> ResourceStore:
@@ -142,6 +147,11 @@ def cached(kind: str, key: Any, build: Callable[[], T]) -> T:
 
 def is_cached(kind: str, key: Any) -> bool:
     return key in _store(kind)
+
+
+def cached_value(kind: str, key: Any) -> Any | None:
+    """What ``cached(kind, key, …)`` holds now, or None when nothing was built yet."""
+    return _store(kind).peek(key)
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from ui.core import cached, errors_in_place, is_cached, need, progress_bar
+from ui.core import cached, cached_value, errors_in_place, is_cached, need, progress_bar
 from ui.state import Selection, selection
 
 
@@ -29,8 +29,9 @@ def current_zoo(sel: Selection | None = None) -> Any:
 
     def build() -> Any:
         with progress_bar(_zoo_label(sel)) as report:
+            extra = {"pretrained": sel.pretrained} if sel.pretrained else {}
             return load_zoo(sel.zoo_spec, data=sel.data_dir, trust_pickle=sel.trust_pickle,
-                            device=sel.device, progress=report)
+                            device=sel.device, progress=report, **extra)
 
     with errors_in_place():
         return cached("zoo", sel.zoo_key, build)
@@ -50,6 +51,13 @@ def current_merger(sel: Selection | None = None) -> Any:
 
     with errors_in_place():
         return cached("merger", key, build)
+
+
+def loaded_zoo(folder: str, data: str | None, trust: bool, pretrained: str | None) -> Any | None:
+    """The zoo of this folder selection if some session already loaded it (never loads it)."""
+    spec = Selection(zoo_spec=folder, data_dir=data, trust_pickle=trust, pretrained=pretrained,
+                     device=selection().device)
+    return cached_value("zoo", spec.zoo_key)
 
 
 def zoo_loaded(sel: Selection | None = None) -> bool:

@@ -12,18 +12,22 @@ from merging.device import available_devices
 from merging.errors import IsoscopeError
 from merging.registry import Method, Param, all_methods
 from ui.core import errors_in_place, optional, progress_bar, show_error
+from ui.models import loaded_zoo
 from ui.state import Selection, default_zoo_spec, key, store_selection
 
 SOURCES = {"Embedded digits zoo": "embedded", "Folder of checkpoints": "folder"}
 ALPHA_MODES = {"Best on validation": "validation", "Fixed (slider)": "slider"}
 ALPHA_RANGE = (0.1, 3.0, 0.1)
-LAYOUTS_HELP = ("Supported layouts: TALL-masks/TSV (`<Task>Val/nonlinear_finetuned.pt`), task_vectors "
-                "(`<Task>/finetuned.pt`, pickled), Hugging Face CLIPVisionModel folders, or plain files "
-                "(one pretrained + one per task).")
+LAYOUTS_HELP = ("Supported layouts: TALL-masks/TSV (`<Task>Val/nonlinear_finetuned.pt`, also its Hugging Face "
+                "copy `single_task/<model>/`), task_vectors (`<Task>/finetuned.pt`, pickled modules read without "
+                "running code), Hugging Face CLIPVisionModel folders or a hub cache (`hub/models--<org>--<name>`), "
+                "or plain files (one pretrained + one per task).")
+PRETRAINED_HELP = ("θ0 for a release without a zero-shot model (TALL-masks): a checkpoint file of the pretrained "
+                   "CLIP. Left empty, OpenAI's weights are taken from open_clip's local cache when it holds them.")
 
 
-def _checked_path(text: str, label: str) -> str | None:
-    """A user-typed folder after the served-mode policy (merging.paths.allowed_path), or None."""
+def _checked_path(text: str, label: str, want_file: bool = False) -> str | None:
+    """A user-typed folder (or file) after the served-mode policy (merging.paths.allowed_path), or None."""
     text = text.strip()
     if not text:
         return None
@@ -33,19 +37,20 @@ def _checked_path(text: str, label: str) -> str | None:
     except IsoscopeError as err:
         show_error(err)
         return None
-    if not path.is_dir():
-        st.error(f"**{label}: {path} is not a folder.** Type the path of an existing folder.", icon=":material/error:")
+    kind, exists = ("file", path.is_file()) if want_file else ("folder", path.is_dir())
+    if not exists:
+        st.error(f"**{label}: {path} is not a {kind}.** Type the path of an existing {kind}.", icon=":material/error:")
         return None
     return str(path)
 
 
-def _zoo_source() -> tuple[str | None, str | None, bool, bool]:
-    """(zoo spec, data folder, trust pickles, embedded?) from the zoo section."""
+def _zoo_source() -> tuple[str | None, str | None, bool, bool, str | None]:
+    """(zoo spec, data folder, trust pickles, embedded?, θ0 file) from the zoo section."""
     source = SOURCES[st.radio("Model zoo", list(SOURCES), key=key("zoo_source"),
                               help="The embedded zoo is built from scikit-learn's handwritten digits: "
                                    "no download, no GPU.")]
     if source == "embedded":
-        return default_zoo_spec(), None, False, True
+        return default_zoo_spec(), None, False, True, None
     converted = st.session_state.pop(key("zoo_path_next"), None)  # set by _offer_conversion
     if converted:
         st.session_state[key("zoo_path")] = converted  # before the text input exists in this run
@@ -55,13 +60,16 @@ def _zoo_source() -> tuple[str | None, str | None, bool, bool]:
                                        help="One folder per task: `<data>/<Task>/{val,test}/<class>/<image>`. "
                                             "Without it, only the weight-space views work."),
                          "Data folder")
+    pretrained = _checked_path(st.text_input("Pretrained model file (optional)", key=key("pretrained_path"),
+                                             help=PRETRAINED_HELP), "Pretrained model file", want_file=True)
     trust = st.checkbox("Trust these files", key=key("trust_pickle"),
-                        help="Pickled checkpoints (.pt whole modules) run code when loaded: tick only for files you made or trust.")
+                        help="Pickled modules are read without running code. A pickle that reader cannot "
+                             "interpret would run code when loaded: tick only for files you made or trust.")
     if folder:
         _show_layout(folder)
-        if trust:
-            _offer_conversion(folder)
-    return folder, data, trust, False
+        _show_notes(folder, data, trust, pretrained)
+        _offer_conversion(folder, trust, pretrained)
+    return folder, data, trust, False, pretrained
 
 
 def _show_layout(folder: str) -> None:
@@ -72,10 +80,23 @@ def _show_layout(folder: str) -> None:
         st.caption(f"Detected layout: **{detect(folder)}**")
 
 
-def _offer_conversion(folder: str) -> None:
-    """A trusted folder with torch files: convert it once to plain safetensors
-    (``zoo.folders.convert_folder``, with a progress bar) and open the copy, which needs no
-    trust, from then on. The copy goes next to the folder, under the served-mode policy."""
+def _show_notes(folder: str, data: str | None, trust: bool, pretrained: str | None) -> None:
+    """What the loaded zoo says the user should know: where θ0 came from, heads built from the
+    text tower, class folders that did not match the class names."""
+    zoo = loaded_zoo(folder, data, trust, pretrained)
+    if zoo is None:
+        return
+    for note in getattr(zoo, "notes", []):
+        st.caption(note)
+    built = [t for t, origin in getattr(zoo, "head_origin", {}).items() if origin == "text tower"]
+    if built:
+        st.caption(f"Zero-shot heads built from θ0's text tower (CLIP prompt templates): {', '.join(built)}")
+
+
+def _offer_conversion(folder: str, trust: bool, pretrained: str | None) -> None:
+    """A folder with torch files: convert it once to plain safetensors
+    (``zoo.folders.convert_folder``, atomic, with a progress bar) and open the copy from then on.
+    The copy goes next to the folder, under the served-mode policy."""
     find_layout = optional("zoo.layouts", "find_layout")
     convert_folder = optional("zoo.folders", "convert_folder")
     if find_layout is None or convert_folder is None:
@@ -96,7 +117,7 @@ def _offer_conversion(folder: str) -> None:
         out = Path(allowed_path(target)) if allowed_path else Path(target)
         if out.exists():
             raise IsoscopeError(f"{out} already exists: type it as the checkpoint folder, or remove it first")
-        convert_folder(folder, out, trust_pickle=True, progress=report)
+        convert_folder(folder, out, trust_pickle=trust, progress=report, pretrained=pretrained)
         st.session_state[key("zoo_path_next")] = str(out)
         st.rerun()
 
@@ -141,7 +162,7 @@ def render() -> Selection:
     """Draw the sidebar and store (and return) the selection."""
     with st.sidebar:
         st.markdown("### :material/biotech: Isoscope")
-        spec, data, trust, embedded = _zoo_source()
+        spec, data, trust, embedded, pretrained = _zoo_source()
         devices = available_devices()
         device = st.selectbox("Device", devices, key=key("device"),
                               help="CUDA when present; the digits zoo is quick on CPU.")
@@ -149,7 +170,8 @@ def render() -> Selection:
         methods = all_methods()
         name, params = _method_section(methods)
         mode, alpha = _alpha_section(methods.get(name) if name else None, embedded or bool(data))
-    sel = Selection(zoo_spec=spec or "", data_dir=data, trust_pickle=trust, device=device, method=name,
+    sel = Selection(zoo_spec=spec or "", data_dir=data, trust_pickle=trust, pretrained=pretrained, device=device,
+                    method=name,
                     params=tuple(sorted(params.items())), alpha_mode=mode, alpha=alpha, embedded=embedded)
     store_selection(sel)
     return sel

@@ -30,6 +30,7 @@ class Selection:
     zoo_spec: str
     data_dir: str | None = None
     trust_pickle: bool = False
+    pretrained: str | None = None  # θ0's file for a folder without one
     device: str = "cpu"
     method: str | None = None
     params: tuple[tuple[str, float], ...] = ()
@@ -42,8 +43,8 @@ class Selection:
         return dict(self.params)
 
     @property
-    def zoo_key(self) -> tuple[str, str | None, bool, str]:
-        return (self.zoo_spec, self.data_dir, self.trust_pickle, self.device)
+    def zoo_key(self) -> tuple[str, str | None, bool, str, str | None]:
+        return (self.zoo_spec, self.data_dir, self.trust_pickle, self.device, self.pretrained)
 
 
 def store_selection(sel: Selection) -> None:

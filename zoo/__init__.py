@@ -37,9 +37,11 @@ LOADERS: dict[str, Loader] = {"digits": _digits, "digits-tiny": _digits, PATH_SO
 
 
 def load_zoo(spec: str = "digits", *, data: str | Path | None = None, trust_pickle: bool = False,
-             device: str | torch.device | None = None, progress: Progress | None = None) -> Zoo:
-    """The zoo named by ``spec``: "digits" (default), "digits-tiny", or a registered source."""
+             device: str | torch.device | None = None, progress: Progress | None = None,
+             **options: object) -> Zoo:
+    """The zoo named by ``spec``: "digits" (default), "digits-tiny", or a registered source;
+    ``options`` go to the source's loader (folders: ``pretrained=`` θ0's file)."""
     loader = LOADERS.get(spec) or LOADERS.get(PATH_SOURCE)
     if loader is None:
         raise IsoscopeError(f"unknown zoo {spec!r}; choose one of: {', '.join(LOADERS)}")
-    return loader(spec, data=data, trust_pickle=trust_pickle, device=device, progress=progress)
+    return loader(spec, data=data, trust_pickle=trust_pickle, device=device, progress=progress, **options)

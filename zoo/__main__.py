@@ -3,8 +3,9 @@
     python -m zoo build [--name digits] [--out assets/zoo]   build (or reuse from the cache) and copy
     python -m zoo info  [--name digits]                      tasks, sizes and the fingerprint
     python -m zoo table --report reports/digits/results.json  per-task markdown table of a report
-    python -m zoo convert --folder F --out O [--trust-pickle] write any zoo folder once as
-                                                             plain safetensors (no pickles left)
+    python -m zoo convert --folder F --out O [--pretrained P] [--trust-pickle]
+                                                             write any zoo folder once as plain
+                                                             safetensors, atomically (no pickles left)
 
 ``build --out assets/zoo`` reproduces the shipped ``assets/zoo/digits.safetensors``; the method
 table of docs/zoo.md comes from ``python -m analysis report --zoo digits``.
@@ -94,7 +95,8 @@ def _convert(args: argparse.Namespace) -> int:
 
     if not args.folder or not args.out:
         raise IsoscopeError("convert needs --folder (the zoo folder) and --out (a new folder)")
-    out = convert_folder(args.folder, args.out, trust_pickle=args.trust_pickle, progress=_progress(every=0.0))
+    out = convert_folder(args.folder, args.out, trust_pickle=args.trust_pickle, progress=_progress(every=0.0),
+                         pretrained=args.pretrained)
     print(f"{out}  (open it from now on; no trust needed)")
     return 0
 
@@ -111,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report", default="reports/digits/results.json", help="table: a report's results.json")
     parser.add_argument("--folder", default=None, help="convert: the zoo folder to convert")
     parser.add_argument("--trust-pickle", action="store_true",
-                        help="convert: allow loading pickled checkpoints (they run code from the files)")
+                        help="convert: allow loading pickles the code-free reader cannot interpret (they run code)")
+    parser.add_argument("--pretrained", default=None,
+                        help="convert: θ0's file, for a release without a zero-shot model (TALL-masks)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)

@@ -8,15 +8,23 @@ downstream sees one naming whatever the layout. Keys and shapes of every task ar
 against θ0 on open from file headers alone; NaN/Inf when a state dict is first loaded.
 
 Scoring follows the task_vectors ``ClassificationHead`` (Ilharco et al. 2023): logits = W·f̂ + b
-with f̂ the L2-normalised image feature and (W, b) the stored head (C, D), (C,).
+with f̂ the L2-normalised image feature and (W, b) the stored head (C, D), (C,). Rows follow the
+class order of the head's authors when the data says it (``classnames.txt`` in a task's data
+folder, or ``"classes": {task: [...]}`` in ``isoscope.json``); labels of the sorted class folders
+are mapped onto it. A task without a head file gets CLIP's zero-shot head built from θ0's text
+tower when θ0 has one (``zoo.text_heads``), cached on disk.
+
+θ0 comes from the folder, or (a release without one) from ``zoo.pretrained.find_pretrained``.
+Pickled whole modules open without trust: ``merging.io`` reads them without running code.
 
 Public API:
-- ``detect_layout(path) -> str``; ``open_folder(path, data=None, trust_pickle=False, device=None)``;
-  ``open_files(pretrained, finetuned, heads=None, ...)`` for explicit file lists.
+- ``detect_layout(path) -> str``; ``open_folder(path, data=None, trust_pickle=False, device=None,
+  pretrained=None)``; ``open_files(pretrained, finetuned, heads=None, ...)`` for explicit file lists.
 - ``FolderZoo``: the ``Zoo`` over a folder (``tasks``, ``pretrained()``, ``finetuned(t)``,
-  ``fingerprint``, ``has_data``, ``missing()``, ``evaluate``, ``evaluate_tasks``).
-- ``convert_folder(path, out, trust_pickle=False)``: write any layout once as safetensors in
-  the ``plain`` layout (the safe form of pickled folders).
+  ``fingerprint``, ``has_data``, ``missing()``, ``evaluate``, ``evaluate_tasks``, ``notes``,
+  ``head_origin``, ``class_names(t)``).
+- ``convert_folder(path, out, trust_pickle=False, pretrained=None)``: write any layout once as
+  safetensors in the ``plain`` layout, atomically (a temporary folder renamed at the end).
 """
 
 from __future__ import annotations
@@ -25,6 +33,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,9 +45,9 @@ from pathlib import Path
 import torch
 
 from merging.device import pick_device
-from merging.errors import CheckpointError, IsoscopeError, UntrustedPickleError
-from merging.io import Checkpoint, load_state_dict, open_checkpoint, save_safetensors, write_text_atomic
-from merging.paths import allowed_path
+from merging.errors import CheckpointError, IsoscopeError
+from merging.io import Checkpoint, process_umask, load_state_dict, open_checkpoint, save_safetensors, write_text_atomic
+from merging.paths import allowed_path, cache_root
 from merging.progress import Progress, silent
 from merging.tensors import StateDict, check_compatible, check_state_finite
 from zoo.base import SPLITS, Zoo
@@ -43,6 +55,8 @@ from zoo.data import ImageFolderData, Preprocess
 from zoo.hf import Plan, apply_recipe, hf_plan, is_hf_state, open_clip_rank, read_hf_config, recipe_shape
 from zoo.layouts import HF_WEIGHTS, OPTIONS_FILE, FolderFiles, detect_layout, find_layout, hf_weights_file
 from zoo.model import encode, infer_vit_config, load_encoder, state_prefix
+from zoo.pretrained import find_pretrained
+from zoo.text_heads import templates_for, text_plan, zero_shot_head
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +64,8 @@ __all__ = ["FolderZoo", "Head", "convert_folder", "detect_layout", "open_files",
 
 HEADER_BYTES = 4096  # bytes of each file hashed into the fingerprint (safetensors header, pickle opening)
 INHERITED = ("proj",)  # keys a fine-tune may omit and take from θ0 (HF vision-only saves)
+CLASSNAMES_FILE = "classnames.txt"  # in <data>/<Task>/: one class per line, in the head's row order
+HF_LAYOUTS = ("hf", "hf_hub")
 
 
 class MappedCheckpoint(Mapping[str, torch.Tensor]):
@@ -128,9 +144,11 @@ class FolderZoo(Zoo):
     """A zoo over checkpoint files found by ``zoo.layouts``; state dicts are loaded once, shared."""
 
     def __init__(self, files: FolderFiles, data: str | Path | None = None, trust_pickle: bool = False,
-                 device: str | torch.device | None = None) -> None:
-        if files.pickled and not trust_pickle:
-            raise UntrustedPickleError(_untrusted_message(files))
+                 device: str | torch.device | None = None, pretrained: str | Path | None = None) -> None:
+        path, note = find_pretrained(files, pretrained)
+        files = dataclasses.replace(files, pretrained=allowed_path(path))
+        self.notes: list[str] = [note] if note else []  # what the user should know (shown by the app)
+        self.head_origin: dict[str, str] = {}  # task -> "file" | "text tower" (once loaded)
         self.files, self.name, self.tasks = files, files.root.name, list(files.tasks)
         self._trust, self._device = trust_pickle, device
         for path in self._files():  # served mode: no symlink inside the folder may lead outside
@@ -158,7 +176,7 @@ class FolderZoo(Zoo):
 
     def _settings(self) -> dict:
         """act, heads, mean, std: the layout's defaults < a Hugging Face config < isoscope.json."""
-        hf = dataclasses.asdict(read_hf_config(self.files.pretrained)) if self.files.layout == "hf" else {}
+        hf = dataclasses.asdict(read_hf_config(self.files.pretrained)) if self.files.layout in HF_LAYOUTS else {}
         return {"act": self.files.act} | {k: v for k, v in hf.items() if v} | self.files.options
 
     @property
@@ -203,7 +221,8 @@ class FolderZoo(Zoo):
         if self.data is None:
             return ["no evaluation data folder was given (expected <data>/<Task>/val|test/<class>/<image>)"]
         gaps = [f"no head file for task {t} (head_{t}.safetensors with weight (classes, "
-                f"{self._width}) in {self.files.root})" for t in tasks if t not in self.files.heads]
+                f"{self._width}) in {self.files.root}) and no text tower in θ0 to build one"
+                for t in tasks if t not in self.files.heads and self._text_plan is None]
         for s in ([split] if split else SPLITS):
             absent = self.data.missing(tasks, s)
             gaps += [f"no {s} data for {', '.join(absent)} in {self.data.root}"] if absent else []
@@ -218,13 +237,82 @@ class FolderZoo(Zoo):
         return self.config.output_dim
 
     def head(self, task: str) -> Head:
-        """The frozen head of ``task`` (loaded once)."""
+        """The frozen head of ``task`` (loaded once): its file, else CLIP's zero-shot head from θ0's
+        text tower."""
         if task not in self._heads:
-            if task not in self.files.heads:
-                raise IsoscopeError(f"task {task} has no head file; accuracy views need "
-                                    f"head_{task}.safetensors in {self.files.root}")
-            self._heads[task] = read_head(self.files.heads[task], self._width, self._trust)
+            if task in self.files.heads:
+                self._heads[task] = read_head(self.files.heads[task], self._width, self._trust)
+                self.head_origin[task] = "file"
+            elif self._text_plan is not None:
+                self._heads[task] = Head(self._text_head(task))
+                self.head_origin[task] = "text tower"
+            else:
+                raise IsoscopeError(f"task {task} has no head file and θ0 has no text tower to build one; "
+                                    f"accuracy views need head_{task}.safetensors in {self.files.root}")
         return self._heads[task]
+
+    @cached_property
+    def _text_plan(self) -> dict | None:
+        """θ0's text tower under open_clip names (None: a vision-only θ0)."""
+        return text_plan(self._base.source)
+
+    def _text_head(self, task: str) -> torch.Tensor:
+        """CLIP's zero-shot head (C, D) for ``task``, from the disk cache when built before."""
+        classes = [c.replace("_", " ") for c in self._classes_for_text(task)]
+        templates = templates_for(task)
+        digest = hashlib.sha256(json.dumps([classes, templates, self.config.act]).encode())
+        _hash_file(digest, self._base.source.path, self._base.source.path.parent)
+        cached = cache_root() / "zeroshot-heads" / f"{digest.hexdigest()[:24]}.safetensors"
+        if cached.is_file():
+            return load_state_dict(cached)["weight"]
+        weight = zero_shot_head(self._base.source.__getitem__, self._text_plan, classes, templates, self.config.act)
+        if weight.shape[1] != self._width:
+            raise CheckpointError(f"{self._base.source.path}: the text tower gives {weight.shape[1]}-dimensional "
+                                  f"embeddings, the image tower {self._width}")
+        save_safetensors({"weight": weight}, cached, metadata={"task": task, "source": str(self._base.source.path)})
+        return weight
+
+    def _classes_for_text(self, task: str) -> list[str]:
+        names = self.class_names(task)
+        if names is None and self.data is not None:
+            folder = self.data.task_dir(task)
+            split = next((folder / s for s in SPLITS if folder and (folder / s).is_dir()), None)
+            names = sorted(d.name for d in split.iterdir() if d.is_dir()) if split else None
+        if not names:
+            raise IsoscopeError(f"task {task}: no class names to build a zero-shot head from (give a data folder, "
+                                f"or {CLASSNAMES_FILE} in <data>/{task}/, or \"classes\" in {OPTIONS_FILE})")
+        return names
+
+    def class_names(self, task: str) -> list[str] | None:
+        """The class order of ``task``'s head: ``isoscope.json`` "classes", else
+        ``<data>/<Task>/classnames.txt``; None when neither says (sorted folder names apply)."""
+        listed = self.files.options.get("classes", {}).get(task)
+        if isinstance(listed, list) and all(isinstance(c, str) for c in listed):
+            return listed
+        folder = self.data.task_dir(task) if self.data is not None else None
+        path = folder / CLASSNAMES_FILE if folder else None
+        if path is None or not path.is_file():
+            return None
+        names = [line.strip() for line in allowed_path(path).read_text(encoding="utf-8").splitlines()]
+        return [n for n in names if n] or None
+
+    def _labels(self, task: str, split: str) -> tuple[torch.Tensor, int]:
+        """Labels (N,) of ``task``'s ``split`` in the head's class order, and that order's class count."""
+        data = self.data.load(task, split, self.preprocess)
+        names = self.class_names(task)
+        if names is None:
+            return data.labels, len(data.classes)
+        index = {_norm(n): i for i, n in enumerate(names)}
+        order = [index.get(_norm(f)) for f in data.classes]
+        if None in order:
+            unmatched = [f for f, i in zip(data.classes, order) if i is None]
+            message = (f"task {task}: class folders {', '.join(unmatched[:3])} are not among its {len(names)} class "
+                       f"names; scoring with the sorted folder order instead")
+            if message not in self.notes:
+                log.warning(message)
+                self.notes.append(message)
+            return data.labels, len(data.classes)
+        return torch.tensor(order)[data.labels], len(names)
 
     def evaluate(self, state_dict: StateDict, task: str, split: str = "test") -> float:
         return self.evaluate_tasks(state_dict, [task], split)[task]
@@ -234,8 +322,7 @@ class FolderZoo(Zoo):
         """Top-1 accuracy per task; the encoder is built once for all tasks."""
         tasks = list(tasks or self.tasks)
         encoder = self._encoder(state_dict, tasks, split)
-        return {t: float((self._predict(encoder, t, split) == self.data.load(t, split, self.preprocess).labels)
-                         .float().mean()) for t in tasks}
+        return {t: float((self._predict(encoder, t, split) == self._labels(t, split)[0]).float().mean()) for t in tasks}
 
     def predictions(self, state_dict: StateDict, task: str, split: str = "test") -> torch.Tensor:
         """Predicted class (N,) of every image of ``task``'s ``split``, in ImageFolder order."""
@@ -251,8 +338,9 @@ class FolderZoo(Zoo):
 
     def _predict(self, encoder: torch.nn.Module, task: str, split: str) -> torch.Tensor:
         head, data = self.head(task), self.data.load(task, split, self.preprocess)
-        if len(data.classes) != head.weight.shape[0]:
-            raise IsoscopeError(f"task {task}: {self.data.root} has {len(data.classes)} class folders but "
+        classes = self._labels(task, split)[1]
+        if classes != head.weight.shape[0]:
+            raise IsoscopeError(f"task {task}: {self.data.root} has {classes} classes but "
                                 f"its head has {head.weight.shape[0]} rows")
         features = torch.cat([encode(encoder, batch) for batch in data.batches(self.preprocess)])  # (N, D)
         return head.predict(features).cpu()  # (N,)
@@ -299,19 +387,17 @@ def _hash_file(digest: "hashlib._Hash", path: Path, root: Path) -> None:
         digest.update(handle.read(HEADER_BYTES))
 
 
-def _untrusted_message(files: FolderFiles) -> str:
-    return (f"{files.root} holds pickled whole models ({files.layout} layout): loading them runs code "
-            "stored in the files. Open it only if you trust where the files come from (app: tick "
-            "'Trust these files'; command line: --trust-pickle; Python: trust_pickle=True), or convert it once to safetensors "
-            f"with: python -m zoo convert --folder '{files.root}' --out <new folder> --trust-pickle "
-            f"(Python: zoo.folders.convert_folder('{files.root}', '<out>', trust_pickle=True)) and open "
-            "the converted folder from then on.")
+def _norm(name: str) -> str:
+    """A class name compared loosely: case, spaces, underscores and hyphens do not matter."""
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
 
 
 def open_folder(path: str | Path, data: str | Path | None = None, trust_pickle: bool = False,
-                device: str | torch.device | None = None) -> FolderZoo:
-    """The zoo stored in the folder at ``path`` (any layout of ``zoo.layouts.LAYOUTS``)."""
-    return FolderZoo(find_layout(allowed_path(path)), data=data, trust_pickle=trust_pickle, device=device)
+                device: str | torch.device | None = None, pretrained: str | Path | None = None) -> FolderZoo:
+    """The zoo stored in the folder at ``path`` (any layout of ``zoo.layouts.LAYOUTS``); ``pretrained``
+    names θ0's file when the folder has none (or replaces the folder's)."""
+    return FolderZoo(find_layout(allowed_path(path)), data=data, trust_pickle=trust_pickle, device=device,
+                     pretrained=pretrained)
 
 
 def open_files(pretrained: str | Path, finetuned: Mapping[str, str | Path],
@@ -328,20 +414,34 @@ def open_files(pretrained: str | Path, finetuned: Mapping[str, str | Path],
 
 
 def convert_folder(path: str | Path, out: str | Path, trust_pickle: bool = False,
-                   progress: Progress | None = None) -> Path:
-    """Write the zoo at ``path`` to ``out`` in the plain layout: safetensors only, open_clip names."""
-    zoo, out, progress = open_folder(path, trust_pickle=trust_pickle), Path(out), progress or silent
+                   progress: Progress | None = None, pretrained: str | Path | None = None) -> Path:
+    """Write the zoo at ``path`` to ``out`` in the plain layout: safetensors only, open_clip names,
+    and an ``isoscope.json`` (activation, heads, preprocessing, class order). Everything goes to a
+    temporary folder next to ``out`` that is renamed to ``out`` at the end: a failure leaves
+    nothing behind, and ``out`` never exists half-written."""
+    zoo, out, progress = open_folder(path, trust_pickle=trust_pickle, pretrained=pretrained), Path(out), progress or silent
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out} already exists: choose a new folder, or remove it first")
     files = {"pretrained": (zoo._base, zoo.files.pretrained)} | \
         {t: (zoo._views[t], zoo.files.tasks[t]) for t in zoo.tasks}  # read one at a time, not cached
     steps: list[tuple[str, Callable[[], StateDict]]] = [
         (name, lambda view=view, src=src: _read_checked(view, src)) for name, (view, src) in files.items()]
     steps += [(f"head_{t}", lambda t=t: _head_state(zoo.head(t))) for t in zoo.files.heads]
-    for i, (name, load) in enumerate(steps):
-        progress(i / len(steps), f"writing {name}.safetensors")
-        save_safetensors(load(), out / f"{name}.safetensors", metadata={"source": str(zoo.files.root)})
-    options = {"act": zoo.config.act, "heads": zoo.config.heads,
-               "mean": list(zoo.preprocess.mean), "std": list(zoo.preprocess.std)}
-    write_text_atomic(out / OPTIONS_FILE, json.dumps(options, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for i, (name, load) in enumerate(steps):
+            progress(i / len(steps), f"writing {name}.safetensors")
+            save_safetensors(load(), tmp / f"{name}.safetensors", metadata={"source": str(zoo.files.root)})
+        options = {"act": zoo.config.act, "heads": zoo.config.heads,
+                   "mean": list(zoo.preprocess.mean), "std": list(zoo.preprocess.std)}
+        options |= {"classes": zoo.files.options["classes"]} if "classes" in zoo.files.options else {}
+        write_text_atomic(tmp / OPTIONS_FILE, json.dumps(options, indent=1))
+        os.chmod(tmp, 0o777 & ~process_umask())  # mkdtemp made it 0700
+        os.rename(tmp, out)  # atomic; onto an empty folder too
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     progress(1.0, f"converted {len(zoo.tasks)} tasks to {out}")
     return out
 

@@ -11,7 +11,8 @@ Plans need only key names, so a lazy checkpoint can be renamed without loading t
 
 Public API:
 - ``is_hf_state(keys)``: whether these keys are Hugging Face CLIP vision names.
-- ``hf_plan(keys) -> Plan``; ``apply_recipe(recipe, get)``; ``recipe_shape(recipe, shape)``;
+- ``hf_plan(keys) -> Plan``; ``hf_text_plan(keys) -> Plan | None`` (a CLIPModel's text tower
+  under open_clip names); ``apply_recipe(recipe, get)``; ``recipe_shape(recipe, shape)``;
   ``open_clip_rank(key)``: sort key for open_clip's own key order.
 - ``hf_to_open_clip(state)`` / ``open_clip_to_hf(state)``: eager conversions.
 - ``read_hf_config(folder) -> HfVision``: activation, heads and preprocessing of a folder.
@@ -132,10 +133,10 @@ def open_clip_rank(key: str) -> tuple[int, int, int, str]:
     return (3, 0, 0, key)
 
 
-def _rename(name: str, prefix: str) -> tuple[str, Recipe] | None:
+def _rename(name: str, prefix: str, renames: Mapping[str, str] = _RENAMES) -> tuple[str, Recipe] | None:
     """(open_clip key, recipe) for one Hugging Face name below ``prefix``."""
-    if name in _RENAMES:
-        return _RENAMES[name], ("copy", (prefix + name,))
+    if name in renames:
+        return renames[name], ("copy", (prefix + name,))
     match = _HF_BLOCK.match(name)
     if not match:
         return None
@@ -147,6 +148,40 @@ def _rename(name: str, prefix: str) -> tuple[str, Recipe] | None:
     if module in _BLOCK_RENAMES:
         return f"{head}{_BLOCK_RENAMES[module]}.{kind}", ("copy", (prefix + name,))
     return None
+
+
+# Hugging Face CLIPTextTransformer name (below "text_model.") -> open_clip text-tower name.
+_TEXT_RENAMES = {
+    "embeddings.token_embedding.weight": "token_embedding.weight",
+    "embeddings.position_embedding.weight": "positional_embedding",
+    "final_layer_norm.weight": "ln_final.weight",
+    "final_layer_norm.bias": "ln_final.bias",
+}
+TEXT_PREFIX = "text_model."
+TEXT_PROJECTION = "text_projection.weight"  # (P, D) in HF; open_clip's text_projection is (D, P)
+IGNORED_TEXT = ("embeddings.position_ids",)
+
+
+def hf_text_plan(keys: Iterable[str]) -> Plan | None:
+    """The open_clip text-tower plan (``token_embedding.weight``, ``positional_embedding``,
+    ``transformer.resblocks.*``, ``ln_final.*``, ``text_projection``) of a Hugging Face
+    ``CLIPModel`` state dict, or None when ``keys`` hold no complete text tower."""
+    keys = set(keys)
+    if TEXT_PREFIX + "embeddings.token_embedding.weight" not in keys or TEXT_PROJECTION not in keys:
+        return None
+    plan: Plan = {"text_projection": ("t", (TEXT_PROJECTION,))}
+    for key in sorted(keys):
+        name = key[len(TEXT_PREFIX):]
+        if not key.startswith(TEXT_PREFIX) or name in IGNORED_TEXT:
+            continue
+        entry = _rename(name, TEXT_PREFIX, _TEXT_RENAMES)
+        if entry is None:
+            raise CheckpointError(f"Hugging Face text key with no open_clip counterpart: {key}")
+        plan.setdefault(entry[0], entry[1])
+    absent = sorted({s for _, sources in plan.values() for s in sources if s not in keys})
+    if absent:
+        raise CheckpointError(f"incomplete Hugging Face text tower: missing {', '.join(absent[:3])}")
+    return plan if {"positional_embedding", "ln_final.weight"} <= plan.keys() else None
 
 
 def apply_recipe(recipe: Recipe, get: Callable[[str], torch.Tensor]) -> torch.Tensor:

@@ -7,11 +7,16 @@ layout. Readers only list files; reading tensors is ``zoo.folders``' job.
 - ``tall_masks``: ``<root>/<model>/<Task>Val/nonlinear_finetuned.pt``,
   ``<root>/<model>/MNISTVal/nonlinear_zeroshot.pt``, heads ``<root>/<model>/head_<Task>Val.pt``
   (TALL-masks, Wang et al. 2024, and TSV, Gargiulo et al. 2025, release their fine-tunes so).
+  The public release has no zero-shot file (``pretrained`` is then None: ``zoo.folders`` asks
+  for one); its Hugging Face copy nests the same tree under ``single_task/<model>/``.
 - ``task_vectors``: ``<root>/<model>/<Task>/finetuned.pt``, ``<root>/<model>/zeroshot.pt``,
-  ``head_<Task>.pt`` (Ilharco et al. 2023): pickled whole modules, so loading runs code.
+  ``head_<Task>.pt`` (Ilharco et al. 2023): pickled whole modules, read by the code-free reader.
 - ``hf``: Hugging Face ``CLIPVisionModel`` folders (config.json + model.safetensors), one per
   task plus the base, named ``<base>`` and ``<base>_<task>`` (FusionBench, Tang et al. 2024)
   or with the base named ``pretrained``; heads ``head_<task>.*`` next to them.
+- ``hf_hub``: the Hugging Face hub cache those models land in after ``from_pretrained``:
+  ``<hub>/models--<org>--<name>/snapshots/<rev>/`` (files are symlinks into ``blobs/``), with
+  ``refs/main`` naming the revision; named like ``hf`` by ``<name>``.
 - ``plain``: ``pretrained.<ext>`` (or zeroshot/base) and ``<task>.<ext>`` in one folder,
   heads ``head_<task>.<ext>``; ext is safetensors, pt, pth or bin.
 Models from OpenAI CLIP (the first two layouts) use QuickGELU; a folder may say otherwise in
@@ -34,7 +39,7 @@ CHECKPOINT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
 PRETRAINED_STEMS = ("pretrained", "zeroshot", "zero_shot", "base", "theta0")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 OPTIONS_FILE = "isoscope.json"
-OPTION_TYPES = {"act": str, "heads": int, "mean": list, "std": list}
+OPTION_TYPES = {"act": str, "heads": int, "mean": list, "std": list, "classes": dict}
 
 
 @dataclass(frozen=True)
@@ -43,10 +48,10 @@ class FolderFiles:
 
     layout: str
     root: Path
-    pretrained: Path
+    pretrained: Path | None  # None: the release has no zero-shot model (zoo.folders finds one)
     tasks: dict[str, Path]
     heads: dict[str, Path] = field(default_factory=dict)
-    pickled: bool = False  # whole pickled modules: loading them runs code from the files
+    pickled: bool = False  # whole pickled modules (read by merging.pickle_reader, no code runs)
     act: str = "gelu"  # the layout's default; FolderZoo layers an HF config and isoscope.json over it
     options: dict = field(default_factory=dict)  # from isoscope.json: act, heads, mean, std
 
@@ -54,7 +59,7 @@ class FolderFiles:
         """θ0, θt and head files saved by torch (pickles), which a conversion to safetensors
         would replace; an HF task folder counts as its folder, not its weights file."""
         paths = [self.pretrained, *self.tasks.values(), *self.heads.values()]
-        return [p for p in paths if p.suffix in TORCH_SUFFIXES]
+        return [p for p in paths if p is not None and p.suffix in TORCH_SUFFIXES]
 
 
 @dataclass(frozen=True)
@@ -75,10 +80,14 @@ def _heads(folder: Path, names: dict[str, str]) -> dict[str, Path]:
 
 
 def _model_dir(path: Path, is_model: Callable[[Path], bool]) -> Path | None:
-    """``path`` when it is a model folder, else its only child that is one (``<root>/<model>``)."""
+    """``path`` when it is a model folder, else its only child that is one (``<root>/<model>``,
+    also below ``single_task/``, the Hugging Face copy of TALL-masks, and below a hub-cache
+    snapshot of such a repository)."""
+    path = snapshot_of(path) or path
     if is_model(path):
         return path
-    models = [d for d in sorted(path.iterdir()) if d.is_dir() and is_model(d)]
+    parents = [path] + [path / "single_task"] * (path / "single_task").is_dir()
+    models = [d for parent in parents for d in sorted(parent.iterdir()) if d.is_dir() and is_model(d)]
     if len(models) > 1:
         raise CheckpointError(f"{path} holds several models ({', '.join(d.name for d in models)}); "
                               "point at one of those folders")
@@ -91,10 +100,7 @@ def read_tall_masks(path: Path) -> FolderFiles | None:
         return None
     folders = {d.name: d for d in sorted(model.iterdir()) if (d / "nonlinear_finetuned.pt").is_file()}
     zeroshots = [model / "MNISTVal" / "nonlinear_zeroshot.pt", *sorted(model.glob("*/nonlinear_zeroshot.pt"))]
-    pretrained = next((p for p in zeroshots if p.is_file()), None)
-    if pretrained is None:
-        raise CheckpointError(f"{model}: TALL-masks layout without a zero-shot model "
-                              "(expected MNISTVal/nonlinear_zeroshot.pt)")
+    pretrained = next((p for p in zeroshots if p.is_file()), None)  # the public release has none
     tasks = {name.removesuffix("Val"): d / "nonlinear_finetuned.pt" for name, d in folders.items()}
     return FolderFiles("tall_masks", model, pretrained, tasks,
                        _heads(model, {name.removesuffix("Val"): name for name in folders}), act="quick_gelu")
@@ -119,8 +125,30 @@ def _hf_weights(folder: Path) -> Path | None:
     return hf_weights_file(folder) if (folder / "config.json").is_file() else None
 
 
+def snapshot_of(repo: Path) -> Path | None:
+    """The snapshot folder of a hub-cache repository ``models--<org>--<name>`` (the revision
+    ``refs/main`` names, else the only or newest snapshot), or None when ``repo`` is not one."""
+    snapshots = repo / "snapshots"
+    if not repo.name.startswith("models--") or not snapshots.is_dir():
+        return None
+    ref = repo / "refs" / "main"
+    if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
+        return snapshots / ref.read_text().strip()
+    revisions = sorted((d for d in snapshots.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    return revisions[-1] if revisions else None
+
+
+def _hf_models(path: Path) -> dict[str, Path]:
+    """Hugging Face model folders under ``path``: its subfolders, or the hub-cache repositories
+    ``models--<org>--<name>`` (by ``<name>``, at their snapshot)."""
+    hub = path / "hub" if (path / "hub").is_dir() else path
+    snapshots = {d.name.split("--", 2)[-1]: snapshot_of(d) for d in sorted(hub.iterdir()) if d.is_dir()}
+    models = {name: s for name, s in snapshots.items() if s is not None and _hf_weights(s)}
+    return models or {d.name: d for d in sorted(path.iterdir()) if d.is_dir() and _hf_weights(d)}
+
+
 def read_hf(path: Path) -> FolderFiles | None:
-    models = {d.name: d for d in sorted(path.iterdir()) if d.is_dir() and _hf_weights(d)}
+    models = _hf_models(path)
     if len(models) < 2:
         return None
     base = next((n for n in PRETRAINED_STEMS if n in models), None) or \
@@ -131,7 +159,8 @@ def read_hf(path: Path) -> FolderFiles | None:
                               "fine-tunes <base>_<task> next to <base>")
     prefix = base if all(n.startswith(base) for n in models) else ""
     tasks = {n[len(prefix):].lstrip("_-.") or n: d for n, d in models.items() if n != base}
-    return FolderFiles("hf", path, models[base], tasks, _heads(path, {t: t for t in tasks}))
+    layout = "hf" if models[base].parent == path else "hf_hub"
+    return FolderFiles(layout, path, models[base], tasks, _heads(path, {t: t for t in tasks}))
 
 
 def read_plain(path: Path) -> FolderFiles | None:
@@ -149,7 +178,8 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("task_vectors", "<model>/<Task>/finetuned.pt + <model>/zeroshot.pt (+ head_<Task>.pt; pickled)",
            read_task_vectors),
     Layout("hf", "one Hugging Face folder (config.json + model.safetensors) per task and one for the base: "
-           "<base>/ + <base>_<task>/, or pretrained/ + <task>/ (+ head_<task>.safetensors)", read_hf),
+           "<base>/ + <base>_<task>/, or pretrained/ + <task>/ (+ head_<task>.safetensors); or a hub cache "
+           "(hub/models--<org>--<name>/snapshots/<rev>/)", read_hf),
     Layout("plain", "pretrained.safetensors (or .pt) + one <task>.safetensors per task "
            "(+ head_<task>.safetensors)", read_plain),
 )
@@ -168,7 +198,8 @@ def read_json_object(path: Path) -> dict:
 
 
 def read_options(folder: Path) -> dict:
-    """The optional ``isoscope.json`` of a folder: {"act", "heads", "mean", "std"}."""
+    """The optional ``isoscope.json`` of a folder: {"act", "heads", "mean", "std", "classes"}
+    ("classes": task -> class names in the order of that task's head rows)."""
     path = folder / OPTIONS_FILE
     if not path.is_file():
         return {}

@@ -43,18 +43,43 @@ def test_path_outside_allowed_roots_is_refused(tmp_path: Path, monkeypatch: pyte
     assert "outside the folders this server may read" in _messages(at)
 
 
-def test_pickled_checkpoints_are_refused_until_trusted(tmp_path: Path) -> None:
+def test_pickles_the_code_free_reader_cannot_interpret_are_refused_until_trusted(tmp_path: Path) -> None:
+    import datetime
+
     for name in ("pretrained", "a", "b"):
-        torch.save(torch.nn.Linear(2, 2), tmp_path / f"{name}.pt")
+        torch.save({"w": torch.ones(2), "when": datetime.date(2020, 1, 1)}, tmp_path / f"{name}.pt")
     at = _folder(open_page(), tmp_path)
     errors = " ".join(e.value for e in at.error)
-    assert "pickled Python object" in errors and "Trust these files" in errors
+    assert "pickled Python object" in errors and "cannot interpret" in errors and "Trust these files" in errors
+
+
+def test_a_release_without_theta0_takes_the_pretrained_file_field(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TALL-masks folder without its zero-shot model: the error names the sidebar field; typing
+    θ0's file there opens the zoo, and the sidebar says where θ0 came from."""
+    import zoo
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-cache"))
+    tiny = zoo.load_zoo("digits-tiny")
+    for task in tiny.tasks[:2]:
+        (tmp_path / "tall" / "ViT-T" / f"{task}Val").mkdir(parents=True)
+        torch.save({f"model.visual.{k}": v for k, v in tiny.finetuned(task).items()},
+                   tmp_path / "tall" / "ViT-T" / f"{task}Val" / "nonlinear_finetuned.pt")
+    theta0 = tmp_path / "theta0.pt"
+    torch.save({f"model.visual.{k}": v for k, v in tiny.pretrained().items()}, theta0)
+    at = _folder(open_page(), tmp_path / "tall")
+    assert "no zero-shot model" in _messages(at) and "Pretrained model file" in _messages(at)
+    at.text_input(key="iso_pretrained_path").input(str(theta0)).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(chart(at, "iso_overview_cos")["data"][0]["x"]) == 2
+    at.run()  # the sidebar shows the loaded zoo's notes
+    assert f"θ0 (zero-shot model): {theta0}" in " ".join(c.value for c in at.caption)
 
 
 def test_trusted_torch_files_convert_once_to_safetensors(tmp_path: Path) -> None:
-    """With 'Trust these files' ticked on a folder of .pt files, the sidebar offers a one-time
-    conversion: it writes `<folder>-safetensors`, switches the app to it (no trust needed), and
-    a second conversion to the same place is refused in place instead of overwriting."""
+    """On a folder of .pt files the sidebar offers a one-time conversion (no trust needed: the
+    files are read without running code): it writes `<folder>-safetensors`, switches the app to
+    it, and a second conversion to the same place is refused in place instead of overwriting."""
     import zoo
 
     tiny = zoo.load_zoo("digits-tiny")
@@ -64,8 +89,6 @@ def test_trusted_torch_files_convert_once_to_safetensors(tmp_path: Path) -> None
     for task in tiny.tasks[:2]:
         torch.save(tiny.finetuned(task), src / f"{task}.pt")
     at = _folder(open_page(), src)
-    assert not [b for b in at.button if b.key == "iso_convert_folder"]  # offered only with trust
-    at.checkbox(key="iso_trust_pickle").check().run()
     at.button(key="iso_convert_folder").click().run()
     assert not at.exception, [e.value for e in at.exception]
     out = tmp_path / "torch-safetensors"
@@ -75,7 +98,7 @@ def test_trusted_torch_files_convert_once_to_safetensors(tmp_path: Path) -> None
     assert "Detected layout: **plain**" in " ".join(c.value for c in at.caption)
     assert not [b for b in at.button if b.key == "iso_convert_folder"]  # nothing left to convert
     assert len(chart(at, "iso_overview_cos")["data"][0]["x"]) == 2
-    again = _folder(open_page(), src, trust=True)
+    again = _folder(open_page(), src)
     again.button(key="iso_convert_folder").click().run()
     assert "already exists" in _messages(again) and not again.exception
 

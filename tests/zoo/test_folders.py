@@ -68,6 +68,20 @@ class ClassificationHead(torch.nn.Linear):
         self.weight.data, self.bias.data = weight.clone(), bias.clone()
 
 
+def rebuild(values: list) -> torch.Tensor:
+    return torch.tensor(values)
+
+
+class Rebuilt:
+    """Pickles as a call of ``rebuild``: harmless, but only running code turns it into a tensor."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.values = tensor.tolist()
+
+    def __reduce__(self) -> tuple:
+        return (rebuild, (self.values,))
+
+
 class Hostile:
     """Unpickling this creates ``marker``: proof that code from the file ran."""
 
@@ -350,32 +364,35 @@ def test_hf_base_can_be_named_pretrained(models: dict, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- pickles and trust
 
 
-def test_pickled_layout_is_refused_without_trust(models: dict, tmp_path: Path) -> None:
+def test_pickled_layout_opens_without_trust(models: dict, tmp_path: Path) -> None:
     root = write_task_vectors(tmp_path, models["quick_gelu"])
-    with pytest.raises(UntrustedPickleError, match="trust") as err:
-        open_folder(root)
-    assert "python -m zoo convert" in str(err.value) and "convert_folder" in str(err.value)
+    zoo = open_folder(root)  # whole pickled modules, read without running code
+    assert all(torch.equal(zoo.finetuned("MNIST")[k], v) for k, v in models["quick_gelu"]["MNIST"].state_dict().items())
 
 
-def test_convert_command_refuses_pickles_without_trust_then_writes_a_plain_folder(
+def test_convert_command_refuses_uninterpretable_pickles_without_trust_then_writes_a_plain_folder(
         models: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """`python -m zoo convert`: one readable line and exit 2 without --trust-pickle (nothing is
-    written); with it, a plain safetensors folder that opens without trust and holds the same
-    weights."""
+    """`python -m zoo convert`: a pickled-module folder converts without trust; a file the
+    code-free reader cannot interpret gives one readable line and exit 2 without --trust-pickle
+    (nothing is written); the converted folder opens without trust and holds the same weights."""
     from zoo.__main__ import main
 
-    root = write_task_vectors(tmp_path, models["quick_gelu"])
+    root = write_task_vectors(tmp_path / "tv", models["quick_gelu"])
     out = tmp_path / "converted"
-    assert main(["convert", "--folder", str(root), "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and "runs code" in err[-1] and "--trust-pickle" in err[-1]
-    assert not out.exists()
-    assert main(["convert", "--folder", str(root), "--out", str(out), "--trust-pickle"]) == 0
-    assert detect_layout(out) == "plain"
-    plain, pickled = open_folder(out), open_folder(root, trust_pickle=True)
-    assert plain.tasks == pickled.tasks
+    assert main(["convert", "--folder", str(root), "--out", str(out)]) == 0
+    plain, pickled = open_folder(out), open_folder(root)
+    assert detect_layout(out) == "plain" and plain.tasks == pickled.tasks
     task = plain.tasks[0]
     assert all(torch.equal(plain.finetuned(task)[k], v) for k, v in pickled.finetuned(task).items())
+    odd = write_plain(tmp_path / "odd", models["gelu"])
+    torch.save({"weight": Rebuilt(torch.ones(3, OUT))}, odd / "head_MNIST.pt")
+    (odd / "head_MNIST.safetensors").unlink()
+    assert main(["convert", "--folder", str(odd), "--out", str(tmp_path / "odd-out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "cannot interpret" in err[-1] and "--trust-pickle" in err[-1]
+    assert not (tmp_path / "odd-out").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert main(["convert", "--folder", str(odd), "--out", str(tmp_path / "odd-out"), "--trust-pickle"]) == 0
+    assert torch.equal(open_folder(tmp_path / "odd-out").head("MNIST").weight, torch.ones(3, OUT))
     assert main(["convert", "--out", str(tmp_path / "x")]) == 2  # no --folder: a usage line, not a traceback
 
 
@@ -457,7 +474,7 @@ def test_heads_and_data_gaps_are_listed(models: dict, data: Path, tmp_path: Path
     zoo = open_folder(root, data=partial)
     assert not zoo.has_data
     assert zoo.missing("test") == [f"no head file for task DTD (head_DTD.safetensors with weight (classes, {OUT}) "
-                                   f"in {root})", f"no test data for DTD in {partial}"]
+                                   f"in {root}) and no text tower in θ0 to build one", f"no test data for DTD in {partial}"]
     with pytest.raises(IsoscopeError, match="cannot compute accuracy: no head file for task DTD"):
         zoo.evaluate(zoo.pretrained(), "DTD")
     with pytest.raises(CheckpointError, match=r"head shapes weight \(3, 33\) do not fit 32-dimensional"):
