@@ -49,7 +49,7 @@ from merging.errors import CheckpointError, IsoscopeError
 from merging.io import Checkpoint, process_umask, load_state_dict, open_checkpoint, save_safetensors, write_text_atomic
 from merging.paths import allowed_path, cache_root
 from merging.progress import Progress, silent
-from merging.tensors import StateDict, check_compatible, check_state_finite
+from merging.tensors import StateDict, check_compatible, check_finite, check_state_finite
 from zoo.base import SPLITS, Zoo
 from zoo.data import ImageFolderData, Preprocess
 from zoo.hf import Plan, apply_recipe, hf_plan, is_hf_state, open_clip_rank, read_hf_config, recipe_shape
@@ -85,6 +85,10 @@ class MappedCheckpoint(Mapping[str, torch.Tensor]):
 
     def shape(self, key: str) -> tuple[int, ...]:
         return recipe_shape(self.plan[key], self.source.shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        """Stored dtype of ``key`` (its first source tensor's), without reading data."""
+        return self.source.dtype(self.plan[key][1][0])
 
 
 def visual_plan(source: Mapping[str, torch.Tensor]) -> Plan:
@@ -161,7 +165,6 @@ class FolderZoo(Zoo):
         self.preprocess = Preprocess(self.config.image_size, **{k: tuple(settings[k]) for k in ("mean", "std")
                                                                 if settings.get(k)})
         self.data = ImageFolderData(data) if data is not None else None
-        self._states: dict[str, StateDict] = {}
         self._heads: dict[str, Head] = {}
 
     def _task_view(self, task: str) -> Mapping[str, torch.Tensor]:
@@ -201,18 +204,16 @@ class FolderZoo(Zoo):
                  self.files.root / OPTIONS_FILE]
         return [f for p in paths for f in (sorted(p.iterdir()) if p.is_dir() else [p]) if f.is_file()]
 
-    def pretrained(self) -> StateDict:
-        return self._load("", self._base)
+    def pretrained(self) -> Mapping[str, torch.Tensor]:
+        """θ0 as a lazy, read-only mapping: each tensor is read from the file when asked for
+        (and checked for NaN/Inf then), so opening a zoo holds no weights in memory."""
+        return _Checked(self._base, self.files.pretrained)
 
-    def finetuned(self, task: str) -> StateDict:
+    def finetuned(self, task: str) -> Mapping[str, torch.Tensor]:
+        """θt as a lazy, read-only mapping (see ``pretrained``)."""
         if task not in self._views:
             raise IsoscopeError(f"unknown task {task!r}; tasks: {', '.join(self.tasks)}")
-        return self._load(task, self._views[task])
-
-    def _load(self, name: str, view: Mapping[str, torch.Tensor]) -> StateDict:
-        if name not in self._states:
-            self._states[name] = _read_checked(view, self.files.tasks.get(name, self.files.pretrained))
-        return self._states[name]
+        return _Checked(self._views[task], self.files.tasks[task])
 
     def missing(self, split: str | None = None, tasks: Iterable[str] | None = None) -> list[str]:
         """What evaluating ``tasks`` on ``split`` (default: all, both splits) still needs, one line per
@@ -368,12 +369,33 @@ class _Overlay(Mapping[str, torch.Tensor]):
     def shape(self, key: str) -> tuple[int, ...]:
         return self._owner(key).shape(key)
 
+    def dtype(self, key: str) -> torch.dtype:
+        return self._owner(key).dtype(key)
 
-def _read_checked(view: Mapping[str, torch.Tensor], source: Path) -> StateDict:
-    """Every tensor of ``view``; NonFiniteError naming the key and ``source`` on NaN/Inf."""
-    state = {k: view[k] for k in view}
-    check_state_finite(state, str(source))
-    return state
+
+class _Checked(Mapping[str, torch.Tensor]):
+    """A lazy view whose tensors are checked for NaN/Inf as they are read (NonFiniteError names
+    the key and the file)."""
+
+    def __init__(self, view: MappedCheckpoint | _Overlay, source: Path) -> None:
+        self.view, self.source = view, source
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        tensor = self.view[key]
+        check_finite(key, tensor, str(self.source))
+        return tensor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.view)
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.view.shape(key)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.view.dtype(key)
 
 
 def _hash_stat(digest: "hashlib._Hash", path: Path, root: Path) -> None:
@@ -422,10 +444,9 @@ def convert_folder(path: str | Path, out: str | Path, trust_pickle: bool = False
     zoo, out, progress = open_folder(path, trust_pickle=trust_pickle, pretrained=pretrained), Path(out), progress or silent
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"{out} already exists: choose a new folder, or remove it first")
-    files = {"pretrained": (zoo._base, zoo.files.pretrained)} | \
-        {t: (zoo._views[t], zoo.files.tasks[t]) for t in zoo.tasks}  # read one at a time, not cached
+    files = {"pretrained": zoo.pretrained()} | {t: zoo.finetuned(t) for t in zoo.tasks}  # lazy: one at a time
     steps: list[tuple[str, Callable[[], StateDict]]] = [
-        (name, lambda view=view, src=src: _read_checked(view, src)) for name, (view, src) in files.items()]
+        (name, lambda view=view: dict(view.items())) for name, view in files.items()]
     steps += [(f"head_{t}", lambda t=t: _head_state(zoo.head(t))) for t in zoo.files.heads]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
