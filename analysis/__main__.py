@@ -2,6 +2,12 @@
 
     python -m analysis report --zoo digits --out DIR
     python -m analysis report --zoo PATH --data DATA [--trust-pickle] --out DIR
+    python -m analysis sweep --zoo Z --method iso_cts --param common_fraction=0:1:0.1 [--alpha A]
+    python -m analysis sweep --zoo Z --method cart --param rank_ratio=0.02:0.5:0.02
+
+A sweep writes every point into the same resumable result store the app's Common subspace view
+reads, so a GPU server can fill the store and the app then shows the curves at once (sweeps
+killed half way resume where they stopped).
 
 Progress is logged to stderr; the summary table goes to stdout. Input the user can fix
 (unknown zoo, unreadable checkpoint, bad method name, missing data) exits with status 2 and
@@ -59,6 +65,55 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_values(spec: str) -> tuple[str, list[float]]:
+    """``name=start:stop:step`` (stop included) or ``name=v1,v2,…`` -> (name, values)."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not name.strip() or not rest.strip():
+        raise IsoscopeError(f"--param {spec!r}: write name=start:stop:step or name=v1,v2,...")
+    try:
+        if ":" in rest:
+            start, stop, step = (float(x) for x in rest.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError("the step must be positive and stop ≥ start")
+            count = int(round((stop - start) / step))
+            values = [round(start + i * step, 6) for i in range(count + 1) if start + i * step <= stop + 1e-9]
+        else:
+            values = [float(x) for x in rest.split(",")]
+    except ValueError as err:
+        raise IsoscopeError(f"--param {spec!r}: {err}") from None
+    return name.strip(), values
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import torch
+
+    from analysis.evaluation import Evaluator
+    from analysis.store import ResultStore
+    from analysis.sweeps import param_sweep, sweep_average
+    from merging.registry import get_method
+    from zoo import load_zoo
+
+    method = get_method(args.method)
+    param, values = parse_values(args.param)
+    for value in values:  # every value checked against the method's schema before any work
+        method.resolve({param: value})
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    zoo = load_zoo(args.zoo, data=args.data, trust_pickle=args.trust_pickle, device=args.device,
+                   progress=_logging_progress("zoo"))
+    ev = Evaluator(zoo, store=ResultStore(args.store) if args.store else None, device=args.device)
+    table = param_sweep(ev, method.name, param, values, alpha=args.alpha, progress=_logging_progress("sweep"))
+    test = sweep_average(table)
+    test = test[test["split"] == "test"]
+    print(f"{method.display_name} on {zoo.name}: mean test accuracy per {param}")
+    for row in test.itertuples():
+        print(f"  {param} = {row.value:<6g} α = {row.alpha:<5g} accuracy {100 * row.accuracy:5.1f}%  "
+              f"normalized {100 * row.normalized:5.1f}%")
+    log.info("%d points in %.1f s (%d model×task evaluations, the rest from the store %s)",
+             len(values), time.perf_counter() - start, ev.evaluations, ev.store.path)
+    return 0
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -80,6 +135,17 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--store", default=None, help="result store file (default: $ISOSCOPE_CACHE/results.sqlite)")
     r.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
     r.set_defaults(run=_report)
+    w = sub.add_parser("sweep", help="accuracy as one parameter moves, into the result store the app reads")
+    w.add_argument("--zoo", default="digits", help="digits (default), digits-tiny, or a checkpoint folder")
+    w.add_argument("--method", required=True, help="method name, e.g. iso_cts or cart")
+    w.add_argument("--param", required=True, help="name=start:stop:step (stop included) or name=v1,v2,...")
+    w.add_argument("--alpha", type=float, default=None, help="fixed α (default: chosen on validation at every point)")
+    w.add_argument("--data", default=None, help="evaluation data folder for a checkpoint folder")
+    w.add_argument("--trust-pickle", action="store_true", help="allow loading pickled checkpoints (runs their code)")
+    w.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
+    w.add_argument("--store", default=None, help="result store file (default: $ISOSCOPE_CACHE/results.sqlite)")
+    w.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    w.set_defaults(run=_sweep)
     return p
 
 
