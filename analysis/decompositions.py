@@ -1,4 +1,4 @@
-"""Cached spectral decompositions behind the spectra and SAR views (DESIGN §4).
+"""Cached spectral decompositions behind the spectra and SAR views (docs/design.md, Analysis definitions).
 
 One ``Decompositions`` wraps one ``Merger`` and computes, once each:
 - the singular values of every task matrix Δt and of the Task Arithmetic sum Σt Δt

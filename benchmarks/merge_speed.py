@@ -1,4 +1,4 @@
-"""Merge-engine speed and memory against the plain reference (DESIGN §6).
+"""Merge-engine speed and memory against the plain reference (docs/design.md, Targets).
 
     flock /tmp/isoscope-cpu.lock .venv/bin/python -m benchmarks.merge_speed            # full
     flock /tmp/isoscope-cpu.lock .venv/bin/python -m benchmarks.merge_speed --quick    # 2 blocks, small stream
@@ -8,7 +8,7 @@ Workload: synthetic task vectors with the 2-D shapes of open_clip ViT-B-32's vis
 proj 768×512 and positional_embedding 50×768), T = 8, float32, fixed seed, 2 threads; each
 task matrix has random orthogonal factors and σi = 0.01·0.99^i.
 
-Reported: per method the reference time (the plain DESIGN §3 formulation, full float32 SVDs,
+Reported: per method the reference time (the plain formulation of docs/design.md, Methods, full float32 SVDs,
 tests/merging/reference.py; LAPACK failures are counted, not fatal), the engine time (the
 per-layer method functions of merging/methods, each key on a fresh cache dropped after it,
 exactly what the streaming `python -m merging merge` runs), both timed key by key in

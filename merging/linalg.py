@@ -2,7 +2,7 @@
 
 Every kernel accepts tall, wide, square, rank-deficient and all-zero matrices and returns
 finite output, or raises ``NonFiniteError`` naming the problem. A plain float32 SVD fails to
-converge on some wide Iso-CTS residuals (DESIGN §6), so ``svd`` walks a fallback chain:
+converge on some wide Iso-CTS residuals (docs/engine.md, Measured), so ``svd`` walks a fallback chain:
 
 1. LAPACK on the tall orientation (wide inputs are transposed: it is also ~3× faster);
 2. the same in float64;

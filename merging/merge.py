@@ -1,7 +1,7 @@
 """Merging: the in-memory ``Merger`` (decompositions cached across calls, for the app, sweeps
 and the zoo) and the streaming ``merge_files`` (key by key from disk, for the CLI).
 
-Every method returns θ = base + α·Δ (DESIGN §2): base = θ0, except CART whose base is the
+Every method returns θ = base + α·Δ (docs/design.md, Terms): base = θ0, except CART whose base is the
 weight average θavg; weight averaging fixes α = 1/T. A method is a per-parameter function
 ``fn(Layer, params) -> Δ`` (merging/methods/common.py); ``Method.extra["prepare"]`` runs a
 global pass first (TIES' thresholds) and ``Method.extra["base"] == "average"`` selects θavg.

@@ -1,4 +1,4 @@
-"""Task-vector plumbing, in exactly one place (DESIGN §2).
+"""Task-vector plumbing, in exactly one place (docs/design.md, Terms).
 
 - ``task_vector``: τt = θt − θ0, per key, in float32.
 - ``is_matrix``: which parameters are merged as matrices by the SVD methods: every 2-D

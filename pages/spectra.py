@@ -1,4 +1,4 @@
-"""Spectra view: singular values per matrix layer before and after flattening (DESIGN §4)."""
+"""Spectra view: singular values per matrix layer before and after flattening (docs/design.md, Analysis definitions)."""
 
 from __future__ import annotations
 

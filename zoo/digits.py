@@ -1,4 +1,4 @@
-"""The embedded digits zoo (DESIGN §5.1): a tiny open_clip ViT pretrained with SimCLR on pooled
+"""The embedded digits zoo (docs/design.md, Where models come from, item 1): a tiny open_clip ViT pretrained with SimCLR on pooled
 digit images, then fine-tuned per task with frozen class-embedding heads, on the eight tasks of
 ``zoo.digits_data``. A miniature of the 8-task ViT-B/32 setting of Ilharco et al. 2023 and of
 "No Task Left Behind" (Marczak et al., ICML 2025, §5).

@@ -1,5 +1,5 @@
 """CART, centered low-rank merging (Choi et al., "Revisiting Weight Averaging for Model
-Merging", arXiv:2412.12153, Sec. 3, Eq. 4–5).  DESIGN §3.
+Merging", arXiv:2412.12153, Sec. 3, Eq. 4–5).  docs/design.md, Methods.
 
 θavg = θ0 + mean(τt); centered vectors ct = θt − θavg = τt − mean(τ). For matrices of the
 attention and MLP blocks (keys containing ``attn`` or ``mlp`` but not ``ln`` or ``bias``),

@@ -74,7 +74,7 @@ class Layer:
 
 
 def spectral(fn: LayerFn) -> LayerFn:
-    """Wrap a matrix-only method: every non-matrix parameter takes the mean of the τt (DESIGN §3)."""
+    """Wrap a matrix-only method: every non-matrix parameter takes the mean of the τt (docs/design.md, Methods)."""
 
     def layer_fn(layer: Layer, params: Params) -> torch.Tensor:
         return fn(layer, params) if layer.matrix else layer.mean()

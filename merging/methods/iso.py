@@ -2,7 +2,7 @@
 Common and Task-Specific Subspaces", ICML 2025, arXiv:2502.04959): Iso-C flattens the
 spectrum of the Task Arithmetic sum (Δ = σ̄ U Vᵀ, Sec. 3); Iso-CTS keeps the top-k common
 directions of the sum and adds each task's top-s directions outside them, then flattens the
-spectrum of the stack (Sec. 4, Algorithm 1).  DESIGN §3.
+spectrum of the stack (Sec. 4, Algorithm 1).  docs/design.md, Methods.
 
 Iso-C and Iso-CTS are ONE function with ``common_fraction`` (Iso-C is common_fraction = 1),
 registered twice. Per matrix, with S = Σt Δt = U Σ Vᵀ (cached across calls):
@@ -31,7 +31,7 @@ from merging.registry import Method, Param, register
 
 
 def common_rank(r: int, num_tasks: int, common_fraction: float) -> tuple[int, int]:
-    """(k, s) of DESIGN §3 step 1: k0 = floor(r·f); k = r − round((r − k0)/T)·T
+    """(k, s) of docs/design.md, Methods, Iso-CTS step 1: k0 = floor(r·f); k = r − round((r − k0)/T)·T
     (round half to even); s = (r − k)/T, capped so that T·s ≤ r."""
     k0 = math.floor(r * common_fraction + 1e-9)
     s = min(round((r - k0) / num_tasks), r // num_tasks)

@@ -1,5 +1,5 @@
 """TIES-Merging (Yadav et al., "TIES-Merging: Resolving Interference When Merging Models",
-NeurIPS 2023, arXiv:2306.01708, Sec. 3: trim, elect sign, disjoint merge).  DESIGN §3.
+NeurIPS 2023, arXiv:2306.01708, Sec. 3: trim, elect sign, disjoint merge).  docs/design.md, Methods.
 
 Over each task vector flattened across ALL parameters, keep its top-k% entries by magnitude
 (ties at the threshold are kept), elect per entry the sign of the summed kept values, and

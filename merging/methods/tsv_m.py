@@ -1,5 +1,5 @@
 """TSV-Merge (Gargiulo et al., "Task Singular Vectors: Reducing Task Interference in Model
-Merging", CVPR 2025, arXiv:2412.00081, Sec. 4, Eq. 6–7).  DESIGN §3.
+Merging", CVPR 2025, arXiv:2412.00081, Sec. 4, Eq. 6–7).  docs/design.md, Methods.
 
 Per task matrix: s = floor(r/T); each task's top-s singular triplets go side by side into
 U (m, Ts), σ (Ts,), V (n, Ts); U and V are replaced by their orthogonal polar factors and

@@ -1,4 +1,4 @@
-"""Plain float64 reference implementations of every method, straight from DESIGN §3.
+"""Plain float64 reference implementations of every method, straight from docs/design.md, Methods.
 
 Full SVDs everywhere, no caching, no tricks: the engine must equal these. Other rooms' tests
 may import them. Inputs are state dicts of tensors; outputs are (base, Δ, α-fixed) like
@@ -87,7 +87,7 @@ def iso_c_matrix(taus: Sequence[Tensor]) -> Tensor:
 def common_rank(r: int, num_tasks: int, f: float) -> tuple[int, int]:
     k0 = math.floor(r * f + 1e-9)
     k = r - round((r - k0) / num_tasks) * num_tasks
-    if k < 0:  # DESIGN leaves it open; the engine caps T·s at r
+    if k < 0:  # the cap on s (docs/design.md, Conventions): T·s ≤ r
         k += num_tasks * math.ceil(-k / num_tasks)
     return k, (r - k) // num_tasks
 

@@ -220,7 +220,7 @@ def test_non_finite_input_is_a_clear_error(kernel) -> None:
 
 
 def test_wide_768x3072_residual_like_matrix_is_finite() -> None:
-    """The shape on which a plain float32 SVD can fail (DESIGN §6), rank-deficient like a
+    """The shape on which a plain float32 SVD can fail (docs/engine.md, Measured), rank-deficient like a
     residual: the engine's kernels return finite factors."""
     g = torch.Generator().manual_seed(10)
     q, _ = torch.linalg.qr(torch.randn(96, 96, generator=g))

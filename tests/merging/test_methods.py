@@ -1,5 +1,5 @@
 """Every method equals the plain float64 reference (tests/merging/reference.py), plus the
-identities DESIGN §3 implies."""
+identities docs/design.md, Methods implies."""
 
 from __future__ import annotations
 
