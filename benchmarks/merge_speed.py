@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     blocks = args.blocks if args.blocks is not None else (2 if args.quick else 12)
     methods = [m for m in args.methods.split(",") if m]
     if not args.stream_only:
-        spectral(args, blocks, methods)
+        engine_speed(args, blocks, methods)
     if not args.skip_stream:
         tasks = args.stream_tasks or (3 if args.quick else 20)
         with tempfile.TemporaryDirectory(prefix="isoscope-stream-") as tmp:
@@ -336,7 +336,7 @@ def float64_check(data: dict[str, list[torch.Tensor]], name: str) -> tuple[float
     return max_rel_diff(eng, ref64), max_rel_diff({k: v for k, v in ref32.items() if v is not None}, ref64)
 
 
-def spectral(args: argparse.Namespace, blocks: int, methods: Sequence[str]) -> None:
+def engine_speed(args: argparse.Namespace, blocks: int, methods: Sequence[str]) -> None:
     print(f"ViT-B/32 visual 2-D shapes, {blocks} blocks, T={args.tasks}, float32, {args.threads} threads")
     start = time.perf_counter()
     data = workload(blocks, args.tasks, smooth_task_matrix)

@@ -3,8 +3,8 @@ and the zoo) and the streaming ``merge_files`` (key by key from disk, for the CL
 
 Every method returns θ = base + α·Δ (docs/design.md, Terms): base = θ0, except CART whose base is the
 weight average θavg; weight averaging fixes α = 1/T. A method is a per-parameter function
-``fn(Layer, params) -> Δ`` (merging/methods/common.py); ``Method.extra["prepare"]`` runs a
-global pass first (TIES' thresholds) and ``Method.extra["base"] == "average"`` selects θavg.
+``fn(Layer, params) -> Δ`` (merging/methods/common.py); ``Method.prepare`` runs a global pass
+first (TIES's thresholds) and ``Method.base == "average"`` selects θavg.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _layer_delta(method: Method, params: Mapping[str, Any], layer: Layer) -> tor
 def _base(method: Method, pretrained: torch.Tensor, layer: Layer) -> torch.Tensor:
     """θ0[key] in fp32, or θavg[key] = θ0 + mean(τt) for methods merging around the average."""
     base = pretrained.to(device=layer.taus[0].device, dtype=COMPUTE_DTYPE)
-    return base + layer.mean() if method.extra.get("base") == "average" else base
+    return base + layer.mean() if method.base == "average" else base
 
 
 class Merger:
@@ -107,8 +107,7 @@ class Merger:
         spec = get_method(method)
         values = spec.resolve(params)
         report = progress or silent
-        prepare = spec.extra.get("prepare")
-        shared = prepare(lambda t: self._tvs[t], self.num_tasks, values) if prepare else {}
+        shared = spec.prepare(lambda t: self._tvs[t], self.num_tasks, values) if spec.prepare else {}
         base, delta = {}, {}
         for i, key in enumerate(self.keys):
             layer = self.layer(key, shared)
@@ -211,8 +210,7 @@ def merge_files(pretrained: PathLike, finetuned: Sequence[PathLike], method: str
     num_tasks = len(finetuned)
     a = spec.alpha_for(num_tasks)
     a = a if a is not None else (1.0 if alpha is None else float(alpha))
-    prepare = spec.extra.get("prepare")
-    shared = prepare(files.task_vector, num_tasks, values) if prepare else {}
+    shared = spec.prepare(files.task_vector, num_tasks, values) if spec.prepare else {}
     layout = {key: (files.dtypes[key], files.shapes[key]) for key in files.keys}
     metadata = {"isoscope_method": spec.name, "isoscope_alpha": repr(a), "isoscope_params": repr(dict(values))}
     done, total = 0, sum(files.numel(k) for k in files.keys)

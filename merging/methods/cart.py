@@ -47,8 +47,11 @@ METHOD = register(Method(
     summary="Merges around the weight average: adds back a low-rank part of each task's "
             "deviation from it (α plays CART's λ).",
     fn=cart,
+    color="#F76707",
     params=(Param("rank_ratio", 0.12, 0.01, 1.0, 0.01,
                   "Rank kept of each centered task matrix, as a fraction of min(m, n) "
-                  "(published: 0.12 for 8 tasks, 0.16 for 14, 0.32 for 20).", label="rank ratio ρ"),),
-    extra={"base": "average"},
+                  "(published: 0.12 for 8 tasks, 0.16 for 14, 0.32 for 20).", label="rank ratio ρ",
+                  sweep=(0.02, 0.04, 0.08, 0.12, 0.16, 0.24, 0.32, 0.4, 0.5)),),
+    spectral=True,
+    base="average",
 ))

@@ -26,7 +26,7 @@ import torch
 
 from merging.linalg import (FLOAT32_GRAM_MIN_RATIO, STACK_MAX_COND, SVD, conditioned_polar, fast_svd, gram,
                             gram_resolves, mean_scaled_polar, polar, polar_extended, top_eigh, top_svd)
-from merging.methods.common import Layer, Params, spectral
+from merging.methods.common import Layer, Params, matrix_only
 from merging.registry import Method, Param, register
 
 
@@ -208,7 +208,7 @@ def iso_cts_delta(layer: Layer, k: int, s: int) -> torch.Tensor:
     return torch.mm(pu, pv.T).mul_(sigma.mean())  # (m, n)
 
 
-@spectral
+@matrix_only
 def iso(layer: Layer, params: Params) -> torch.Tensor:
     """Iso-CTS with ``common_fraction`` f (f = 1, the Iso-C default, flattens the whole sum)."""
     k, s = common_rank(layer.rank, layer.num_tasks, params.get("common_fraction", 1.0))
@@ -224,6 +224,7 @@ ISO_C = register(Method(
     summary="Flattens the spectrum of the summed task matrices: every direction gets the mean "
             "singular value.",
     fn=iso,
+    color="#4C6EF5",
     spectral=True,
 ))
 
@@ -234,8 +235,10 @@ ISO_CTS = register(Method(
     summary="Keeps a common subspace of the sum plus each task's own top directions, then "
             "flattens the spectrum.",
     fn=iso,
+    color="#AE3EC9",
     params=(Param("common_fraction", 0.8, 0.0, 1.0, 0.05,
                   "Share of the rank given to the common subspace; the rest is split evenly "
-                  "between tasks (1.0 = Iso-C).", label="common fraction"),),
+                  "between tasks (1.0 = Iso-C).", label="common fraction",
+                  sweep=tuple(round(0.1 * i, 1) for i in range(11))),),
     spectral=True,
 ))

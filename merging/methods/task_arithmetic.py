@@ -20,4 +20,5 @@ METHOD = register(Method(
     paper_url="https://arxiv.org/abs/2212.04089",
     summary="Adds up the task vectors: θ = θ0 + α·Σt τt.",
     fn=task_arithmetic,
+    color="#495057",
 ))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from merging.linalg import polar
-from merging.methods.common import Layer, Params, spectral
+from merging.methods.common import Layer, Params, matrix_only
 from merging.registry import Method, register
 
 
@@ -20,7 +20,7 @@ def task_rank(r: int, num_tasks: int) -> int:
     return r // num_tasks
 
 
-@spectral
+@matrix_only
 def tsv_m(layer: Layer, _params: Params) -> torch.Tensor:
     """Δ = polar(U) diag(σ) polar(V)ᵀ over the stacked top-s triplets of every task."""
     s = task_rank(layer.rank, layer.num_tasks)
@@ -40,5 +40,6 @@ METHOD = register(Method(
     summary="Keeps each task's top singular vectors (r/T each) and orthogonalizes them jointly "
             "to remove interference.",
     fn=tsv_m,
+    color="#2F9E44",
     spectral=True,
 ))

@@ -127,7 +127,11 @@ def test_registry_schema_is_complete() -> None:
     assert get_method("iso_cts").defaults() == {"common_fraction": 0.8}
     assert get_method("ties").defaults() == {"top_k": 20.0}
     assert get_method("cart").defaults() == {"rank_ratio": 0.12}
-    assert get_method("iso_c").spectral and not get_method("ties").spectral
+    assert {n for n, m in all_methods().items() if m.spectral} == {"tsv_m", "iso_c", "iso_cts", "cart"}
+    assert [n for n, m in all_methods().items() if m.prepare] == ["ties"]
+    assert [n for n, m in all_methods().items() if m.base == "average"] == ["cart"]
+    colors = [m.color for m in all_methods().values()]
+    assert len(set(colors)) == len(colors) and all(c.startswith("#") and len(c) == 7 for c in colors)
 
 
 @pytest.mark.slow
