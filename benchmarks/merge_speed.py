@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 
 from merging.methods.common import Layer
 from merging.registry import get_method
+from merging.runtime import use_huge_pages
 from tests.merging import reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,6 +297,7 @@ def streaming(tasks: int, method: str, folder: Path, dtype: torch.dtype = torch.
 # -- main ---------------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> None:
+    use_huge_pages()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 blocks and a T=3 stream: a smoke run")
     parser.add_argument("--blocks", type=int, default=None, help="ViT-B/32 blocks (default 12, quick 2)")

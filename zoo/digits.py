@@ -17,7 +17,6 @@ recipe and fingerprint in its metadata; ``assets/zoo/`` ships the default one pr
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -328,7 +327,3 @@ def load_digits_zoo(spec: str = "digits", *, device: str | torch.device | None =
         raise IsoscopeError(f"unknown digits zoo {spec!r}; choose one of: {', '.join(RECIPES)}")
     return DigitsZoo(zoo_file(spec, progress), device=device)
 
-
-def recipe_copy(name: str) -> dict:
-    """A deep copy of a named recipe (for experiments)."""
-    return copy.deepcopy(RECIPES[name])
