@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from merging.runtime import use_huge_pages
 from ui import sidebar
 from ui.page import PAGE_FILES
 from ui.theme import inject_css
 
+use_huge_pages()  # before the first tensor of this process (the app runs this script first)
 st.set_page_config(page_title="Isoscope", page_icon="🔭", layout="wide",
                    menu_items={"About": "Isoscope: an interactive lab for spectral model merging."})
 inject_css()

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from merging.errors import IsoscopeError
 from merging.progress import Progress
+from merging.runtime import use_huge_pages
 
 log = logging.getLogger("analysis")
 
@@ -150,6 +151,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    use_huge_pages()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
     args = parser().parse_args(argv)

@@ -1,4 +1,4 @@
-"""Choosing the scaling coefficient α on validation data (DESIGN §4 "Alpha selection"; the
+"""Choosing the scaling coefficient α on validation data (docs/design.md, Analysis definitions; the
 protocol of Ilharco et al., ICLR 2023, used by the Iso paper): the grid 0.1, 0.2, …, 3.0 and the
 α with the best mean normalized validation accuracy.
 

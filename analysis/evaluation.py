@@ -1,4 +1,4 @@
-"""Store-backed evaluation of merged models on a zoo (DESIGN §4 "Accuracy", "Alpha selection").
+"""Store-backed evaluation of merged models on a zoo (docs/design.md, Analysis definitions: accuracy, α selection).
 
 ``Evaluator`` ties a ``Zoo``, one ``Merger`` over its checkpoints (so every decomposition is
 computed once) and a ``ResultStore``: each accuracy is looked up in the store first and, when

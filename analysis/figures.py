@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.correlation import least_squares_line
-from analysis.style import METHOD_COLORS, SUM_COLOR, TEMPLATE, method_colors, style_figure, task_color
+from analysis.style import ACCENT, REFERENCE_COLORS, SUM_COLOR, TEMPLATE, method_colors, style_figure, task_color
 
 PCT = dict(tickformat=".0%", rangemode="tozero")
 
@@ -141,19 +141,15 @@ def _curve_figure(table: pd.DataFrame, x_label: str, title: str, current: float 
         nearest = avg.index[np.argmin(np.abs(avg.index.to_numpy() - current))]
         fig.add_trace(go.Scatter(x=[nearest], y=[avg[nearest]], mode="markers", name="current",
                                  marker={"size": 16, "symbol": "circle-open", "line": {"width": 3},
-                                         "color": METHOD_COLORS["cart"]},
+                                         "color": ACCENT},
                                  hovertemplate=f"current {x_label} %{{x:g}}<br>average %{{y:.1f}}%<extra></extra>"))
     return _layout(fig, title, x_label, f"{split} accuracy (%)")
 
 
-def fraction_curve(sweep: pd.DataFrame, current: float | None = None, split: str = "test") -> go.Figure:
-    """Iso-CTS accuracy vs the common-subspace fraction (``fraction_sweep`` rows)."""
-    return _curve_figure(sweep, "common fraction", "Iso-CTS accuracy vs common-subspace fraction", current, split)
-
-
-def rank_curve(sweep: pd.DataFrame, current: float | None = None, split: str = "test") -> go.Figure:
-    """CART accuracy vs the rank ratio ρ (``rank_sweep`` rows)."""
-    return _curve_figure(sweep, "rank ratio ρ", "CART accuracy vs rank ratio", current, split)
+def sweep_curve(sweep: pd.DataFrame, method: str, param: str, current: float | None = None,
+                split: str = "test") -> go.Figure:
+    """``method``'s accuracy vs its parameter ``param`` (display names; ``param_sweep`` rows)."""
+    return _curve_figure(sweep, param, f"{method} accuracy vs {param}", current, split)
 
 
 def alpha_curve(sweep: pd.DataFrame, chosen: float | None = None) -> go.Figure:
@@ -166,16 +162,16 @@ def alpha_curve(sweep: pd.DataFrame, chosen: float | None = None) -> go.Figure:
                                  line={"dash": dash, "width": 3},
                                  hovertemplate=f"{split}<br>α %{{x:g}}<br>accuracy %{{y:.1f}}%<extra></extra>"))
     if chosen is not None:
-        fig.add_vline(x=chosen, line_dash="dash", line_color=METHOD_COLORS["cart"], annotation_text=f"chosen α = {chosen:g}")
+        fig.add_vline(x=chosen, line_dash="dash", line_color=ACCENT, annotation_text=f"chosen α = {chosen:g}")
     return _layout(fig, f"Accuracy vs scaling coefficient α · {method}", "α", "average accuracy (%)")
 
 
 def method_bars(summary: pd.DataFrame) -> go.Figure:
     """Average absolute and normalized test accuracy per method (``report.summary_table`` rows)."""
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=summary["method"], y=summary["accuracy"], name="absolute (%)", marker_color=METHOD_COLORS["iso_c"],
+    fig.add_trace(go.Bar(x=summary["method"], y=summary["accuracy"], name="absolute (%)", marker_color=REFERENCE_COLORS["merged"],
                          hovertemplate="%{x}<br>absolute %{y:.1f}%<extra></extra>"))
-    fig.add_trace(go.Bar(x=summary["method"], y=summary["normalized"], name="normalized (%)", marker_color=METHOD_COLORS["cart"],
+    fig.add_trace(go.Bar(x=summary["method"], y=summary["normalized"], name="normalized (%)", marker_color=ACCENT,
                          hovertemplate="%{x}<br>normalized %{y:.1f}%<extra></extra>"))
     return _layout(fig, "Average test accuracy per method", "method", "accuracy (%)", barmode="group")
 
@@ -205,8 +201,8 @@ def small_multiples(table: pd.DataFrame, log: bool = True, columns: int = 4) -> 
 
 def reference_bars(table: pd.DataFrame, series: dict[str, str]) -> go.Figure:
     """Per-task accuracy bars for each column of ``series`` ({column: legend name}), coloured by method."""
-    colors = {"zero_shot": METHOD_COLORS["zero_shot"], "accuracy": METHOD_COLORS["merged"],
-              "finetuned": METHOD_COLORS["finetuned"]}
+    colors = {"zero_shot": REFERENCE_COLORS["zero_shot"], "accuracy": REFERENCE_COLORS["merged"],
+              "finetuned": REFERENCE_COLORS["finetuned"]}
     fig = go.Figure([go.Bar(x=table["task"], y=table[col], name=name, marker_color=colors.get(col),
                             hovertemplate=f"{name}<br>%{{x}}: %{{y:.1%}}<extra></extra>")
                      for col, name in series.items()])

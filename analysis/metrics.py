@@ -1,4 +1,4 @@
-"""Accuracy arithmetic of DESIGN §4 (as in Marczak et al., ICML 2025, and Ilharco et al.,
+"""Accuracy arithmetic of docs/design.md, Analysis definitions (as in Marczak et al., ICML 2025, and Ilharco et al.,
 "Editing Models with Task Arithmetic", ICLR 2023):
 
     normalized(t) = acc_merged(t) / acc_finetuned(t)

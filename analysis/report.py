@@ -1,4 +1,4 @@
-"""The report: every registered method on one zoo, α chosen on validation (DESIGN §4), with
+"""The report: every registered method on one zoo, α chosen on validation (docs/design.md, Analysis definitions), with
 per-task accuracy, normalized accuracy, NAI and SAR_avg, the zero-shot and fine-tuned
 references, and the SAR–NAI correlation (Marczak et al., ICML 2025, Table 1 and Fig. 3).
 

@@ -1,4 +1,4 @@
-"""Singular value spectra per matrix layer (DESIGN §4 "Spectrum"): of each task matrix Δt, of
+"""Singular value spectra per matrix layer (docs/design.md, Analysis definitions): of each task matrix Δt, of
 the Task Arithmetic sum Σt Δt before flattening, and of a method's merged update ΔM after
 flattening (Iso-C/Iso-CTS, Marczak et al., "No Task Left Behind", ICML 2025, Eq. 3–4, flatten
 the spectrum to σ̄). Also the cumulative energy Σ_{i≤k} σi² / Σ σi² and the Iso-CTS boundary

@@ -1,29 +1,26 @@
 """House colours and layout for every figure, in the app and in the HTML report alike: one fixed
-colour per method (by registry name and by display name) and one per task (by position in the
-zoo's task list), so a method or a task looks the same in every view. Pure: plotly only."""
+colour per method (its registry entry's ``Method.color``, by registry name and by display name),
+one per reference trace, and one per task (by position in the zoo's task list), so a method or a
+task looks the same in every view."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
-# One colour per method (the "before" references in greys, the spectral methods in colour).
-METHOD_COLORS: dict[str, str] = {
+# The traces that are not a method (methods take ``Method.color`` from the registry).
+SUM_COLOR = "#495057"  # the Task Arithmetic sum before flattening (Task Arithmetic's own colour)
+ACCENT = "#F76707"  # highlights: the ringed current point, the chosen α, normalized bars
+REFERENCE_COLORS: dict[str, str] = {
     "task": "#ADB5BD",
-    "weight_averaging": "#868E96",
-    "task_arithmetic": "#495057",
-    "ties": "#A47148",
-    "tsv_m": "#2F9E44",
-    "iso_c": "#4C6EF5",
-    "iso_cts": "#AE3EC9",
-    "cart": "#F76707",
     "zero_shot": "#CED4DA",
     "finetuned": "#212529",
     "merged": "#4C6EF5",
+    "TA sum": SUM_COLOR,
+    "average": "#212529",
 }
 # Tasks: a qualitative palette that avoids the method colours' hues where it can.
 TASK_PALETTE = ("#1C7ED6", "#E8590C", "#37B24D", "#F03E3E", "#7048E8", "#0CA678", "#D6336C",
                 "#F59F00", "#1098AD", "#74B816", "#5F3DC4", "#C2255C", "#364FC7", "#E67700")
-SUM_COLOR = METHOD_COLORS["task_arithmetic"]  # the Task Arithmetic sum, and averages over tasks
 TEMPLATE = "plotly_white"
 
 
@@ -33,11 +30,12 @@ def method_color(name: str) -> str:
 
 
 def method_colors() -> dict[str, str]:
-    """Trace name → colour for every method, by registry name and by display name."""
+    """Trace name → colour for every registered method (by registry name and by display name)
+    and every reference trace."""
     from merging.registry import all_methods
 
-    names = {m.display_name: METHOD_COLORS.get(n, SUM_COLOR) for n, m in all_methods().items()}
-    return {**METHOD_COLORS, **names, "TA sum": SUM_COLOR, "average": METHOD_COLORS["finetuned"]}
+    methods = all_methods().items()
+    return {**REFERENCE_COLORS, **{n: m.color for n, m in methods}, **{m.display_name: m.color for _, m in methods}}
 
 
 def task_colors(tasks: list[str]) -> dict[str, str]:

@@ -3,8 +3,8 @@ decompositions are computed once and only the cheap recombination runs per point
 
 - ``fraction_sweep``: Iso-CTS accuracy against ``common_fraction`` (Marczak et al., ICML 2025,
   Fig. 5);
-- ``rank_sweep``: CART accuracy against ``rank_ratio`` (Choi et al., "Revisiting Weight
-  Averaging for Model Merging", Fig. 3);
+- ``param_sweep``: any method against one of its parameters (the Common-subspace view sweeps
+  each method's ``Param.sweep``, e.g. CART's ``rank_ratio``: Choi et al., Fig. 3);
 - ``alpha_sweep``: any method against α.
 
 Each point is looked up in the result store first, so a killed sweep resumes where it stopped.
@@ -18,7 +18,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from analysis.alpha import ALPHA_GRID
@@ -72,15 +71,6 @@ def fraction_sweep(ev: Evaluator, values: Sequence[float] | None = None, params:
     """Iso-CTS against the common-subspace fraction (default 0, 0.1, …, 1)."""
     return param_sweep(ev, "iso_cts", "common_fraction", values if values is not None else fractions(0.1),
                        params, alpha, progress, splits)
-
-
-def rank_sweep(ev: Evaluator, values: Sequence[float] | None = None, params: Mapping[str, Any] | None = None,
-               alpha: float | None = None, progress: Progress | None = None,
-               splits: Sequence[str] = SPLITS) -> pd.DataFrame:
-    """CART against the rank ratio ρ (default 0.02, 0.04, …, 0.5)."""
-    default = [round(x, 2) for x in np.arange(0.02, 0.5001, 0.02)]
-    return param_sweep(ev, "cart", "rank_ratio", values if values is not None else default, params, alpha, progress,
-                       splits)
 
 
 def alpha_sweep(ev: Evaluator, method: str, params: Mapping[str, Any] | None = None,

@@ -1,4 +1,4 @@
-"""Dashboard redraw time after a slider move (DESIGN §6: ≤ 300 ms on the digits zoo).
+"""Dashboard redraw time after a slider move (docs/design.md, Targets: ≤ 300 ms on the digits zoo).
 
     flock /tmp/isoscope-cpu.lock .venv/bin/python -m benchmarks.app_redraw [--zoo digits] [--moves 8]
 

@@ -1,4 +1,4 @@
-"""Merge-engine speed and memory against the plain reference (DESIGN §6).
+"""Merge-engine speed and memory against the plain reference (docs/design.md, Targets).
 
     flock /tmp/isoscope-cpu.lock .venv/bin/python -m benchmarks.merge_speed            # full
     flock /tmp/isoscope-cpu.lock .venv/bin/python -m benchmarks.merge_speed --quick    # 2 blocks, small stream
@@ -8,7 +8,7 @@ Workload: synthetic task vectors with the 2-D shapes of open_clip ViT-B-32's vis
 proj 768×512 and positional_embedding 50×768), T = 8, float32, fixed seed, 2 threads; each
 task matrix has random orthogonal factors and σi = 0.01·0.99^i.
 
-Reported: per method the reference time (the plain DESIGN §3 formulation, full float32 SVDs,
+Reported: per method the reference time (the plain formulation of docs/design.md, Methods, full float32 SVDs,
 tests/merging/reference.py; LAPACK failures are counted, not fatal), the engine time (the
 per-layer method functions of merging/methods, each key on a fresh cache dropped after it,
 exactly what the streaming `python -m merging merge` runs), both timed key by key in
@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 
 from merging.methods.common import Layer
 from merging.registry import get_method
+from merging.runtime import use_huge_pages
 from tests.merging import reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,6 +297,7 @@ def streaming(tasks: int, method: str, folder: Path, dtype: torch.dtype = torch.
 # -- main ---------------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> None:
+    use_huge_pages()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 blocks and a T=3 stream: a smoke run")
     parser.add_argument("--blocks", type=int, default=None, help="ViT-B/32 blocks (default 12, quick 2)")
@@ -317,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     blocks = args.blocks if args.blocks is not None else (2 if args.quick else 12)
     methods = [m for m in args.methods.split(",") if m]
     if not args.stream_only:
-        spectral(args, blocks, methods)
+        engine_speed(args, blocks, methods)
     if not args.skip_stream:
         tasks = args.stream_tasks or (3 if args.quick else 20)
         with tempfile.TemporaryDirectory(prefix="isoscope-stream-") as tmp:
@@ -336,7 +338,7 @@ def float64_check(data: dict[str, list[torch.Tensor]], name: str) -> tuple[float
     return max_rel_diff(eng, ref64), max_rel_diff({k: v for k, v in ref32.items() if v is not None}, ref64)
 
 
-def spectral(args: argparse.Namespace, blocks: int, methods: Sequence[str]) -> None:
+def engine_speed(args: argparse.Namespace, blocks: int, methods: Sequence[str]) -> None:
     print(f"ViT-B/32 visual 2-D shapes, {blocks} blocks, T={args.tasks}, float32, {args.threads} threads")
     start = time.perf_counter()
     data = workload(blocks, args.tasks, smooth_task_matrix)

@@ -1,4 +1,4 @@
-"""Sweep and redraw speed on the digits zoo (DESIGN §6 targets), 2 CPU threads, fresh store.
+"""Sweep and redraw speed on the digits zoo (docs/design.md, Targets), 2 CPU threads, fresh store.
 
     flock /tmp/isoscope-cpu.lock .venv/bin/python -m benchmarks.sweep_speed [--zoo digits]
 

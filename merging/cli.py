@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from merging.errors import IsoscopeError, MethodError
 from merging.registry import Method, all_methods
+from merging.runtime import use_huge_pages
 
 log = logging.getLogger("merging.cli")
 EXIT_USAGE = 2
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 on any user-fixable error, after one stderr line)."""
+    use_huge_pages()
     try:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

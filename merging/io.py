@@ -1,4 +1,4 @@
-"""Checkpoint IO, hardened against hostile and broken files (issues #3 and #6).
+"""Checkpoint IO, hardened against hostile and broken files (docs/safety.md).
 
 Public API (other rooms rely on it):
 - ``open_checkpoint(path, trust_pickle=False) -> Checkpoint``: a lazy read-only Mapping with

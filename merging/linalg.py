@@ -2,7 +2,7 @@
 
 Every kernel accepts tall, wide, square, rank-deficient and all-zero matrices and returns
 finite output, or raises ``NonFiniteError`` naming the problem. A plain float32 SVD fails to
-converge on some wide Iso-CTS residuals (DESIGN §6), so ``svd`` walks a fallback chain:
+converge on some wide Iso-CTS residuals (docs/engine.md, Measured), so ``svd`` walks a fallback chain:
 
 1. LAPACK on the tall orientation (wide inputs are transposed: it is also ~3× faster);
 2. the same in float64;
@@ -165,7 +165,7 @@ def truncated_svd(a: torch.Tensor, rank: int) -> SVD:
     return u[:, :rank], s[:rank], vh[:rank]
 
 
-GRAM_PANELS = 4  # column panels of ``gram``: 3072×768 takes 7.4 ms instead of 10.9 ms
+GRAM_PANELS = 4  # column panels of ``gram`` (timings in docs/engine.md, Timings)
 
 
 def gram(a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -286,8 +286,7 @@ def _newton_polar(a: torch.Tensor, max_cond: float = NEWTON_MAX_COND) -> tuple[t
     30, 2008): μ₀ = 1/√(αβ), μ₁ = √(2√(αβ)/(α+β)), μ_{k+1} = √(2/(μ_k + 1/μ_k)). After the
     first step every singular value is ≥ 1 and their spread κ_k shrinks as
     κ_{k+1} = (√κ_k + 1/√κ_k)/2, so the iteration stops when the predicted κ_k and the measured
-    ‖X_k‖₂ are both ≤ 1 + NEWTON_TOL: κ = 4e3 takes 4 inverses (33 ms for 768², LAPACK's SVD
-    62 ms). One Newton–Schulz step X(3I − XᵀX)/2 finishes; σ̄ = tr(QᵀA)/n. None (the SVD route)
+    ‖X_k‖₂ are both ≤ 1 + NEWTON_TOL: κ = 4e3 takes 4 inverses. One Newton–Schulz step X(3I − XᵀX)/2 finishes; σ̄ = tr(QᵀA)/n. None (the SVD route)
     when the estimated κ exceeds ``max_cond`` (at most NEWTON_MAX_COND), an inverse fails or
     it does not settle."""
     try:
@@ -429,8 +428,8 @@ def top_svd(a: torch.Tensor, rank: int) -> SVD:
 # top_eigh's block Krylov: block width s + KRYLOV_PAD (at least KRYLOV_MIN_WIDTH), a
 # Rayleigh–Ritz check after these many blocks, accepted when the Davis–Kahan estimate
 # ‖R‖_F / (θ_s − θ_{s+1}) of the Ritz subspace error is ≤ KRYLOV_TOL (measured on Iso-CTS
-# residual Grams, 768², s = 19: 13 blocks give a subspace error of ~1e-5; the 8 tasks of a
-# layer in one batch take 5 ms each, where a full eigh takes 20 ms; warm-started, ~2 ms).
+# residual Grams, 768², s = 19: 13 blocks give a subspace error of ~1e-5; timings in
+# docs/engine.md, Timings).
 KRYLOV_PAD, KRYLOV_CHECKS, KRYLOV_TOL = 1, (13, 16), 1e-3
 KRYLOV_WARM_CHECK = 4  # an extra early check when warm-started
 KRYLOV_MIN_WIDTH = 8  # narrower blocks build too small a space in 13 blocks
@@ -552,9 +551,8 @@ def _apply_extended(q: torch.Tensor, x: torch.Tensor, qc: torch.Tensor, phi: tor
 
 
 # polar_extended's own work (two QRs of (p, l), a float64 eigh of ≤ 2l rows) beats a polar of
-# the whole (p, k + l) stack only while l is small against k: measured on the stacks of an
-# Iso-CTS sweep, 768² and 3072×768, 20 against 32 ms at l = k/4 but 90 against 29 ms at l = k
-# and 270 against 48 ms at k = 0. So from l ≥ STACK_FROM·k a float32 stack first tries
+# the whole (p, k + l) stack only while l is small against k (measured on the stacks of an
+# Iso-CTS sweep, 768² and 3072×768: docs/engine.md, Timings). So from l ≥ STACK_FROM·k a float32 stack first tries
 # ``conditioned_polar`` itself, taken when κ ≤ STACK_MAX_COND (the Gram route stops at 20
 # anyway; Newton measured 1e-5 from the float64 factor at κ ≈ 1e4, the extended route 1e-6).
 STACK_FROM, STACK_MAX_COND = 1 / 3, 1e5

@@ -1,11 +1,11 @@
 """Merging: the in-memory ``Merger`` (decompositions cached across calls, for the app, sweeps
 and the zoo) and the streaming ``merge_files`` (key by key from disk, for the CLI).
 
-Every method returns θ = base + α·Δ (DESIGN §2): base = θ0, except CART whose base is the
+Every method returns θ = base + α·Δ (docs/design.md, Terms): base = θ0, except CART whose base is the
 weight average θavg; weight averaging fixes α = 1/T. A method is a per-parameter function
 ``fn(Layer, params) -> Δ`` (merging/methods/common.py) that merges each key independently once
-its model-wide quantities are known: ``Method.extra["prepare"]`` computes those in one streaming
-pass (TIES' thresholds) and ``Method.extra["base"] == "average"`` selects θavg. So one key's
+its model-wide quantities are known: ``Method.prepare`` computes those in one streaming
+pass (TIES' thresholds) and ``Method.base == "average"`` selects θavg. So one key's
 merge (``Merger.layer_update``) equals that key of the whole-model merge.
 """
 
@@ -59,7 +59,7 @@ def effective_alpha(fixed: float | None, alpha: float | None) -> float:
 
 def merges_around_average(method: Method) -> bool:
     """Whether ``method``'s base is the weight average θavg instead of θ0 (CART)."""
-    return method.extra.get("base") == "average"
+    return method.base == "average"
 
 
 def _layer_delta(method: Method, params: Mapping[str, Any], layer: Layer) -> torch.Tensor:
@@ -241,7 +241,7 @@ class Merger:
         thresholds: one streaming pass, one task at a time), computed once per parameter value."""
         spec = get_method(method) if isinstance(method, str) else method
         values = spec.resolve(params)
-        prepare = spec.extra.get("prepare")
+        prepare = spec.prepare
         if prepare is None:
             return {}
         name = (spec.name, repr(sorted(values.items())))
@@ -418,8 +418,7 @@ def merge_files(pretrained: PathLike, finetuned: Sequence[PathLike], method: str
     num_tasks = len(finetuned)
     a = spec.alpha_for(num_tasks)
     a = a if a is not None else (1.0 if alpha is None else float(alpha))
-    prepare = spec.extra.get("prepare")
-    shared = prepare(files.task_vector, num_tasks, values) if prepare else {}
+    shared = spec.prepare(files.task_vector, num_tasks, values) if spec.prepare else {}
     layout = {key: (files.dtypes[key], files.shapes[key]) for key in files.keys}
     metadata = {"isoscope_method": spec.name, "isoscope_alpha": repr(a), "isoscope_params": repr(dict(values))}
     done, total = 0, sum(files.numel(k) for k in files.keys)

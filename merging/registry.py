@@ -1,17 +1,26 @@
-"""The method registry: one entry per method, carrying its display name, paper link and a
-typed parameter schema. The CLI's ``methods`` command and the app's sidebar are built from it.
+"""The method registry: one typed entry per method. Everything that lists or draws methods is
+built from it: the CLI's ``methods`` command, the app's sidebar (one widget per ``Param``), the
+pages' method lists (``spectral`` methods on Spectra, ``Param.sweep`` on Common subspace), the
+report, and the house colours (``Method.color``).
 
 Each method lives in its own module under ``merging/methods/`` and registers itself with
 ``register(Method(...))``; importing ``merging.methods`` fills ``METHODS``.
+docs/adding_a_method.md walks through adding one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from merging.errors import MethodError
+
+# prepare(task_vector_of, num_tasks, params) -> values shared by every layer of one merge
+# (``Layer.shared``); task_vector_of(t) gives τt over every key, one task at a time.
+Prepare = Callable[[Callable[[int], Mapping[str, Any]], int, Mapping[str, float]], Mapping[str, Any]]
+# What Δ is added to: θ0, or the weight average θavg = θ0 + mean(τt) (CART).
+Base = Literal["pretrained", "average"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,7 @@ class Param:
     help: str
     kind: type = float  # float or int
     label: str = ""  # display label; defaults to the name
+    sweep: tuple[float, ...] = ()  # values the Common-subspace view sweeps (none: not swept)
 
     def validate(self, value: Any) -> float | int:
         """Coerce ``value`` to ``kind`` and check the range; raise MethodError otherwise."""
@@ -48,21 +58,35 @@ class FixedAlpha:
 
 @dataclass(frozen=True)
 class Method:
-    """A registered merge method. ``fn`` is the engine entry point (see merging/methods)."""
+    """A registered merge method.
+
+    ``fn(layer, params) -> Δ`` is the per-parameter engine entry point (merging/methods/common.py).
+    ``spectral``: the method reshapes the singular values of the task matrices (through SVDs),
+    so its merged spectrum is worth showing (Spectra view, the report's spectra).
+    ``prepare``: a global pass over every task vector before the per-layer ``fn`` (TIES's
+    magnitude thresholds); its result reaches ``fn`` as ``layer.shared``.
+    ``base``: what Δ is added to. ``fixed_alpha``: an α the method fixes itself (None: α free).
+    ``color``: the method's colour in every figure of the app and the report."""
 
     name: str
     display_name: str
     paper_url: str
     summary: str
     fn: Callable[..., Any]
+    color: str
     params: tuple[Param, ...] = ()
-    fixed_alpha: FixedAlpha | None = None  # e.g. weight averaging (1/T); None means α is free
-    spectral: bool = False  # acts on task matrices through SVDs
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    fixed_alpha: FixedAlpha | None = None
+    spectral: bool = False
+    prepare: Prepare | None = None
+    base: Base = "pretrained"
 
     def alpha_for(self, num_tasks: int) -> float | None:
         """The α this method fixes for ``num_tasks`` tasks, or None when α is free."""
         return None if self.fixed_alpha is None else float(self.fixed_alpha.rule(num_tasks))
+
+    def swept(self) -> Param | None:
+        """The parameter the Common-subspace view sweeps, or None."""
+        return next((p for p in self.params if p.sweep), None)
 
     def defaults(self) -> dict[str, float | int]:
         return {p.name: p.default for p in self.params}
@@ -83,6 +107,7 @@ METHODS: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
+    """Add ``method`` to ``METHODS`` (a name registered twice is a programming error)."""
     if method.name in METHODS:
         raise ValueError(f"method {method.name} registered twice")
     METHODS[method.name] = method
@@ -99,6 +124,12 @@ def get_method(name: str) -> Method:
 
 
 def all_methods() -> dict[str, Method]:
+    """Every registered method, by name, in registration order."""
     import merging.methods  # noqa: F401
 
     return dict(METHODS)
+
+
+def unregister(name: str) -> None:
+    """Remove a method (for tests that register a throwaway one)."""
+    METHODS.pop(name, None)

@@ -1,11 +1,11 @@
-"""Task-vector plumbing, in exactly one place (DESIGN §2).
+"""Task-vector plumbing, in exactly one place (docs/design.md, Terms).
 
 - ``task_vector``: τt = θt − θ0, per key, in float32.
 - ``is_matrix``: which parameters are merged as matrices by the SVD methods: every 2-D
   parameter except ``text_projection`` (matches the official Iso code, so an open_clip visual
   tower's ``positional_embedding`` and ``proj`` count as matrices). Everything else (biases,
   norms, the 4-D patch conv, class embedding) is merged by the mean of the τt.
-- ``flatten``/``unflatten``: one long vector over all keys, for elementwise methods (TIES).
+- ``flatten``: one long vector over all keys, for elementwise methods (TIES's thresholds).
 """
 
 from __future__ import annotations
@@ -31,12 +31,6 @@ def is_matrix(key: str, tensor: torch.Tensor | torch.Size | Sequence[int]) -> bo
 def task_vector(pretrained: torch.Tensor, finetuned: torch.Tensor) -> torch.Tensor:
     """τ = θt − θ0, computed in float32 whatever the stored dtype."""
     return finetuned.to(COMPUTE_DTYPE) - pretrained.to(COMPUTE_DTYPE)
-
-
-def task_vectors(pretrained: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor]) -> StateDict:
-    """τt for every key of ``pretrained`` (keys and shapes must match)."""
-    check_compatible(pretrained, finetuned, "fine-tuned checkpoint")
-    return {k: task_vector(v, finetuned[k]) for k, v in pretrained.items()}
 
 
 def _shape(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
@@ -70,18 +64,6 @@ def check_compatible(reference: Mapping[str, torch.Tensor], other: Mapping[str, 
 def flatten(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Concatenate every tensor into one float32 vector (key order of ``state``)."""  # (N,)
     return torch.cat([v.reshape(-1).to(COMPUTE_DTYPE) for v in state.values()])
-
-
-def unflatten(vector: torch.Tensor, like: Mapping[str, torch.Tensor]) -> StateDict:
-    """Inverse of ``flatten``: split ``vector`` back into tensors shaped like ``like``."""
-    out, start = {}, 0
-    for key, ref in like.items():
-        n = ref.numel()
-        out[key] = vector[start:start + n].view(ref.shape)
-        start += n
-    if start != vector.numel():
-        raise ValueError(f"vector has {vector.numel()} entries, state dict needs {start}")
-    return out
 
 
 def check_finite(key: str, tensor: torch.Tensor, source: str = "checkpoint") -> None:

@@ -24,7 +24,6 @@ header(":material/explore: Alignment",
        "tasks with higher alignment keep more of their accuracy: NAI against SAR_avg, with a least-squares line "
        "and Pearson's r.")
 
-COMPARED = ("task_arithmetic", "ties", "tsv_m", "iso_c", "iso_cts", "cart")
 zoo = current_zoo()
 ev = current_evaluator()
 dec = ev.decompositions
@@ -32,7 +31,7 @@ registry = all_methods()
 sel = selection()
 colors = palette(zoo.tasks)
 method = sel.method if sel.method in registry else next(iter(registry))
-compared = [m for m in COMPARED if m in registry]
+compared = list(registry)  # every registered method, as in the report
 
 
 def sar_tables(eps: float) -> dict[str, pd.DataFrame]:

@@ -22,17 +22,11 @@ header(":material/tune: Common subspace",
        "numbers per task. α is chosen on validation at every point, or fixed in the sidebar. Each sweep is computed "
        "once with a progress bar, stored on disk, and comes back instantly on the next visit.")
 
-FRACTIONS = tuple(round(0.1 * i, 1) for i in range(11))
-RANKS = (0.02, 0.04, 0.08, 0.12, 0.16, 0.24, 0.32, 0.4, 0.5)
-SWEEPS = {  # method: (parameter, values, builder, slider label)
-    "iso_cts": ("common_fraction", FRACTIONS, figures.fraction_curve, "Common fraction (Iso-CTS)"),
-    "cart": ("rank_ratio", RANKS, figures.rank_curve, "Rank ratio ρ (CART)"),
-}
-
 zoo = current_zoo()
 require_data(zoo, "Accuracy against the subspace size")
 ev = current_evaluator()
 registry = all_methods()
+SWEEPS = {n: m.swept() for n, m in registry.items() if m.swept()}  # method: its swept Param
 colors = palette(zoo.tasks)
 alpha = alpha_choice()
 alpha_text = "α chosen on validation at every point" if alpha is None else f"α = {alpha:g}"
@@ -42,7 +36,7 @@ def sweep(method: str) -> pd.DataFrame:
     """The stored sweep of ``method`` (computed with a progress bar the first time)."""
     from analysis.sweeps import param_sweep
 
-    param, values, _, _ = SWEEPS[method]
+    param, values = SWEEPS[method].name, SWEEPS[method].sweep
     memo = st.session_state.setdefault(key("sweeps"), {})
     memo_key = (zoo.fingerprint, method, params_for(method), alpha)
     if memo_key not in memo:
@@ -54,12 +48,14 @@ def sweep(method: str) -> pd.DataFrame:
 
 
 def panel(method: str) -> None:
-    param, values, builder, label = SWEEPS[method]
+    param, name = SWEEPS[method], registry[method].display_name
     table = sweep(method)
-    default = dict(params_for(method)).get(param, registry[method].defaults().get(param, values[len(values) // 2]))
-    current = min(values, key=lambda v: abs(v - default))
-    value = st.select_slider(label, values, value=current, key=key(f"common_{method}"))
-    st.plotly_chart(recolor(builder(table, value), colors), key=key(f"common_fig_{method}"))
+    default = dict(params_for(method)).get(param.name, param.default)
+    current = min(param.sweep, key=lambda v: abs(v - default))
+    value = st.select_slider(f"{(param.label or param.name).capitalize()} ({name})", param.sweep, value=current,
+                             key=key(f"common_{method}"))
+    fig = figures.sweep_curve(table, name, param.label or param.name, value)
+    st.plotly_chart(recolor(fig, colors), key=key(f"common_fig_{method}"))
     here = table[(table["split"] == "test") & ((table["value"] - value).abs() < 1e-9)]
     st.dataframe(here[["task", "accuracy", "normalized", "nai", "alpha"]], hide_index=True, key=key(f"common_tab_{method}"),
                  column_config={"accuracy": st.column_config.NumberColumn("test accuracy", format="percent"),
@@ -68,8 +64,8 @@ def panel(method: str) -> None:
                                 "alpha": st.column_config.NumberColumn("α", format="%.1f")})
 
 
-columns = st.columns(len([m for m in SWEEPS if m in registry]) or 1)
-for column, method in zip(columns, [m for m in SWEEPS if m in registry]):
+columns = st.columns(len(SWEEPS) or 1)
+for column, method in zip(columns, SWEEPS):
     with column:
         st.fragment(panel)(method)
 st.caption(f"{alpha_text}. Sweeps are stored in the result store under the cache folder: rerunning one evaluates "

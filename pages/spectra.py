@@ -1,4 +1,4 @@
-"""Spectra view: singular values per matrix layer before and after flattening (DESIGN §4)."""
+"""Spectra view: singular values per matrix layer before and after flattening (docs/design.md, Analysis definitions)."""
 
 from __future__ import annotations
 
@@ -13,20 +13,18 @@ from ui.models import current_zoo, decompositions
 from ui.page import header, link
 from ui.state import alpha_choice, key, params_for, selection
 
+registry = all_methods()
+methods = [n for n, m in registry.items() if m.spectral]  # the methods that reshape a spectrum
 header(":material/show_chart: Spectra",
        "Singular values of one layer's matrices, largest first, on a log scale. Thin coloured lines: the task "
        "matrices Δt; dashed black: their Task Arithmetic sum (before flattening); thick: the merged matrices of "
-       "Iso-C, Iso-CTS, TSV-M and CART (after). A steep curve means a few directions dominate, so tasks whose "
+       f"{', '.join(registry[m].display_name for m in methods)} (after). A steep curve means a few directions dominate, so tasks whose "
        "directions are weak get drowned; a flat curve gives every direction the same weight. The second chart "
        "shows cumulative energy (share of ‖Δ‖F² in the top i directions). The common-fraction slider moves the "
        "Iso-CTS boundary between the common subspace (left of the dotted line) and the task-specific slots.")
 
-PREFERRED = ("iso_c", "iso_cts", "tsv_m", "cart")
-
 zoo = current_zoo()
 dec = decompositions()
-registry = all_methods()
-methods = [m for m in PREFERRED if m in registry]
 colors = palette(zoo.tasks)
 labels = dec.labels
 

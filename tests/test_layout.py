@@ -1,4 +1,4 @@
-"""The rooms of DESIGN §1: the pure core never imports streamlit."""
+"""The rooms of docs/design.md: the pure core never imports streamlit."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_only_the_shell_imports_streamlit() -> None:
     offenders = []
     for path in sorted(ROOT.rglob("*.py")):
         rel = path.relative_to(ROOT)
-        if rel.parts[0] in {".venv", "tests", "benchmarks", *SHELL}:  # DESIGN §1: these may import anything
+        if rel.parts[0] in {".venv", "tests", "benchmarks", *SHELL}:  # docs/design.md, Rooms: these may import anything
             continue
         if "streamlit" in _imports(path):
             offenders.append(str(rel))

@@ -39,10 +39,6 @@ class Selection:
     embedded: bool = True
 
     @property
-    def param_dict(self) -> dict[str, float]:
-        return dict(self.params)
-
-    @property
     def zoo_key(self) -> tuple[str, str | None, bool, str, str | None]:
         return (self.zoo_spec, self.data_dir, self.trust_pickle, self.device, self.pretrained)
 

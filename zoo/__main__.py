@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from merging.errors import IsoscopeError
+from merging.runtime import use_huge_pages
 from zoo import digits as D
 
 log = logging.getLogger("zoo")
@@ -105,6 +106,7 @@ COMMANDS = {"build": _build, "info": _info, "table": _table, "convert": _convert
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    use_huge_pages()
     parser = argparse.ArgumentParser(prog="python -m zoo", description="Build and inspect the digits zoo; convert zoo folders.")
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("--name", default="digits", choices=sorted(D.RECIPES))

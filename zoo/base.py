@@ -1,4 +1,4 @@
-"""The zoo interface shared by every source of models (DESIGN §5).
+"""The zoo interface shared by every source of models (docs/design.md, Where models come from).
 
 A zoo is a pretrained image encoder θ0, one fine-tuned encoder θt per task, a frozen
 classification head per task, and (when data is available) val/test splits to score on.

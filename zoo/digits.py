@@ -1,4 +1,4 @@
-"""The embedded digits zoo (DESIGN §5.1): a tiny open_clip ViT pretrained with SimCLR on pooled
+"""The embedded digits zoo (docs/design.md, Where models come from, item 1): a tiny open_clip ViT pretrained with SimCLR on pooled
 digit images, then fine-tuned per task with frozen class-embedding heads, on the eight tasks of
 ``zoo.digits_data``. A miniature of the 8-task ViT-B/32 setting of Ilharco et al. 2023 and of
 "No Task Left Behind" (Marczak et al., ICML 2025, §5).
@@ -17,7 +17,6 @@ recipe and fingerprint in its metadata; ``assets/zoo/`` ships the default one pr
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -328,7 +327,3 @@ def load_digits_zoo(spec: str = "digits", *, device: str | torch.device | None =
         raise IsoscopeError(f"unknown digits zoo {spec!r}; choose one of: {', '.join(RECIPES)}")
     return DigitsZoo(zoo_file(spec, progress), device=device)
 
-
-def recipe_copy(name: str) -> dict:
-    """A deep copy of a named recipe (for experiments)."""
-    return copy.deepcopy(RECIPES[name])

@@ -1,4 +1,4 @@
-"""Real checkpoint folders as a zoo (DESIGN §5 items 2–5).
+"""Real checkpoint folders as a zoo (docs/design.md, Where models come from, items 2–5).
 
 ``open_folder(path)`` detects the layout (``zoo.layouts``), opens every checkpoint lazily
 through ``merging.io`` and presents each one under open_clip ``VisionTransformer`` key names:

@@ -1,4 +1,4 @@
-"""Checkpoint folder layouts (DESIGN §5 items 2–5): one small reader per layout, in a table.
+"""Checkpoint folder layouts (docs/design.md, Where models come from, items 2–5): one small reader per layout, in a table.
 
 A reader looks at a folder and either returns ``FolderFiles`` (which file is θ0, which file is
 θt for each task, which head file belongs to each task) or None when the folder is not in its

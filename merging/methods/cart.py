@@ -1,5 +1,5 @@
 """CART, centered low-rank merging (Choi et al., "Revisiting Weight Averaging for Model
-Merging", arXiv:2412.12153, Sec. 3, Eq. 4–5).  DESIGN §3.
+Merging", arXiv:2412.12153, Sec. 3, Eq. 4–5).  docs/design.md, Methods.
 
 θavg = θ0 + mean(τt); centered vectors ct = θt − θavg = τt − mean(τ). For matrices of the
 attention and MLP blocks (keys containing ``attn`` or ``mlp`` but not ``ln`` or ``bias``),
@@ -47,8 +47,11 @@ METHOD = register(Method(
     summary="Merges around the weight average: adds back a low-rank part of each task's "
             "deviation from it (α plays CART's λ).",
     fn=cart,
+    color="#F76707",
     params=(Param("rank_ratio", 0.12, 0.01, 1.0, 0.01,
                   "Rank kept of each centered task matrix, as a fraction of min(m, n) "
-                  "(published: 0.12 for 8 tasks, 0.16 for 14, 0.32 for 20).", label="rank ratio ρ"),),
-    extra={"base": "average"},
+                  "(published: 0.12 for 8 tasks, 0.16 for 14, 0.32 for 20).", label="rank ratio ρ",
+                  sweep=(0.02, 0.04, 0.08, 0.12, 0.16, 0.24, 0.32, 0.4, 0.5)),),
+    spectral=True,
+    base="average",
 ))

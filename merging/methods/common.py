@@ -3,8 +3,8 @@
 A method's ``fn(layer, params) -> Δ`` returns the update for one parameter (same shape as
 θ0[key], float32). ``layer.cache`` persists across calls of one ``Merger`` (and lives for one
 key only in a streaming merge), so decompositions that do not depend on a parameter are
-computed once. Methods needing a global pass (TIES thresholds) put ``prepare`` in
-``Method.extra``; CART's base is the weight average (``extra["base"] = "average"``).
+computed once. A method needing a global pass (TIES's thresholds) declares ``Method.prepare``,
+whose result arrives here as ``layer.shared``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,9 @@ from typing import Any
 import torch
 
 from merging.linalg import SVD, fast_svd, top_svd
-from merging.tensors import StateDict
 
 Params = Mapping[str, float]
 LayerFn = Callable[["Layer", Params], torch.Tensor]
-# prepare(task_vector_of, num_tasks, params) -> shared values for every layer
-Prepare = Callable[[Callable[[int], StateDict], int, Params], Mapping[str, Any]]
 
 
 @dataclass
@@ -78,8 +75,9 @@ class Layer:
         return self.total() / self.num_tasks
 
 
-def spectral(fn: LayerFn) -> LayerFn:
-    """Wrap a matrix-only method: every non-matrix parameter takes the mean of the τt (DESIGN §3)."""
+def matrix_only(fn: LayerFn) -> LayerFn:
+    """Wrap a method defined on task matrices: every non-matrix parameter takes the mean of the
+    τt (docs/design.md, Methods)."""
 
     def layer_fn(layer: Layer, params: Params) -> torch.Tensor:
         return fn(layer, params) if layer.matrix else layer.mean()

@@ -2,7 +2,7 @@
 Common and Task-Specific Subspaces", ICML 2025, arXiv:2502.04959): Iso-C flattens the
 spectrum of the Task Arithmetic sum (Δ = σ̄ U Vᵀ, Sec. 3); Iso-CTS keeps the top-k common
 directions of the sum and adds each task's top-s directions outside them, then flattens the
-spectrum of the stack (Sec. 4, Algorithm 1).  DESIGN §3.
+spectrum of the stack (Sec. 4, Algorithm 1).  docs/design.md, Methods.
 
 Iso-C and Iso-CTS are ONE function with ``common_fraction`` (Iso-C is common_fraction = 1),
 registered twice. Per matrix, with S = Σt Δt = U Σ Vᵀ (cached across calls):
@@ -26,12 +26,12 @@ import torch
 
 from merging.linalg import (FLOAT32_GRAM_MIN_RATIO, STACK_MAX_COND, SVD, conditioned_polar, gram,
                             gram_resolves, mean_scaled_polar, polar, polar_extended, top_eigh, top_svd)
-from merging.methods.common import Layer, Params, spectral
+from merging.methods.common import Layer, Params, matrix_only
 from merging.registry import Method, Param, register
 
 
 def common_rank(r: int, num_tasks: int, common_fraction: float) -> tuple[int, int]:
-    """(k, s) of DESIGN §3 step 1: k0 = floor(r·f); k = r − round((r − k0)/T)·T
+    """(k, s) of docs/design.md, Methods, Iso-CTS step 1: k0 = floor(r·f); k = r − round((r − k0)/T)·T
     (round half to even); s = (r − k)/T, capped so that T·s ≤ r."""
     k0 = math.floor(r * common_fraction + 1e-9)
     s = min(round((r - k0) / num_tasks), r // num_tasks)
@@ -204,7 +204,7 @@ def iso_cts_delta(layer: Layer, k: int, s: int) -> torch.Tensor:
     return torch.mm(pu, pv.T).mul_(sigma.mean())  # (m, n)
 
 
-@spectral
+@matrix_only
 def iso(layer: Layer, params: Params) -> torch.Tensor:
     """Iso-CTS with ``common_fraction`` f (f = 1, the Iso-C default, flattens the whole sum)."""
     k, s = common_rank(layer.rank, layer.num_tasks, params.get("common_fraction", 1.0))
@@ -220,6 +220,7 @@ ISO_C = register(Method(
     summary="Flattens the spectrum of the summed task matrices: every direction gets the mean "
             "singular value.",
     fn=iso,
+    color="#4C6EF5",
     spectral=True,
 ))
 
@@ -230,8 +231,10 @@ ISO_CTS = register(Method(
     summary="Keeps a common subspace of the sum plus each task's own top directions, then "
             "flattens the spectrum.",
     fn=iso,
+    color="#AE3EC9",
     params=(Param("common_fraction", 0.8, 0.0, 1.0, 0.05,
                   "Share of the rank given to the common subspace; the rest is split evenly "
-                  "between tasks (1.0 = Iso-C).", label="common fraction"),),
+                  "between tasks (1.0 = Iso-C).", label="common fraction",
+                  sweep=tuple(round(0.1 * i, 1) for i in range(11))),),
     spectral=True,
 ))

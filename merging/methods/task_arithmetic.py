@@ -1,5 +1,5 @@
 """Task Arithmetic (Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023,
-arXiv:2212.04089, Eq. 1): θ = θ0 + α Σt τt.  DESIGN §3."""
+arXiv:2212.04089, Eq. 1): θ = θ0 + α Σt τt.  docs/design.md, Methods."""
 
 from __future__ import annotations
 
@@ -20,4 +20,5 @@ METHOD = register(Method(
     paper_url="https://arxiv.org/abs/2212.04089",
     summary="Adds up the task vectors: θ = θ0 + α·Σt τt.",
     fn=task_arithmetic,
+    color="#495057",
 ))

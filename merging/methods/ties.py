@@ -1,5 +1,5 @@
 """TIES-Merging (Yadav et al., "TIES-Merging: Resolving Interference When Merging Models",
-NeurIPS 2023, arXiv:2306.01708, Sec. 3: trim, elect sign, disjoint merge).  DESIGN §3.
+NeurIPS 2023, arXiv:2306.01708, Sec. 3: trim, elect sign, disjoint merge).  docs/design.md, Methods.
 
 Over each task vector flattened across ALL parameters, keep its top-k% entries by magnitude
 (ties at the threshold are kept), elect per entry the sign of the summed kept values, and
@@ -15,7 +15,7 @@ import torch
 
 from merging.methods.common import Layer, Params
 from merging.registry import Method, Param, register
-from merging.tensors import StateDict, flatten
+from merging.tensors import flatten
 
 
 def magnitude_threshold(vector: torch.Tensor, top_k: float) -> float:
@@ -28,7 +28,8 @@ def magnitude_threshold(vector: torch.Tensor, top_k: float) -> float:
     return float(vector.abs().kthvalue(n - keep + 1).values)
 
 
-def thresholds(task_vector_of: Callable[[int], StateDict], num_tasks: int, params: Params) -> Mapping[str, Any]:
+def thresholds(task_vector_of: Callable[[int], Mapping[str, torch.Tensor]], num_tasks: int,
+               params: Params) -> Mapping[str, Any]:
     """One magnitude threshold per task, over its flattened task vector (one at a time in memory)."""
     return {"thresholds": [magnitude_threshold(flatten(task_vector_of(t)), params["top_k"])
                            for t in range(num_tasks)]}
@@ -54,8 +55,9 @@ METHOD = register(Method(
     summary="Trims each task vector to its largest entries, elects a sign per weight and averages "
             "the values that agree.",
     fn=ties,
+    color="#A47148",
     params=(Param("top_k", 20.0, 1.0, 100.0, 1.0,
                   "Percent of each task vector's entries kept (largest magnitudes, over all parameters).",
                   label="kept entries top-k (%)"),),
-    extra={"prepare": thresholds},
+    prepare=thresholds,
 ))

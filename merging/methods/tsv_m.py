@@ -1,5 +1,5 @@
 """TSV-Merge (Gargiulo et al., "Task Singular Vectors: Reducing Task Interference in Model
-Merging", CVPR 2025, arXiv:2412.00081, Sec. 4, Eq. 6–7).  DESIGN §3.
+Merging", CVPR 2025, arXiv:2412.00081, Sec. 4, Eq. 6–7).  docs/design.md, Methods.
 
 Per task matrix: s = floor(r/T); each task's top-s singular triplets go side by side into
 U (m, Ts), σ (Ts,), V (n, Ts); U and V are replaced by their orthogonal polar factors and
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from merging.linalg import polar
-from merging.methods.common import Layer, Params, spectral
+from merging.methods.common import Layer, Params, matrix_only
 from merging.registry import Method, register
 
 
@@ -20,7 +20,7 @@ def task_rank(r: int, num_tasks: int) -> int:
     return r // num_tasks
 
 
-@spectral
+@matrix_only
 def tsv_m(layer: Layer, _params: Params) -> torch.Tensor:
     """Δ = polar(U) diag(σ) polar(V)ᵀ over the stacked top-s triplets of every task."""
     s = task_rank(layer.rank, layer.num_tasks)
@@ -40,5 +40,6 @@ METHOD = register(Method(
     summary="Keeps each task's top singular vectors (r/T each) and orthogonalizes them jointly "
             "to remove interference.",
     fn=tsv_m,
+    color="#2F9E44",
     spectral=True,
 ))

@@ -65,9 +65,12 @@ def _sweep(param: str) -> pd.DataFrame:
                          for v in (0.0, 0.5, 1.0) for split in ("test", "val") for t, acc in (("A", 0.5), ("B", 0.7))])
 
 
-@pytest.mark.parametrize("builder", [figures.fraction_curve, figures.rank_curve])
-def test_sweep_curves_have_tasks_average_and_current_point(builder) -> None:
+def test_sweep_curves_have_tasks_average_and_current_point() -> None:
+    def builder(sweep: pd.DataFrame, current: float | None = None):
+        return figures.sweep_curve(sweep, "Iso-CTS", "common fraction", current)
+
     fig = builder(_sweep("common_fraction"), current=0.45)
+    assert fig.layout.title.text == "Iso-CTS accuracy vs common fraction"
     assert [t.name for t in fig.data] == ["A", "B", "average", "current"]
     assert list(fig.data[2].y) == pytest.approx([60.0, 65.0, 70.0])  # mean of tasks, in %
     assert list(fig.data[3].x) == [0.5] and list(fig.data[3].y) == pytest.approx([65.0])
@@ -87,15 +90,16 @@ def test_methods_keep_their_house_colour_in_every_figure() -> None:
     """A method's colour comes from ``analysis.style`` by name, not from its position in the
     frame: Iso-C is the same blue in the spectrum, the SAR bars and the SAR–NAI scatter, whatever
     order the methods arrive in (the app and the HTML report use these builders alike)."""
-    from analysis.style import METHOD_COLORS, method_color
+    from analysis.style import method_color
+    from merging.registry import get_method
 
-    iso_c = METHOD_COLORS["iso_c"]
+    iso_c = get_method("iso_c").color
     assert method_color("Iso-C") == method_color("iso_c") == iso_c
     spectra = _spectra()
     merged = spectra[spectra["kind"] == "merged"]["source"].unique()
     fig = figures.spectrum_figure(spectra, "blk1 · mlp.c_fc")
     checked = [t.name for t in fig.data if t.name in merged]
-    assert checked == ["Iso-CTS"] and fig.data[-1].line.color == METHOD_COLORS["iso_cts"]
+    assert checked == ["Iso-CTS"] and fig.data[-1].line.color == get_method("iso_cts").color
     for order in (["Iso-C", "Task Arithmetic"], ["Task Arithmetic", "Iso-C"]):
         avg = pd.DataFrame({"method": [m for m in order for _ in range(2)], "task": ["A", "B"] * 2,
                             "sar_avg": [0.9, 0.8, 0.5, 0.4]})
@@ -103,4 +107,4 @@ def test_methods_keep_their_house_colour_in_every_figure() -> None:
         points = avg.assign(nai=[0.8, 0.7, 0.3, 0.2])
         dots = {t.name: t.marker.color for t in figures.sar_nai_scatter(points).data if t.mode == "markers"}
         assert bars["Iso-C"] == dots["Iso-C"] == iso_c
-        assert bars["Task Arithmetic"] == dots["Task Arithmetic"] == METHOD_COLORS["task_arithmetic"] != iso_c
+        assert bars["Task Arithmetic"] == dots["Task Arithmetic"] == get_method("task_arithmetic").color != iso_c

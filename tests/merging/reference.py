@@ -1,4 +1,4 @@
-"""Plain float64 reference implementations of every method, straight from DESIGN §3.
+"""Plain float64 reference implementations of every method, straight from docs/design.md, Methods.
 
 Full SVDs everywhere, no caching, no tricks: the engine must equal these. Other rooms' tests
 may import them. Inputs are state dicts of tensors; outputs are (base, Δ, α-fixed) like
@@ -87,7 +87,7 @@ def iso_c_matrix(taus: Sequence[Tensor]) -> Tensor:
 def common_rank(r: int, num_tasks: int, f: float) -> tuple[int, int]:
     k0 = math.floor(r * f + 1e-9)
     k = r - round((r - k0) / num_tasks) * num_tasks
-    if k < 0:  # DESIGN leaves it open; the engine caps T·s at r
+    if k < 0:  # the cap on s (docs/design.md, Conventions): T·s ≤ r
         k += num_tasks * math.ceil(-k / num_tasks)
     return k, (r - k) // num_tasks
 
@@ -107,22 +107,22 @@ def iso_cts_matrix(taus: Sequence[Tensor], common_fraction: float = 0.8) -> Tens
     return sstar.mean() * polar(ustar) @ polar(vstar).T
 
 
-def spectral(matrix_fn, tvs: list[State], pre: Mapping[str, Tensor], **params: float) -> State:
+def matrix_only(matrix_fn, tvs: list[State], pre: Mapping[str, Tensor], **params: float) -> State:
     """Apply a per-matrix method to every matrix key; other keys take the mean of the τt."""
     return {k: matrix_fn([tv[k] for tv in tvs], **params) if is_matrix(k, pre[k]) else mean_tv(tvs, k)
             for k in pre}
 
 
 def tsv_m(tvs: list[State], pre: Mapping[str, Tensor]) -> State:
-    return spectral(tsv_m_matrix, tvs, pre)
+    return matrix_only(tsv_m_matrix, tvs, pre)
 
 
 def iso_c(tvs: list[State], pre: Mapping[str, Tensor]) -> State:
-    return spectral(iso_c_matrix, tvs, pre)
+    return matrix_only(iso_c_matrix, tvs, pre)
 
 
 def iso_cts(tvs: list[State], pre: Mapping[str, Tensor], common_fraction: float = 0.8) -> State:
-    return spectral(iso_cts_matrix, tvs, pre, common_fraction=common_fraction)
+    return matrix_only(iso_cts_matrix, tvs, pre, common_fraction=common_fraction)
 
 
 def cart(tvs: list[State], pre: Mapping[str, Tensor], rank_ratio: float = 0.12) -> tuple[State, State]:

@@ -3,13 +3,15 @@ hand-built safetensors headers, torch files declaring huge storages, non-dict pa
 
 Every input must end either in a CheckpointError whose one-line message starts with the file's
 path, or (for mutations that leave a valid file) in a successful load; never another exception,
-a crash or a large allocation (peak RSS growth is checked per test).
+a crash or a large allocation (the peak resident memory of each test's inputs is measured from
+a reset high-water mark, so it does not depend on what ran before).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import struct
 from collections.abc import Iterator
@@ -51,15 +53,48 @@ def _report_counts() -> Iterator[None]:
         Path(os.environ["ISOSCOPE_FUZZ_REPORT"]).write_text(json.dumps(COUNTS, indent=1))
 
 
-def _max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def _status_mb(field: str) -> float:
+    return int(re.search(rf"{field}:\s+(\d+) kB", STATUS.read_text()).group(1)) / 1024
+
+
+def _peak_since_reset() -> Iterator[float]:
+    """Linux: reset this process's resident high-water mark (VmHWM) to its current RSS, then
+    report how far the peak rose above that. Elsewhere: the growth of ru_maxrss, which only
+    sees peaks above every earlier one."""
+    if CLEAR_REFS.exists():
+        CLEAR_REFS.write_text("5")
+        start = _status_mb("VmRSS")
+        yield 0.0
+        yield _status_mb("VmHWM") - start
+    else:  # pragma: no cover - not Linux
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        yield 0.0
+        yield resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start
 
 
 @contextmanager
 def _bounded_memory() -> Iterator[None]:
-    before = _max_rss_mb()
+    peak = _peak_since_reset()
+    next(peak)
     yield
-    assert _max_rss_mb() - before < MAX_RSS_GROWTH_MB, "peak RSS grew: a hostile size was allocated"
+    grown = next(peak)
+    assert grown < MAX_RSS_GROWTH_MB, f"peak RSS grew by {grown:.0f} MB: a hostile size was allocated"
+
+
+def test_memory_guard_sees_an_allocation_below_an_earlier_peak() -> None:
+    """The guard measures the allocation inside it, whatever ran before: after a 400 MB peak,
+    a 200 MB allocation still trips it, and nothing does not."""
+    big = torch.ones(100 * 2 ** 20)  # 400 MB, touched
+    del big
+    with _bounded_memory():
+        pass
+    with pytest.raises(AssertionError, match="peak RSS grew"):
+        with _bounded_memory():
+            held = torch.ones(50 * 2 ** 20)  # 200 MB
+            del held
 
 
 def check_clean(path: Path, must_fail: bool, tag: str) -> None:

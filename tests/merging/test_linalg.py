@@ -220,7 +220,7 @@ def test_non_finite_input_is_a_clear_error(kernel) -> None:
 
 
 def test_wide_768x3072_residual_like_matrix_is_finite() -> None:
-    """The shape on which a plain float32 SVD can fail (DESIGN §6), rank-deficient like a
+    """The shape on which a plain float32 SVD can fail (docs/engine.md, Measured), rank-deficient like a
     residual: the engine's kernels return finite factors."""
     g = torch.Generator().manual_seed(10)
     q, _ = torch.linalg.qr(torch.randn(96, 96, generator=g))
@@ -320,7 +320,9 @@ def test_top_eigh_small_problems_use_eigh(s: int) -> None:
 @pytest.mark.parametrize("eps", [1e-1, 1e-3])
 def test_polar_extended_is_accurate_when_ill_conditioned_and_q_is_imperfect(eps: float) -> None:
     """x nearly inside span(q) (κ([q | x]) ≈ 1e2 … 1e4) and q orthonormal only to 1e-5, like the
-    Gram-route factors: the error stays linear in the defect instead of growing with κ²."""
+    Gram-route factors: the factor stays within 1e-4 of float64's. (The float64 correction and
+    the leak fix are pinned by the tests named in docs/engine.md, Tolerances; this input
+    passes without them.)"""
     g = torch.Generator().manual_seed(21)
     q, _ = torch.linalg.qr(torch.randn(300, 80, generator=g, dtype=torch.float64))
     q = (q + 1e-5 * torch.randn(300, 80, generator=g, dtype=torch.float64)).float()
@@ -383,3 +385,18 @@ def test_polar_extended_takes_the_whole_stack_when_x_is_wide_and_stays_exact(mon
         assert _defect(got) < 5e-6, (tuple(x.shape), _defect(got))
         if float(s[0] / s[-1]) < 1e5:  # a unique, well-defined factor to compare with
             assert float((got.double() - u @ vh).norm() / (u @ vh).norm()) < 1e-5
+
+
+def test_polar_extended_applies_ill_conditioned_corrections_in_float64() -> None:
+    """x inside span(q) but for a 1e-2 part (κ([q | x]) ≈ 1e4, l < k/3: the extended route): the
+    κ-sized correction is applied in float64 (FLOAT32_APPLY_ABOVE), so the factor stays
+    orthonormal to float32 precision. Applied in float32 it is off by ~2e-4."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.linalg.qr(torch.randn(200, 60, generator=g, dtype=torch.float64))[0]  # (p, k)
+    outside = torch.linalg.qr(torch.randn(200, 10, generator=g, dtype=torch.float64))[0]
+    outside = torch.linalg.qr(outside - q @ (q.T @ outside))[0]  # (p, l), ⟂ q
+    x = q @ torch.randn(60, 10, generator=g, dtype=torch.float64) + 1e-2 * outside
+    s = torch.linalg.svdvals(torch.cat([q, x], 1))
+    assert float(s[0] / s[-1]) > 5e3 and float(s[-1] / s[0]) ** 2 < linalg.FLOAT32_APPLY_ABOVE
+    got = linalg.polar_extended(q.float(), x.float())
+    assert _defect(got) < 5e-6

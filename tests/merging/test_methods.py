@@ -1,5 +1,5 @@
 """Every method equals the plain float64 reference (tests/merging/reference.py), plus the
-identities DESIGN §3 implies."""
+identities docs/design.md, Methods implies."""
 
 from __future__ import annotations
 
@@ -127,7 +127,11 @@ def test_registry_schema_is_complete() -> None:
     assert get_method("iso_cts").defaults() == {"common_fraction": 0.8}
     assert get_method("ties").defaults() == {"top_k": 20.0}
     assert get_method("cart").defaults() == {"rank_ratio": 0.12}
-    assert get_method("iso_c").spectral and not get_method("ties").spectral
+    assert {n for n, m in all_methods().items() if m.spectral} == {"tsv_m", "iso_c", "iso_cts", "cart"}
+    assert [n for n, m in all_methods().items() if m.prepare] == ["ties"]
+    assert [n for n, m in all_methods().items() if m.base == "average"] == ["cart"]
+    colors = [m.color for m in all_methods().values()]
+    assert len(set(colors)) == len(colors) and all(c.startswith("#") and len(c) == 7 for c in colors)
 
 
 @pytest.mark.slow
@@ -180,6 +184,35 @@ def test_iso_flatness_on_real_task_vectors() -> None:
         for key in merger.matrix_keys:
             s = torch.linalg.svdvals(delta[key].double())
             assert float(s.max() / s.min()) < 1 + 2e-5, (method, params, key, float(s.max() / s.min()) - 1)
+
+
+def test_iso_cts_is_flat_on_the_worst_conditioned_real_layer() -> None:
+    """The shipped digits zoo's blk2 mlp.c_fc (512×128, 8 real fine-tunes) at f = 0.8: its
+    stacked right vectors are the worst conditioned of the zoo, and Iso-CTS must still return a
+    flat spectrum. polar_extended's leak fix (re-orthonormalizing Q⊥ against q) and its float64
+    correction each hold it to ~3e-6; without the leak fix it is 1.3e-4, without float64 2.7e-3."""
+    from zoo import load_zoo
+
+    zoo = load_zoo("digits")
+    key = "transformer.resblocks.2.mlp.c_fc.weight"
+    merger = Merger({key: zoo.pretrained()[key]}, [{key: ft[key]} for ft in zoo.all_finetuned()], device="cpu")
+    s = torch.linalg.svdvals(merger.update("iso_cts", {"common_fraction": 0.8}).delta[key].double())
+    assert float(s.max() / s.min()) - 1 < 2e-5
+
+
+def test_iso_cts_left_polar_projects_task_vectors_off_the_common_block() -> None:
+    """The task left vectors X are residual directions, ⟂ Uk in exact arithmetic, but float32
+    rounding leaves them a part along Uk. ``_left_polar`` projects it off before taking
+    polar(X), so [Uk | polar(X)] stays orthonormal; without that its columns overlap by the leak."""
+    from merging.methods import iso
+
+    g = torch.Generator().manual_seed(3)
+    basis = torch.linalg.qr(torch.randn(300, 40, generator=g, dtype=torch.float64))[0]
+    uk, resid = basis[:, :30].float(), basis[:, 30:]  # (m, k), (m, Ts)
+    leak = 1e-3 * uk.double() @ torch.randn(30, 10, generator=g, dtype=torch.float64)  # (m, Ts)
+    x = (0.1 * resid + leak).float()  # κ(X) ≈ 1: the float32 Gram route (LEFT_MAX_COND) takes it
+    got = iso._left_polar(uk, x).double()  # (m, k + Ts)
+    assert float((got.T @ got - torch.eye(40, dtype=torch.float64)).abs().max()) < 1e-5
 
 
 @pytest.mark.parametrize("shape", [(60, 16), (16, 60)])
