@@ -12,9 +12,11 @@ For one matrix key, on demand:
 ΔM is the method's α·Δ at α = 1 (the update as the engine returns it; a method that fixes α, like
 weight averaging's 1/T, uses its own), and for CART, which merges around the weight average, the
 whole update from θ0: mean(τt) + λ Σt c̃t (λ is α). Task Arithmetic, weight averaging and Iso-C
-share the left singular vectors of Σt Δt, so their ``proj`` is computed once per key and, on a
-flat spectrum, Iso-C's basis is deterministic: the sum's singular vectors in the order of the
-sum's singular values.
+share the left singular vectors of Σt Δt, so their ``proj`` is computed once per key; a method
+that declares ``Method.factors`` (Iso-CTS, TSV-M: Δ is built from orthonormal factors) gives its
+own SVD, so only the others (TIES, CART) take an SVD of ΔM. On a flat spectrum the basis is
+then the method's own, deterministic one: Iso-C's is the sum's singular vectors in the order of
+the sum's singular values.
 
 Every result is small (a few (T, r) arrays) and immutable. It is kept in memory under a byte
 budget and, when a store and fingerprint are given, in the on-disk store (keyed by zoo
@@ -69,6 +71,13 @@ class LayerSpectra:
 
 
 @dataclass(frozen=True)
+class TaskNorms:
+    """‖Δt‖F of every task on one matrix key (all SAR needs besides the merged update)."""
+
+    norms: np.ndarray  # (T,)
+
+
+@dataclass(frozen=True)
 class MergedLayer:
     """One method's update ΔM on one key: its spectrum and the tasks' energy along its vectors."""
 
@@ -80,8 +89,8 @@ class MergedLayer:
         return np.sqrt(self.proj[:, :k].sum(axis=1))
 
 
-Result = LayerSpectra | MergedLayer
-RESULT_TYPES: dict[str, type] = {"spectra": LayerSpectra, "merged": MergedLayer}
+Result = LayerSpectra | TaskNorms | MergedLayer
+RESULT_TYPES: dict[str, type] = {"spectra": LayerSpectra, "norms": TaskNorms, "merged": MergedLayer}
 
 
 def _nbytes(result: Result) -> int:
@@ -100,6 +109,17 @@ def resolve(method: str, params: Mapping[str, Any] | None) -> tuple[str, dict[st
 def _projections(u: torch.Tensor, taus: Sequence[torch.Tensor]) -> np.ndarray:
     """‖u_iᵀ Δt‖² for every task and column of ``u`` (m, r).  # (T, r)"""
     return np.stack([(u.T @ tau).square().sum(1).double().cpu().numpy() for tau in taus])
+
+
+def _padded(s: np.ndarray, proj: np.ndarray, r: int) -> MergedLayer:
+    """A MergedLayer of rank ``r`` from r' ≤ r factors (the rest: zero singular values)."""
+    tail = r - len(s)
+    return MergedLayer(s=_frozen(np.concatenate([s, np.zeros(tail)])),
+                       proj=_frozen(np.concatenate([proj, np.zeros((proj.shape[0], tail))], axis=1)))
+
+
+def _task_norms(layer: Layer) -> np.ndarray:
+    return np.array([float(torch.linalg.vector_norm(tau.double())) for tau in layer.taus])  # (T,)
 
 
 def _sum_factors(layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,11 +210,23 @@ class Decompositions:
         """σ(Δt) for every task, σ(Σt Δt) and ‖Δt‖F of one matrix key."""
         return self._cached(("spectra", key, "", ""), lambda: self._compute_spectra(key))
 
+    def norms(self, key: str) -> np.ndarray:
+        """‖Δt‖F for every task on one matrix key (T,): no decomposition, so the Alignment view
+        does not pay for the task spectra it does not draw."""
+        found = self._results.get(("spectra", key, "", ""))
+        if found is not None:
+            return found.norms
+        return self._cached(("norms", key, "", ""), lambda: self._compute_norms(key)).norms
+
+    def _compute_norms(self, key: str) -> TaskNorms:
+        with self.merger.layer(key) as layer:
+            return TaskNorms(norms=_frozen(_task_norms(layer)))
+
     def _compute_spectra(self, key: str) -> LayerSpectra:
         with self.merger.layer(key) as layer:
             task = np.stack([singular_values(tau).double().cpu().numpy() for tau in layer.taus])  # (T, r)
             _, total = _sum_factors(layer)
-            norms = np.array([float(torch.linalg.vector_norm(tau.double())) for tau in layer.taus])  # (T,)
+            norms = _task_norms(layer)  # (T,)
             return LayerSpectra(task=_frozen(task), total=_frozen(total.double().cpu().numpy()), norms=_frozen(norms))
 
     # -- merged updates --------------------------------------------------------------------------
@@ -227,6 +259,11 @@ class Decompositions:
             basis = self._sum_basis(key)
             s = flatten(torch.from_numpy(np.array(basis.s)), self.merger.num_tasks).numpy()
             return MergedLayer(s=_frozen(s), proj=basis.proj)
+        if spec.factors is not None and spec.base == "pretrained":  # Δ's SVD is known: no SVD of Δ
+            with self.merger.layer(key, self.merger.shared(spec, params)) as layer:
+                u, s = spec.factors(layer, params)  # (m, r'), (r',)
+                proj = _projections(u, layer.taus)  # (T, r')
+            return _padded(s.double().cpu().numpy() * alpha, proj, self.rank(key))
         offset = self.merger.layer_offset(key, spec, params, alpha)  # (m, n) θ − θ0
         u, s, _ = svd(offset.to(torch.float32))  # (m, r), (r,)
         with self.merger.layer(key) as layer:

@@ -65,7 +65,7 @@ def sar_table(dec: Decompositions, method: str, params: Mapping[str, Any] | None
     rows = []
     for key, layer in merged.items():
         k_m = alignment_rank(layer.s, eps)
-        norms = dec.spectra(key).norms  # (T,)
+        norms = dec.norms(key)  # (T,)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios = np.where(norms > 0, layer.captured(k_m) / np.where(norms > 0, norms, 1.0), np.nan)  # (T,)
         rows += [(name, task, key, dec.labels[key], float(min(ratio, 1.0)), k_m, len(layer.s))

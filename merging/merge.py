@@ -111,6 +111,9 @@ class _TaskView(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self.merger.keys)
 
+    def __contains__(self, key: object) -> bool:  # Mapping's default would read the tensor
+        return key in self.merger.shapes
+
 
 class Merger:
     """θ0 and T fine-tuned models, merged one parameter (layer) at a time.

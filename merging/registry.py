@@ -21,6 +21,9 @@ from merging.errors import MethodError
 Prepare = Callable[[Callable[[int], Mapping[str, Any]], int, Mapping[str, float]], Mapping[str, Any]]
 # What Δ is added to: θ0, or the weight average θavg = θ0 + mean(τt) (CART).
 Base = Literal["pretrained", "average"]
+# factors(layer, params) -> (U (m, r'), σ (r',)): the left singular vectors and values of one
+# matrix key's Δ, for methods that build Δ from orthonormal factors (so no SVD of Δ is needed)
+Factors = Callable[[Any, Mapping[str, float]], tuple[Any, Any]]
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class Method:
     ``prepare``: a global pass over every task vector before the per-layer ``fn`` (TIES's
     magnitude thresholds); its result reaches ``fn`` as ``layer.shared``.
     ``base``: what Δ is added to. ``fixed_alpha``: an α the method fixes itself (None: α free).
+    ``factors``: optional; for a matrix key, Δ's left singular vectors and singular values in the
+    method's own order (the analysis reads spectra and SAR from them instead of an SVD of Δ; on a
+    flat spectrum that order is the deterministic basis SAR uses).
     ``color``: the method's colour in every figure of the app and the report."""
 
     name: str
@@ -79,6 +85,7 @@ class Method:
     spectral: bool = False
     prepare: Prepare | None = None
     base: Base = "pretrained"
+    factors: Factors | None = None
 
     def alpha_for(self, num_tasks: int) -> float | None:
         """The α this method fixes for ``num_tasks`` tasks, or None when α is free."""

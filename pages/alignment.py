@@ -38,7 +38,7 @@ def sar_tables(eps: float) -> dict[str, pd.DataFrame]:
     """SAR per task × layer of every compared method, computed layer by layer under one progress bar."""
     alpha = alpha_choice()
     methods = tuple((m, params_for(m)) for m in dict.fromkeys([method, *compared]))
-    data.prepare(dec, methods, tuple(dec.keys), "Subspace alignment, layer by layer", spectra=True, alpha=alpha)
+    data.prepare(dec, methods, tuple(dec.keys), "Subspace alignment, layer by layer", spectra=False, alpha=alpha)
     return {m: data.sar_table(zoo.fingerprint, dec, m, p, eps, alpha) for m, p in methods}
 
 

@@ -11,7 +11,6 @@ import pandas as pd
 import streamlit as st
 
 from analysis.similarity import norms_and_cosines
-from merging.progress import scaled
 from ui.core import progress_bar
 
 BOUNDS = dict(max_entries=64, ttl=3600, show_spinner=False)
@@ -23,16 +22,17 @@ def _params(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
 
 def prepare(dec: Any, methods: tuple[tuple[str, tuple], ...], keys: tuple[str, ...], label: str,
             spectra: bool = True, alpha: float | None = None) -> None:
-    """Compute (or fetch from the store) the per-layer results ``keys`` × ``methods`` need, one
-    layer at a time under a progress bar, so the cached table builders below only assemble."""
-    steps = ([("spectra", None)] if spectra else []) + list(methods)
+    """Compute (or fetch from the store) the per-layer results ``keys`` × ``methods`` need under a
+    progress bar, layer by layer (every method on one layer before the next, so each layer is
+    read once and its decompositions are shared), so the cached table builders below only
+    assemble."""
     with progress_bar(label) as report:
-        for i, (method, params) in enumerate(steps):
-            part = scaled(report, i / len(steps), (i + 1) / len(steps))
-            if method == "spectra":
-                dec.all_spectra(keys, part)
-            else:
-                dec.merged(method, _params(params), keys, part, alpha)
+        for i, layer in enumerate(keys):
+            report(i / len(keys), dec.labels.get(layer, layer))
+            dec.spectra(layer) if spectra else dec.norms(layer)  # reads the layer once for all methods
+            for method, params in methods:
+                dec.merged_layer(layer, method, _params(params), alpha)
+        report(1.0, "done")
 
 
 @st.cache_data(**BOUNDS)

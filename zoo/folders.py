@@ -80,6 +80,9 @@ class MappedCheckpoint(Mapping[str, torch.Tensor]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.plan)
 
+    def __contains__(self, key: object) -> bool:  # Mapping's default would read the tensor
+        return key in self.plan
+
     def __len__(self) -> int:
         return len(self.plan)
 
@@ -366,6 +369,9 @@ class _Overlay(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self.view) + len(self.keys_from_base)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys_from_base or key in self.view
+
     def shape(self, key: str) -> tuple[int, ...]:
         return self._owner(key).shape(key)
 
@@ -390,6 +396,9 @@ class _Checked(Mapping[str, torch.Tensor]):
 
     def __len__(self) -> int:
         return len(self.view)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.view
 
     def shape(self, key: str) -> tuple[int, ...]:
         return self.view.shape(key)

@@ -190,8 +190,8 @@ def _left_polar(uk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return polar_extended(uk, x) if q is None else torch.cat([uk, q], 1)  # (m, r)
 
 
-def iso_cts_delta(layer: Layer, k: int, s: int) -> torch.Tensor:
-    """Δ = σ̄ polar(U*) polar(V*)ᵀ over the common block and the T task blocks."""
+def _iso_cts_parts(layer: Layer, k: int, s: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(polar(U*) (m, r), polar(V*) (n, r), σ̄) over the common block and the T task blocks."""
     u, sig, vh = layer.sum_svd()
     m, n = layer.taus[0].shape
     if m > n:
@@ -201,7 +201,26 @@ def iso_cts_delta(layer: Layer, k: int, s: int) -> torch.Tensor:
         pu, tasks = _wide_blocks(layer, k, s)
     sigma = torch.cat([sig[:k]] + [tp[1] for tp in tasks])  # (r,)
     pv = polar_extended(vh[:k].T, torch.cat([tp[2] for tp in tasks], 0).T)  # (n, r)
-    return torch.mm(pu, pv.T).mul_(sigma.mean())  # (m, n)
+    return pu, pv, float(sigma.mean())
+
+
+def iso_cts_delta(layer: Layer, k: int, s: int) -> torch.Tensor:
+    """Δ = σ̄ polar(U*) polar(V*)ᵀ."""
+    pu, pv, mean = _iso_cts_parts(layer, k, s)
+    return torch.mm(pu, pv.T).mul_(mean)  # (m, n)
+
+
+def iso_factors(layer: Layer, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    """Δ's left singular vectors (m, r) and its flat spectrum σ̄·1 (r,): Δ = σ̄ P Qᵀ with P, Q
+    orthonormal is its own SVD. The order (a flat spectrum has no order of its own) is the
+    method's: for Iso-C the sum's singular vectors by the sum's singular values; for Iso-CTS the
+    common block that way, then each task's directions in task order."""
+    k, s = common_rank(layer.rank, layer.num_tasks, params.get("common_fraction", 1.0))
+    if s == 0:
+        u, sig, _ = layer.sum_svd()
+        return u, torch.full_like(sig, float(sig.mean()))
+    pu, _, mean = _iso_cts_parts(layer, k, s)
+    return pu, torch.full((pu.shape[1],), mean, dtype=pu.dtype, device=pu.device)
 
 
 @matrix_only
@@ -222,6 +241,7 @@ ISO_C = register(Method(
     fn=iso,
     color="#4C6EF5",
     spectral=True,
+    factors=iso_factors,
 ))
 
 ISO_CTS = register(Method(
@@ -237,4 +257,5 @@ ISO_CTS = register(Method(
                   "between tasks (1.0 = Iso-C).", label="common fraction",
                   sweep=tuple(round(0.1 * i, 1) for i in range(11))),),
     spectral=True,
+    factors=iso_factors,
 ))

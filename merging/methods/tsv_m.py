@@ -20,17 +20,33 @@ def task_rank(r: int, num_tasks: int) -> int:
     return r // num_tasks
 
 
-@matrix_only
-def tsv_m(layer: Layer, _params: Params) -> torch.Tensor:
-    """Δ = polar(U) diag(σ) polar(V)ᵀ over the stacked top-s triplets of every task."""
+def _stacked(layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """polar(U) (m, Ts), σ (Ts,), polar(V)ᵀ (Ts, n) over the stacked top-s triplets of every task."""
     s = task_rank(layer.rank, layer.num_tasks)
     tops = [layer.top_triplets(f"task:{t}", lambda tau=tau: tau, s) for t, tau in enumerate(layer.taus)]
     u = torch.cat([t[0] for t in tops], dim=1)  # (m, Ts)
     sigma = torch.cat([t[1] for t in tops])  # (Ts,)
     vh = torch.cat([t[2] for t in tops], dim=0)  # (Ts, n)
     if sigma.numel() == 0:
+        return u, sigma, vh
+    return polar(u), sigma, polar(vh)
+
+
+@matrix_only
+def tsv_m(layer: Layer, _params: Params) -> torch.Tensor:
+    """Δ = polar(U) diag(σ) polar(V)ᵀ."""
+    pu, sigma, pvh = _stacked(layer)
+    if sigma.numel() == 0:
         return torch.zeros_like(layer.taus[0])
-    return (polar(u) * sigma) @ polar(vh)  # (m, Ts) @ (Ts, n)
+    return (pu * sigma) @ pvh  # (m, Ts) @ (Ts, n)
+
+
+def tsv_factors(layer: Layer, _params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    """Δ's left singular vectors and values: polar(U) and polar(V) have orthonormal columns, so
+    polar(U) diag(σ) polar(V)ᵀ is an SVD once σ is sorted (descending; ties keep task order)."""
+    pu, sigma, _ = _stacked(layer)
+    order = torch.sort(sigma, descending=True, stable=True).indices
+    return pu[:, order], sigma[order]  # (m, Ts), (Ts,)
 
 
 METHOD = register(Method(
@@ -40,6 +56,7 @@ METHOD = register(Method(
     summary="Keeps each task's top singular vectors (r/T each) and orthogonalizes them jointly "
             "to remove interference.",
     fn=tsv_m,
+    factors=tsv_factors,
     color="#2F9E44",
     spectral=True,
 ))

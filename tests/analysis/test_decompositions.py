@@ -45,13 +45,30 @@ def test_spectra_match_plain_svdvals(dec: Decompositions) -> None:
 def test_merged_decomposition_is_cached(dec: Decompositions, monkeypatch: pytest.MonkeyPatch) -> None:
     dec.merged("iso_cts", {"common_fraction": 0.5})
     calls = []
-    original = dec.merger.layer_offset
-    monkeypatch.setattr(dec.merger, "layer_offset", lambda *a, **k: calls.append(a) or original(*a, **k))
+    original = dec._compute_merged
+    monkeypatch.setattr(dec, "_compute_merged", lambda *a, **k: calls.append(a) or original(*a, **k))
     dec.merged("iso_cts", {"common_fraction": 0.5})
     spectra(dec, {"iso_cts": {"common_fraction": 0.5}})
     assert calls == []
     dec.merged("iso_cts", {"common_fraction": 0.3}, keys=KEYS[:1])  # a new value: that layer only
     assert [a[0] for a in calls] == KEYS[:1]
+
+
+def test_factors_equal_the_svd_of_the_merged_update(dec: Decompositions) -> None:
+    """Iso-CTS and TSV-M read their spectrum and basis from their own factors: the same σ and the
+    same SAR as an SVD of the merged update (checked on the non-tied spectrum of TSV-M, and on
+    Iso-CTS's flat one through the full-basis projection, which any basis shares)."""
+    for method, params in (("tsv_m", None), ("iso_cts", {"common_fraction": 0.5})):
+        for key in KEYS:
+            got = dec.merged_layer(key, method, params)
+            offset = dec.merger.layer_offset(key, method, params).double()
+            u, s, _ = torch.linalg.svd(offset, full_matrices=False)
+            np.testing.assert_allclose(got.s, s.numpy(), rtol=1e-4, atol=1e-7)
+            rank = int((s > 1e-6 * s[0]).sum())  # directions of zero σ are arbitrary and never in k_M
+            want = torch.stack([(u[:, :rank].T @ tau).square().sum(1) for tau in _taus(dec, key)]).numpy()
+            np.testing.assert_allclose(got.proj[:, :rank].sum(1), want.sum(1), rtol=1e-4)  # the same span
+            if method == "tsv_m":
+                np.testing.assert_allclose(got.proj[:, :rank], want, rtol=1e-3, atol=1e-9)
 
 
 def test_boundary_uses_common_rank(dec: Decompositions) -> None:
