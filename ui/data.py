@@ -34,10 +34,11 @@ def boundary(fingerprint: str, _dec: Any, fraction: float) -> pd.DataFrame:
 
 
 @st.cache_data(**BOUNDS)
-def sar_table(fingerprint: str, _dec: Any, method: str, params: tuple, eps: float) -> pd.DataFrame:
+def sar_table(fingerprint: str, _dec: Any, method: str, params: tuple, eps: float, rule: str = "eq6") -> pd.DataFrame:
+    """SAR per task × layer; ``eps`` is the value of the k_M ``rule`` (ε, or the figure threshold)."""
     from analysis.sar import sar_table as build
 
-    return build(_dec, method, _params(params), eps)
+    return build(_dec, method, _params(params), eps, rule)
 
 
 @st.cache_data(**BOUNDS)
