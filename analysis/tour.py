@@ -259,7 +259,7 @@ def step_paper(r: ToyResults, zoo_points: pd.DataFrame | None = None, zoo_name: 
                           paper_nai_figure())]
     if zoo_points is not None and len(zoo_points):
         stats = correlation(zoo_points["sar_avg"], zoo_points["nai"])
-        text += (f"\n\nOn **{zoo_name}** (TA and Iso-C, α chosen as in the sidebar, figure rule 0.95) the 16-point "
+        text += (f"\n\nOn **{zoo_name}** (TA and Iso-C, α chosen as in the sidebar, figure rule 0.95) the {stats['n']}-point "
                  f"Pearson r is **{stats['pearson']:.2f}** (n = {stats['n']}, p = {stats['pearson_p']:.2g}): "
                  f"{strength_words(stats['pearson'])}. Read the paper's claim with that in mind.")
         figures.append(TourFigure("zoo_points", f"SAR_avg vs NAI on {zoo_name}, in Fig. 3a's layout",
@@ -452,7 +452,7 @@ def render_handout(steps: list[Step], state: TourState, title: str = "Isoscope �
     for step in steps:
         parts.append(f"<section><h2>{html.escape(step.title)}</h2>{md(step.text)}")
         for f in step.figures:
-            div = f.figure.to_html(full_html=False, include_plotlyjs=first, config=export_config(f.key),
+            div = f.figure.to_html(full_html=False, include_plotlyjs=first, config=export_config(f"isoscope-{f.key}"),
                                    default_width=f"{EXPORT_SIZE[0] * 0.75:.0f}px")
             first = False
             parts.append(f"<figure>{div}<figcaption><b>{html.escape(f.title)}.</b> {html.escape(f.caption)}"
