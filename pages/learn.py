@@ -124,14 +124,15 @@ top = st.columns([2, 2, 2, 6])
 top[0].toggle("Presenter mode", key=key("learn_present"), help="One step per screen, large type, no sidebar.")
 top[1].button("Reset", key=key("learn_reset"), on_click=reset, icon=":material/restart_alt:",
               help="Back to the default toy and step 1.")
-with errors_in_place():
+with st.expander("Toy settings", expanded=False) if present else st.container():
     state = controls()
-    to_url()
-    step_no = st.session_state[key("learn_step")]
+to_url()
+step_no = st.session_state[key("learn_step")]
+with errors_in_place():
     zoo_pts = points() if (not present or step_no == 3) else None
     steps = tour.tour(state, zoo_pts, "the current zoo")
-top[2].download_button("Export this tour (.html)", data=lambda: tour.render_handout(tour.tour(state, zoo_pts), state)
-                       .encode(), file_name="isoscope-tour.html", mime="text/html", key=key("learn_handout"),
+top[2].download_button("Export this tour (.html)", data=lambda: tour.render_handout(steps, state).encode(),
+                       file_name="isoscope-tour.html", mime="text/html", key=key("learn_handout"),
                        icon=":material/download:", help="One self-contained HTML page: every step, figure and caption.")
 top[3].caption("Each figure's camera button (top right of the chart) saves a fixed-size "
                f"{tour.EXPORT_SIZE[0]}×{tour.EXPORT_SIZE[1]} SVG for slides. Settings: "
