@@ -93,10 +93,14 @@ def controls() -> tour.TourState:
     return tour.TourState(shared=shared, weak=weak, fraction=fraction, rule=rule, value=value)
 
 
-def show_step(step: tour.Step) -> None:
+def show_step(step: tour.Step, large: bool = False) -> None:
+    """One step: title, text, each figure with its caption (built fresh each run, so the presenter's
+    larger chart type may be set on it) and the link to the view that shows it on the zoo."""
     st.subheader(step.title)
     st.markdown(step.text)
     for fig in step.figures:
+        if large:
+            fig.figure.update_layout(font_size=17, title_font_size=24, height=(fig.figure.layout.height or 340) + 120)
         st.plotly_chart(fig.figure, key=key(f"learn_fig_{fig.key}"), config=tour.export_config(f"isoscope-{fig.key}"))
         st.caption(f"**{fig.title}.** {fig.caption}")
     if step.link:
@@ -120,8 +124,8 @@ else:
            "the third a weak one. The sliders below set the toy for the whole tour; the text quotes its numbers. "
            "Presenter mode shows one step per screen, and the address bar always links to what you see.")
 
-top = st.columns([2, 2, 2, 6])
-top[0].toggle("Presenter mode", key=key("learn_present"), help="One step per screen, large type, no sidebar.")
+top = st.columns([2, 1.4, 2.6, 6])
+top[0].toggle("Presenter", key=key("learn_present"), help="One step per screen, large type, no sidebar.")
 top[1].button("Reset", key=key("learn_reset"), on_click=reset, icon=":material/restart_alt:",
               help="Back to the default toy and step 1.")
 with st.expander("Toy settings", expanded=False) if present else st.container():
@@ -131,7 +135,7 @@ step_no = st.session_state[key("learn_step")]
 with errors_in_place():
     zoo_pts = points() if (not present or step_no == 3) else None
     steps = tour.tour(state, zoo_pts, "the current zoo")
-top[2].download_button("Export this tour (.html)", data=lambda: tour.render_handout(steps, state).encode(),
+top[2].download_button("Export tour (.html)", data=lambda: tour.render_handout(steps, state).encode(),
                        file_name="isoscope-tour.html", mime="text/html", key=key("learn_handout"),
                        icon=":material/download:", help="One self-contained HTML page: every step, figure and caption.")
 top[3].caption("Each figure's camera button (top right of the chart) saves a fixed-size "
@@ -139,7 +143,7 @@ top[3].caption("Each figure's camera button (top right of the chart) saves a fix
                + ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in asdict(state).items()))
 
 if present:
-    show_step(steps[step_no - 1])
+    show_step(steps[step_no - 1], large=True)
     prev, where, nxt = st.columns([1, 4, 1])
     prev.button("◀ Previous", key=key("learn_prev"), on_click=move, args=(-1,), disabled=step_no == 1,
                 width="stretch")

@@ -149,6 +149,7 @@ def test_learn_presenter_mode_from_a_prepared_link() -> None:
     assert at.slider(key="iso_learn_weak").value == pytest.approx(0.4)
     assert [c.key for c in at.get("plotly_chart")] == ["iso_learn_fig_paper", "iso_learn_fig_zoo_points"]
     assert any("stSidebar" in m.value and "display: none" in m.value for m in at.markdown)  # sidebar hidden
+    assert chart(at, "iso_learn_fig_paper")["layout"]["font"]["size"] == 17  # large type on the charts too
     at.button(key="iso_learn_next").click().run()
     assert at.query_params["step"] == "4" and "iso_learn_fig_flat" in [c.key for c in at.get("plotly_chart")]
     at.button(key="iso_learn_prev").click().run()
