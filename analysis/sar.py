@@ -19,9 +19,10 @@ The figure rule is the default of the app and the report, since it reproduces Fi
 
 Ties. When ΔM has equal singular values (Iso-C and Iso-CTS flatten the whole spectrum), its
 top-k directions are not unique and an SVD routine may return any basis of a tied block.
-``ordered_basis`` fixes one, documented: inside each tied block, directions are ordered by how
+``order_ties`` fixes one, documented: inside each tied block, directions are ordered by how
 much of a *reference* matrix they carry (the Task Arithmetic sum), which is what the figure
-script does for Iso (it keeps the sum's own top-k vectors).
+script does for Iso (it keeps the sum's own top-k vectors). ``sar_table`` applies it whenever
+k_M cuts through a tied block (the only case where the basis changes SAR).
 """
 
 from __future__ import annotations
@@ -76,24 +77,40 @@ def rank_by_rule(sigma: torch.Tensor | np.ndarray, rule: str = DEFAULT_RULE, val
     return K_M_RULES[rule](sigma, value)
 
 
-def ordered_basis(merged: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, σ) of ``merged`` (m, n), with each block of tied σ (equal within ``rtol`` of σ1)
-    rotated so that its directions come in the order of how much of ``reference`` (m, n) they
-    hold (see the module doc). Deterministic up to signs, which no projection sees."""
-    u, s, _ = torch.linalg.svd(merged.double(), full_matrices=False)  # (m, r), (r,)
-    ref = reference.double().to(u.device)
+def tied_blocks(sigma: torch.Tensor, rtol: float = 1e-5) -> list[tuple[int, int]]:
+    """[(start, stop)] of every run of ≥ 2 singular values (descending) equal within ``rtol``·σ1."""
+    s = np.asarray(sigma.detach().cpu() if isinstance(sigma, torch.Tensor) else sigma, dtype=np.float64)  # (r,)
     tol = rtol * float(s[0]) if len(s) else 0.0
-    start = 0
+    blocks, start = [], 0
     while start < len(s):
         stop = start + 1
-        while stop < len(s) and float(s[start] - s[stop]) <= tol:
+        while stop < len(s) and s[start] - s[stop] <= tol:
             stop += 1
         if stop - start > 1:
-            block = u[:, start:stop]  # (m, b)
-            w, _, _ = torch.linalg.svd(block.T @ ref, full_matrices=True)  # (b, b)
-            u[:, start:stop] = block @ w
+            blocks.append((start, stop))
         start = stop
-    return u, s
+    return blocks
+
+
+def order_ties(u: torch.Tensor, sigma: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-5,
+               cut: int | None = None) -> torch.Tensor:
+    """``u`` (m, r) with each tied block of ``sigma`` rotated so that its directions come in the
+    order of how much of ``reference`` (m, n) they hold (float64; signs are arbitrary, which no
+    projection sees). With ``cut`` = k, only the block that straddles k is rotated: it is the
+    only one the span of the top k depends on."""
+    blocks = [(a, b) for a, b in tied_blocks(sigma, rtol) if cut is None or a < cut < b]
+    out = u.to(torch.float64).clone()
+    ref = reference.to(out.device, torch.float64)
+    for a, b in blocks:
+        w, _, _ = torch.linalg.svd(out[:, a:b].T @ ref, full_matrices=True)  # (b−a, b−a)
+        out[:, a:b] = out[:, a:b] @ w
+    return out
+
+
+def ordered_basis(merged: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, σ) of ``merged`` (m, n), every tied block ordered by ``reference`` (module doc)."""
+    u, s, _ = torch.linalg.svd(merged.double(), full_matrices=False)  # (m, r), (r,)
+    return order_ties(u, s, reference, rtol), s
 
 
 def alignment_ratio(task: torch.Tensor, basis: torch.Tensor) -> float:
@@ -122,8 +139,11 @@ def sar_table(dec: Decompositions, method: str, params: Mapping[str, Any] | None
     name = get_method(method).name
     rows = []
     for key in dec.keys:
-        k_m = rank_by_rule(merged[key].s, rule, eps)
-        basis = merged[key].u[:, :k_m]  # (m, k_M)
+        u, s = merged[key].u, merged[key].s  # (m, r), (r,)
+        k_m = rank_by_rule(s, rule, eps)
+        if any(a < k_m < b for a, b in tied_blocks(s)):  # the cut splits a flat block: break the tie
+            u = order_ties(u, s, torch.stack(dec.task_matrices(key)).sum(0), cut=k_m)
+        basis = u[:, :k_m]  # (m, k_M)
         for task, delta in zip(dec.tasks, dec.task_matrices(key)):
             rows.append((name, task, key, dec.labels[key], alignment_ratio(delta, basis), k_m, len(merged[key].s)))
     return pd.DataFrame(rows, columns=COLUMNS)

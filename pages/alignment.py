@@ -45,8 +45,9 @@ RULE_HELP = ("How k_M, the number of the merged matrix's directions SAR projects
              "(0.95 there, about ε ≈ 0.31 in Eq. 6 terms). **Eq. 6** (the paper's text): the smallest k with "
              "‖ΔM − Πk ΔM‖F ≤ ε‖ΔM‖F. ε bounds the Frobenius norm, not the energy: ε = 0.05 keeps 1 − ε² = "
              "99.75% of ‖ΔM‖F², so a flat-ish spectrum keeps nearly every direction and SAR is near 1 for every "
-             "method. Either way k_M comes from the merge's own spectrum; for a flat spectrum (Iso-C, Iso-CTS) "
-             "any k directions of a tied block would do, and the basis is the one the SVD returns.")
+             "method. Either way k_M comes from the merge's own spectrum. For a flat spectrum (Iso-C, Iso-CTS) "
+             "any k directions of a tied block would do; the app orders tied directions by how much of the Task "
+             "Arithmetic sum they carry, as the authors' figure script does for Iso.")
 
 
 def scatter(rule: str, value: float) -> None:
