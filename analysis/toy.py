@@ -72,12 +72,10 @@ def task_names() -> list[str]:
     return [f"task {i + 1}" for i in range(TASKS - 1)] + [f"task {TASKS} (weak)"]
 
 
-def toy_zoo(shared: float = DEFAULT_SHARED, weak: float = DEFAULT_WEAK, strength: float = 1.0,
-            seed: int = 0) -> ToyZoo:
-    """The toy at ``shared`` ∈ [0, 1] and weak-task scale ``weak`` (see module doc); ``strength``
-    scales every update (τ is linear in it)."""
-    if not 0.0 <= shared <= 1.0 or weak <= 0 or strength < 0:
-        raise ValueError(f"shared must be in [0, 1], weak > 0 and strength ≥ 0; got {shared}, {weak}, {strength}")
+def toy_zoo(shared: float = DEFAULT_SHARED, weak: float = DEFAULT_WEAK, seed: int = 0) -> ToyZoo:
+    """The toy at ``shared`` ∈ [0, 1] and weak-task scale ``weak`` > 0 (see module doc)."""
+    if not 0.0 <= shared <= 1.0 or weak <= 0:
+        raise ValueError(f"shared must be in [0, 1] and weak > 0; got {shared} and {weak}")
     g = torch.Generator().manual_seed(seed)
     theta0 = torch.randn(SIZE, SIZE, generator=g, dtype=torch.float64) / SIZE ** 0.5  # (8, 8)
     q, _ = torch.linalg.qr(torch.randn(SIZE, SIZE, generator=g, dtype=torch.float64))  # (8, 8) orthonormal
@@ -88,7 +86,7 @@ def toy_zoo(shared: float = DEFAULT_SHARED, weak: float = DEFAULT_WEAK, strength
         own_in = q[:, SHARED_RANK + OWN_RANK * t:SHARED_RANK + OWN_RANK * (t + 1)]  # (8, 2)
         own_out = torch.randn(SIZE, OWN_RANK, generator=g, dtype=torch.float64) / SIZE ** 0.5  # (8, 2)
         faint = torch.randn(SIZE, SIZE, generator=g, dtype=torch.float64) / SIZE  # (8, 8)
-        scale = SCALE * strength * (weak if t == TASKS - 1 else 1.0)
+        scale = SCALE * (weak if t == TASKS - 1 else 1.0)
         update = scale * (shared * shared_out @ shared_in.T + (1 - shared) * own_out @ own_in.T + NOISE * faint)
         finetuned.append({KEY: (theta0 + update).float()})
         inputs.append(torch.cat([shared_in, own_in], dim=1))  # (8, 4)

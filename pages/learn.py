@@ -6,6 +6,7 @@ lecturer can prepare links such as ``?step=3&shared=0.3&weak=0.3``), offers a pr
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 
 import pandas as pd
@@ -18,17 +19,17 @@ from ui.page import header, link
 from ui.points import zoo_points
 from ui.state import key
 
-# URL parameter → (session key, default, parser); the sliders' values live under these keys.
-PARAMS = {
-    "shared": (key("learn_shared"), tour.TourState.shared, float),
-    "weak": (key("learn_weak"), tour.TourState.weak, float),
-    "fraction": (key("learn_fraction"), tour.TourState.fraction, float),
-    "rule": (key("learn_rule"), tour.TourState.rule, str),
-    "k": (key("learn_value"), tour.TourState.value, float),
-    "step": (key("learn_step"), 1, int),
-    "present": (key("learn_present"), False, lambda v: v in ("1", "true", "True")),
-}
 STEPS = 7
+# URL parameter → (session key, default, parser, allowed range); the widgets' values live under these keys.
+PARAMS = {
+    "shared": (key("learn_shared"), tour.TourState.shared, float, (0.0, 1.0)),
+    "weak": (key("learn_weak"), tour.TourState.weak, float, (0.1, 1.0)),
+    "fraction": (key("learn_fraction"), tour.TourState.fraction, float, (0.0, 1.0)),
+    "rule": (key("learn_rule"), tour.TourState.rule, str, None),
+    "k": (key("learn_value"), tour.TourState.value, float, (0.01, 0.99)),
+    "step": (key("learn_step"), 1, int, (1, STEPS)),
+    "present": (key("learn_present"), False, lambda v: v in ("1", "true", "True"), None),
+}
 PRESENTER_CSS = """<style>
 [data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stSidebarNav"] {display: none;}
 .stMainBlockContainer {max-width: 1200px;}
@@ -40,29 +41,31 @@ h2, h3 {font-size: 2.1rem !important;}
 def from_url() -> None:
     """Fill every value the session lacks from the URL (first visit, or a prepared link), else
     its default; afterwards the widgets own the values. Bad values fall back to the default."""
-    for name, (skey, default, parse) in PARAMS.items():
+    for name, (skey, default, parse, bounds) in PARAMS.items():
         if skey in st.session_state:
             continue
         raw = st.query_params.get(name)
         try:
-            st.session_state[skey] = parse(raw) if raw is not None else default
+            value = parse(raw) if raw is not None else default
         except ValueError:
-            st.session_state[skey] = default
-    st.session_state[key("learn_step")] = min(max(st.session_state[key("learn_step")], 1), STEPS)
+            value = default
+        if isinstance(value, float) and not math.isfinite(value):
+            value = default
+        st.session_state[skey] = min(max(value, bounds[0]), bounds[1]) if bounds else value
     if st.session_state[key("learn_rule")] not in K_M_DEFAULTS:
         st.session_state[key("learn_rule")] = tour.TourState.rule
 
 
 def to_url() -> None:
     """Write the current state into the URL, so the address bar is a link to this very screen."""
-    for name, (skey, default, _) in PARAMS.items():
+    for name, (skey, default, _, _) in PARAMS.items():
         value = st.session_state.get(skey, default)
         st.query_params[name] = ("1" if value else "0") if isinstance(value, bool) else f"{value:g}" \
             if isinstance(value, float) else str(value)
 
 
 def reset() -> None:
-    for _, (skey, default, _) in PARAMS.items():
+    for skey, default, _, _ in PARAMS.values():
         if skey != key("learn_present"):
             st.session_state[skey] = default
 

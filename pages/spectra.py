@@ -20,8 +20,10 @@ header(":material/show_chart: Spectra",
        "Iso-C and Iso-CTS (flattened: every σ equal), TSV-M and CART (not flattened). A steep curve means a few directions dominate, so tasks whose "
        "directions are weak get drowned; a flat curve gives every direction the same weight. The second chart "
        "shows cumulative energy (share of ‖Δ‖F² in the top i directions; Eq. 6's ε bounds the <i>norm</i> left "
-       "out, so ε = 0.05 means 99.75% energy, not 95%). The common-fraction slider moves the "
-       "Iso-CTS boundary between the common subspace (left of the dotted line) and the task-specific slots.")
+       "out, so ε = 0.05 means 99.75% energy, not 95%). The common-fraction slider moves k, "
+       "the dotted line: the sum's top k directions are Iso-CTS's common subspace. The other r − k slots go to "
+       "each task's own top s directions outside it, which are <i>not</i> the sum's tail drawn right of the line "
+       "(the Learn tour plots them, block by block).")
 
 PREFERRED = ("iso_c", "iso_cts", "tsv_m", "cart")
 

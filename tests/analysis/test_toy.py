@@ -93,3 +93,9 @@ def test_sar_of_a_flat_spectrum_is_a_tautology_under_eq6_and_tie_broken_by_the_s
     np.testing.assert_allclose([sar(d, rotated, 0.95, "figure", reference=total) for d in deltas], got, rtol=1e-6)
     untied = [[sar(d, m, 0.95, "figure") for d in deltas] for m in (iso, rotated)]
     assert not np.allclose(*untied, atol=1e-2)  # without the rule, two routes to one matrix disagree
+
+
+def test_toy_rejects_settings_outside_its_range() -> None:
+    for shared, weak in ((1.5, 0.3), (0.5, 0.0)):
+        with pytest.raises(ValueError, match="shared must be in"):
+            toy.toy_zoo(shared, weak)

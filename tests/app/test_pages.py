@@ -163,6 +163,18 @@ def test_learn_presenter_mode_from_a_prepared_link() -> None:
     assert not any("stSidebar" in m.value for m in at.markdown)
 
 
+def test_learn_survives_a_mangled_link() -> None:
+    at = open_page()
+    at.query_params.update({"step": "99", "shared": "nan", "weak": "7", "fraction": "abc", "rule": "x", "k": "-1"})
+    at.switch_page("pages/learn.py").run()
+    assert_clean(at)  # clamped or defaulted, never an exception
+    assert at.slider(key="iso_learn_shared").value == pytest.approx(0.5)  # NaN → default
+    assert at.slider(key="iso_learn_weak").value == pytest.approx(1.0)  # clamped to the slider's range
+    assert at.slider(key="iso_learn_fraction").value == pytest.approx(0.25)
+    assert at.radio(key="iso_learn_rule").value == "figure" and at.slider(key="iso_learn_value").value == 0.01
+    assert at.query_params["step"] == "7"
+
+
 def test_sidebar_builds_one_slider_per_registry_parameter() -> None:
     at = open_page()
     for name, method in all_methods().items():
