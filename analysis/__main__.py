@@ -26,6 +26,9 @@ from merging.errors import IsoscopeError
 from merging.progress import Progress
 from merging.runtime import use_huge_pages
 
+# --points choices → labels of analysis.correlation.POINT_SETS (kept literal: imported lazily)
+POINTS = {"fig3a": "Fig. 3a: Task Arithmetic and Iso-C", "six": "six methods: TA, TIES, TSV-M, Iso-C, Iso-CTS, CART"}
+
 log = logging.getLogger("analysis")
 
 
@@ -58,7 +61,9 @@ def _report(args: argparse.Namespace) -> int:
     zoo = load_zoo(args.zoo, data=args.data, trust_pickle=args.trust_pickle, device=args.device,
                    progress=_logging_progress("zoo"))
     ev = Evaluator(zoo, store=ResultStore(args.store) if args.store else None, device=args.device)
-    rep = build_report(ev, methods, eps=args.eps, progress=_logging_progress("report"))
+    value = args.eps if args.k_rule == "eq6" else args.threshold
+    rep = build_report(ev, methods, eps=value, progress=_logging_progress("report"), rule=args.k_rule,
+                       point_set=POINTS[args.points])
     json_path, html_path = write_report(rep, args.out)
     print(format_summary(rep))
     log.info("wrote %s and %s in %.1f s (%d model×task evaluations, the rest from the store %s)",
@@ -122,6 +127,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis", description="Isoscope analysis (headless).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -132,7 +144,15 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--trust-pickle", action="store_true", help="allow loading pickled checkpoints (runs their code)")
     r.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
     r.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
-    r.add_argument("--eps", type=_fraction, default=0.05, help="SAR threshold ε in [0, 1) (default 0.05)")
+    r.add_argument("--k-rule", choices=("figure", "eq6"), default="figure",
+                   help="how SAR picks k_M: 'figure', the authors' Fig. 3a script (cumulative norm above "
+                        "--threshold; default), or 'eq6', the paper's Eq. 6 with --eps")
+    r.add_argument("--eps", type=_fraction, default=0.05,
+                   help="Eq. 6's ε in [0, 1), a bound on the Frobenius norm left out (default 0.05)")
+    r.add_argument("--threshold", type=_threshold, default=0.95,
+                   help="the figure rule's cumulative-norm threshold in (0, 1] (default 0.95)")
+    r.add_argument("--points", choices=tuple(POINTS), default="fig3a",
+                   help="methods pooled in the SAR–NAI correlation: fig3a (TA and Iso-C, default) or six")
     r.add_argument("--store", default=None, help="result store file (default: $ISOSCOPE_CACHE/results.sqlite)")
     r.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
     r.set_defaults(run=_report)

@@ -5,13 +5,23 @@ variable, give NaN statistics."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 NAN = float("nan")
+
+# The method sets a SAR–NAI scatter can pool, by label; the report and the Alignment view use
+# the same ones, and the first is the default (Fig. 3a compares Task Arithmetic with Iso-C).
+FIG3A_METHODS = ("task_arithmetic", "iso_c")
+POINT_SETS: Mapping[str, tuple[str, ...]] = {
+    "Fig. 3a: Task Arithmetic and Iso-C": FIG3A_METHODS,
+    "six methods: TA, TIES, TSV-M, Iso-C, Iso-CTS, CART": ("task_arithmetic", "ties", "tsv_m", "iso_c", "iso_cts",
+                                                           "cart"),
+}
+DEFAULT_POINT_SET = next(iter(POINT_SETS))
 
 
 def correlation(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> dict[str, float | int]:
@@ -25,6 +35,17 @@ def correlation(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
     pearson, spearman = stats.pearsonr(xs, ys), stats.spearmanr(xs, ys)
     return {"pearson": float(pearson.statistic), "pearson_p": float(pearson.pvalue),
             "spearman": float(spearman.statistic), "spearman_p": float(spearman.pvalue), "n": n}
+
+
+def sar_nai_points(sar_avg: pd.DataFrame, nai: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """The SAR–NAI points over ``methods`` (registry names, in that order): ``sar_avg`` has
+    method, task, sar_avg; ``nai`` has method, task, nai. One row per method × task present in
+    both: method, task, sar_avg, nai. The report and the Alignment view both build theirs here."""
+    keep = list(methods)
+    points = sar_avg[sar_avg["method"].isin(keep)].merge(nai[nai["method"].isin(keep)], on=["method", "task"])
+    order = {m: i for i, m in enumerate(keep)}
+    points = points.sort_values("method", key=lambda c: c.map(order), kind="stable")
+    return points[["method", "task", "sar_avg", "nai"]].reset_index(drop=True)
 
 
 def sar_nai_correlation(points: pd.DataFrame) -> dict[str, float | int]:

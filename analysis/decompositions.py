@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from analysis.basis import order_ties, tied_blocks
 from analysis.labels import layer_labels
 from analysis.store import canonical_params
 from merging.linalg import singular_values, svd
@@ -116,6 +117,14 @@ def _padded(s: np.ndarray, proj: np.ndarray, r: int) -> MergedLayer:
     tail = r - len(s)
     return MergedLayer(s=_frozen(np.concatenate([s, np.zeros(tail)])),
                        proj=_frozen(np.concatenate([proj, np.zeros((proj.shape[0], tail))], axis=1)))
+
+
+def _tie_ordered(u: torch.Tensor, s: torch.Tensor, layer: Layer) -> torch.Tensor:
+    """``u`` with every tied block of ``s`` in ``order_ties``' order (by how much of the Task
+    Arithmetic sum each direction carries), so that SAR's top-k_M basis is deterministic."""
+    if not tied_blocks(s):
+        return u
+    return order_ties(u, s, layer.total()).to(u.dtype)
 
 
 def _task_norms(layer: Layer) -> np.ndarray:
@@ -262,12 +271,12 @@ class Decompositions:
         if spec.factors is not None and spec.base == "pretrained":  # Δ's SVD is known: no SVD of Δ
             with self.merger.layer(key, self.merger.shared(spec, params)) as layer:
                 u, s = spec.factors(layer, params)  # (m, r'), (r',)
-                proj = _projections(u, layer.taus)  # (T, r')
+                proj = _projections(_tie_ordered(u, s, layer), layer.taus)  # (T, r')
             return _padded(s.double().cpu().numpy() * alpha, proj, self.rank(key))
         offset = self.merger.layer_offset(key, spec, params, alpha)  # (m, n) θ − θ0
         u, s, _ = svd(offset.to(torch.float32))  # (m, r), (r,)
         with self.merger.layer(key) as layer:
-            proj = _projections(u, layer.taus)
+            proj = _projections(_tie_ordered(u, s, layer), layer.taus)
         return MergedLayer(s=_frozen(s.double().cpu().numpy()), proj=_frozen(proj))
 
     def merged(self, method: str, params: Mapping[str, Any] | None = None, keys: Iterable[str] | None = None,

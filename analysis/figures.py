@@ -229,3 +229,22 @@ def cosine_heatmap(cosines: pd.DataFrame) -> go.Figure:
     fig.update_layout(title="Pairwise cosine similarity of task vectors")
     fig.update_yaxes(autorange="reversed")
     return style_figure(fig, height=340)
+
+
+FIG3A_SYMBOLS = {"Task Arithmetic": "star", "Iso-C": "triangle-up"}
+
+
+def fig3a_scatter(points: pd.DataFrame, corr: Mapping[str, float] | None, task_colors: Mapping[str, str]) -> go.Figure:
+    """NAI vs SAR_avg in the layout of Marczak et al.'s Fig. 3a: one marker symbol per method
+    (★ Task Arithmetic, ▲ Iso-C, ● any other), one colour per task, no fit line; Pearson r in the title."""
+    fig = go.Figure()
+    for (task, method), part in points.groupby(["task", "method"], sort=False):
+        fig.add_trace(go.Scatter(x=part["sar_avg"], y=part["nai"], mode="markers", name=f"{method}: {task}",
+                                 marker={"size": 15, "symbol": FIG3A_SYMBOLS.get(str(method), "circle"),
+                                         "color": task_colors.get(str(task), SUM_COLOR), "opacity": 0.9},
+                                 hovertemplate=f"{method} · {task}<br>SAR_avg %{{x:.3f}}<br>NAI %{{y:.3f}}"
+                                               "<extra></extra>"))
+    title = "SAR_avg vs NAI (Fig. 3a layout)"
+    if corr and np.isfinite(corr.get("pearson", np.nan)):
+        title += f" · Pearson r = {corr['pearson']:.2f}, n = {corr['n']}"
+    return _layout(fig, title, "SAR_avg", "NAI")

@@ -9,7 +9,13 @@ references, and the SAR–NAI correlation (Marczak et al., ICML 2025, Table 1 an
 results.json: {"tasks": [...], "zero_shot": {task: acc}, "finetuned": {task: acc},
 "methods": {name: {"params": {...}, "alpha": a, "test_acc": {task: acc}, "val_acc": {task: acc},
 "normalized": {task: x}, "nai": {task: x}, "sar_avg": {task: x}}},
-"correlation": {"pearson": r, "pearson_p": p, "spearman": rho, "spearman_p": p, "n": n}}
+"correlation": {"pearson": r, "pearson_p": p, "spearman": rho, "spearman_p": p, "n": n},
+"k_m_rule": {"rule": "figure" | "eq6", "value": threshold or ε},
+"points": {"set": label, "methods": [...]}}
+
+SAR uses one k_M rule (``analysis.sar.K_M_RULES``; default: the figure rule that reproduces
+Fig. 3a). The correlation pools one method set of ``analysis.correlation.POINT_SETS`` (default:
+Task Arithmetic and Iso-C, as Fig. 3a), built by ``sar_nai_points`` like the Alignment view's.
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ from typing import Any
 import pandas as pd
 
 from analysis import figures
-from analysis.correlation import sar_nai_correlation
+from analysis.correlation import DEFAULT_POINT_SET, POINT_SETS, sar_nai_correlation, sar_nai_points
 from analysis.evaluation import Evaluator
-from analysis.sar import DEFAULT_EPS, sar_average, sar_table
+from analysis.sar import DEFAULT_RULE, K_M_DEFAULTS, sar_average, sar_table
 from analysis.spectra import common_boundary, spectra
 from merging.io import write_text_atomic
 from merging.progress import Progress, silent
@@ -57,10 +63,10 @@ def _by_task(frame: pd.DataFrame, split: str, column: str) -> dict[str, float]:
     return dict(zip(part["task"], part[column].astype(float)))
 
 
-def _method_entry(ev: Evaluator, name: str, eps: float) -> tuple[dict[str, Any], pd.DataFrame]:
+def _method_entry(ev: Evaluator, name: str, rule: str, value: float) -> tuple[dict[str, Any], pd.DataFrame]:
     params = get_method(name).resolve(None)
     table, choice = ev.table(name, params)
-    sar = sar_table(ev.decompositions, name, params, eps)
+    sar = sar_table(ev.decompositions, name, params, value, rule)
     avg = sar_average(sar)
     entry = {"params": params, "alpha": choice.alpha, "test_acc": _by_task(table, "test", "accuracy"),
              "val_acc": _by_task(table, "val", "accuracy"), "normalized": _by_task(table, "test", "normalized"),
@@ -90,22 +96,38 @@ def summary_table(results: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def build_report(ev: Evaluator, methods: Sequence[str] | None = None, eps: float = DEFAULT_EPS,
-                 progress: Progress | None = None) -> Report:
-    """Evaluate ``methods`` (default: every registered one) on ``ev``'s zoo (see module doc)."""
+def _points(results: dict[str, Any], methods: Sequence[str]) -> pd.DataFrame:
+    """The correlation's points over ``methods``, from the per-method entries of ``results``."""
+    entries = results["methods"]
+    avg = pd.DataFrame([(n, t, v) for n, e in entries.items() for t, v in e["sar_avg"].items()],
+                       columns=["method", "task", "sar_avg"])
+    nai = pd.DataFrame([(n, t, v) for n, e in entries.items() for t, v in e["nai"].items()],
+                       columns=["method", "task", "nai"])
+    points = sar_nai_points(avg, nai, methods)
+    return points.assign(method=points["method"].map(lambda m: get_method(m).display_name))
+
+
+def build_report(ev: Evaluator, methods: Sequence[str] | None = None, eps: float | None = None,
+                 progress: Progress | None = None, rule: str = DEFAULT_RULE,
+                 point_set: str = DEFAULT_POINT_SET) -> Report:
+    """Evaluate ``methods`` (default: every registered one) on ``ev``'s zoo (see module doc).
+    ``eps`` is the value of the k_M ``rule`` (None: that rule's default); the correlation pools
+    the methods of ``POINT_SETS[point_set]`` that were evaluated."""
     report = progress or silent
     names = list(methods) if methods is not None else list(all_methods())
+    value = K_M_DEFAULTS[rule] if eps is None else eps
+    pooled = [m for m in POINT_SETS[point_set] if m in names]
     report(0.0, "zero-shot and fine-tuned references")
     results: dict[str, Any] = {"tasks": list(ev.tasks), "zero_shot": ev.zero_shot("test"),
-                               "finetuned": ev.finetuned("test"), "methods": {}}
+                               "finetuned": ev.finetuned("test"), "methods": {},
+                               "k_m_rule": {"rule": rule, "value": value},
+                               "points": {"set": point_set, "methods": pooled}}
     sars = []
     for i, name in enumerate(names):
         report(0.05 + 0.9 * i / len(names), f"{get_method(name).display_name}: choosing α on validation")
-        results["methods"][name], sar = _method_entry(ev, name, eps)
+        results["methods"][name], sar = _method_entry(ev, name, rule, value)
         sars.append(sar)
-    points = pd.DataFrame([(get_method(n).display_name, t, e["sar_avg"].get(t), e["nai"][t])
-                           for n, e in results["methods"].items() for t in ev.tasks],
-                          columns=["method", "task", "sar_avg", "nai"])
+    points = _points(results, pooled)
     results["correlation"] = sar_nai_correlation(points)
     report(0.96, "spectra")
     spectral = {n: None for n in names if get_method(n).spectral}
@@ -132,8 +154,9 @@ def format_summary(rep: Report) -> str:
     """The summary table and the correlation as plain text (what the CLI prints)."""
     table = rep.summary.to_string(index=False, na_rep="–", float_format=lambda x: f"{x:.3f}"
                                   if abs(x) < 10 else f"{x:.1f}")
-    c = rep.results["correlation"]
-    return (f"{table}\n\nSAR_avg vs NAI over tasks × methods (n = {c['n']}): Pearson r = {c['pearson']:.3f} "
+    c, pooled = rep.results["correlation"], rep.results["points"]["methods"]
+    names = ", ".join(get_method(m).display_name for m in pooled)
+    return (f"{table}\n\nSAR_avg vs NAI over tasks × {names} (n = {c['n']}): Pearson r = {c['pearson']:.3f} "
             f"(p = {c['pearson_p']:.2g}), Spearman ρ = {c['spearman']:.3f} (p = {c['spearman_p']:.2g})")
 
 

@@ -70,10 +70,10 @@ def main() -> None:
     os.environ["ISOSCOPE_ZOO"] = args.zoo
     torch.set_num_threads(2)
     fractions = [round(0.75 - 0.05 * i, 2) for i in range(args.moves)]  # 0.75, 0.70, …: all new
-    epsilons = [round(0.06 + 0.02 * i, 2) for i in range(args.moves)]
+    thresholds = [round(0.94 - 0.02 * i, 2) for i in range(args.moves)]  # the default k_M rule's slider
     print(f"zoo {args.zoo}, {torch.get_num_threads()} threads")
     measure("pages/spectra.py", "spectra", "iso_spectra_fraction", fractions)
-    measure("pages/alignment.py", "alignment", "iso_align_eps", epsilons)
+    measure("pages/alignment.py", "alignment", "iso_align_threshold", thresholds)
 
 
 if __name__ == "__main__":

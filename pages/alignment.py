@@ -7,22 +7,26 @@ import pandas as pd
 import streamlit as st
 
 from analysis import figures
-from analysis.style import palette, recolor
+from analysis.style import palette, recolor, task_colors
 from merging.registry import all_methods
 from ui import data
-from ui.core import errors_in_place, progress_bar, timed
+from ui.core import errors_in_place, timed
 from ui.models import current_evaluator, current_zoo
 from ui.page import header, link
+from ui.points import sar_averages, zoo_points
 from ui.state import alpha_choice, key, params_for, selection
 
 header(":material/explore: Alignment",
        "How much of each task survives the merge, measured by the <b>Subspace Alignment Ratio</b> (SAR): the share "
-       "of a task matrix's norm that lies in the span of the merged matrix's dominant directions, those that hold "
-       "all but ε of its energy. The heatmap shows SAR for every task (rows) and layer (columns) for the method "
+       "of a task matrix's norm that lies in the span of the merged matrix's top k_M left singular directions. "
+       "k_M is read off the merge's own spectrum by one of two rules (below): the paper's Eq. 6, where ε bounds "
+       "the Frobenius <i>norm</i> left out (ε = 0.05 keeps 99.75% of the energy, not 95%), or the rule of the "
+       "authors' figure script, which reproduces Fig. 3a. The heatmap shows SAR for every task (rows) and layer (columns) for the method "
        "chosen in the sidebar: bright is well aligned, dark means the merge dropped that task's directions. The "
        "bars compare SAR averaged over layers (SAR_avg) across methods. The scatter tests the paper's claim that "
        "tasks with higher alignment keep more of their accuracy: NAI against SAR_avg, with a least-squares line "
-       "and Pearson's r.")
+       "and Pearson's r, over a method set you choose (the report pools the same sets). NAI can be negative: a "
+       "merge can score below the pretrained model on a task.")
 
 zoo = current_zoo()
 ev = current_evaluator()
@@ -34,72 +38,80 @@ method = sel.method if sel.method in registry else next(iter(registry))
 compared = list(registry)  # every registered method, as in the report
 
 
-def sar_tables(eps: float) -> dict[str, pd.DataFrame]:
-    """SAR per task × layer of every compared method, computed layer by layer under one progress bar."""
-    alpha = alpha_choice()
-    methods = tuple((m, params_for(m)) for m in dict.fromkeys([method, *compared]))
-    data.prepare(dec, methods, tuple(dec.keys), "Subspace alignment, layer by layer", spectra=False, alpha=alpha)
-    return {m: data.sar_table(zoo.fingerprint, dec, m, p, eps, alpha) for m, p in methods}
+RULE_HELP = ("How k_M, the number of the merged matrix's directions SAR projects on, is chosen. "
+             "**Figure script** (default; it reproduces the paper's Fig. 3a): the authors' plotting code keeps the "
+             "directions before the first one whose cumulative norm √(Σ_{i≤k} σi² / Σ σi²) exceeds the threshold "
+             "(0.95 there, about ε ≈ 0.31 in Eq. 6 terms). **Eq. 6** (the paper's text): the smallest k with "
+             "‖ΔM − Πk ΔM‖F ≤ ε‖ΔM‖F. ε bounds the Frobenius norm, not the energy: ε = 0.05 keeps 1 − ε² = "
+             "99.75% of ‖ΔM‖F², so a flat-ish spectrum keeps nearly every direction and SAR is near 1 for every "
+             "method. Either way k_M comes from the merge's own spectrum. For a flat spectrum (Iso-C, Iso-CTS) "
+             "any k directions of a tied block would do; the app orders tied directions by how much of the Task "
+             "Arithmetic sum they carry, as the authors' figure script does for Iso.")
 
 
-def sar_avg(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    from analysis.sar import sar_average
-
-    return sar_average(pd.concat([tables[m] for m in compared], ignore_index=True))
-
-
-def nai_points() -> pd.DataFrame | None:
-    """NAI per method × task at the sidebar's α (evaluations come from the result store when stored)."""
-    if not zoo.has_data:
-        return None
-    rows = []
-    with progress_bar("Evaluating the merged models for the scatter") as report, errors_in_place(stop=False):
-        for i, m in enumerate(compared):
-            report(i / len(compared), registry[m].display_name)
-            table, _ = ev.table(m, dict(params_for(m)), alpha_choice())
-            test = table[table["split"] == "test"]
-            rows += [{"method": registry[m].display_name, "task": t, "nai": v} for t, v in zip(test["task"], test["nai"])]
-        return pd.DataFrame(rows)
-    return None
-
-
-def scatter(averages: pd.DataFrame, nai: pd.DataFrame | None) -> None:
-    from analysis.correlation import sar_nai_correlation
+def scatter(rule: str, value: float) -> None:
+    from analysis.correlation import POINT_SETS, sar_nai_correlation
 
     st.subheader("Does alignment predict accuracy?")
-    if nai is None:
+    if not zoo.has_data:
         st.warning("The SAR–NAI scatter needs accuracies, and this zoo has no evaluation data: give a data folder "
                    "in the sidebar. The heatmap and bars above need only the weights.", icon=":material/folder_open:")
         return
-    points = averages.merge(nai, on=["method", "task"])
-    stats = sar_nai_correlation(points)
-    st.plotly_chart(recolor(figures.sar_nai_scatter(points, stats), colors), key=key("align_scatter"))
-    how = "chosen on validation" if alpha_choice() is None else f"= {sel.alpha:g}"
-    st.caption(f"One point per method × task; α {how}. NAI = (merged − zero-shot) / (fine-tuned − zero-shot): "
-               "1 means the task lost nothing, 0 means no better than the pretrained model.")
+    c1, c2 = st.columns([3, 2])
+    label = c1.radio("Methods pooled in the scatter", list(POINT_SETS), key=key("align_points"), horizontal=True,
+                     help="The report (python -m analysis report --points fig3a|six) pools the same sets; "
+                          "Fig. 3a's is the default in both.")
+    fig3a = c2.toggle("Fig. 3a layout", key=key("align_fig3a"),
+                      help="As the paper's Fig. 3a: one marker per method (★ TA, ▲ Iso-C, ● others), one colour "
+                           "per task, no fit line.")
+    with errors_in_place(stop=False):
+        points = zoo_points(POINT_SETS[label], rule, value)
+        if points is None:
+            return
+        stats = sar_nai_correlation(points)
+        shown = points.assign(method=points["method"].map(lambda m: registry[m].display_name))
+        fig = (figures.fig3a_scatter(shown, stats, task_colors(zoo.tasks)) if fig3a
+               else recolor(figures.sar_nai_scatter(shown, stats), colors))
+        st.plotly_chart(fig, key=key("align_scatter"))
+        how = "chosen on validation" if alpha_choice() is None else f"= {sel.alpha:g}"
+        names = ", ".join(registry[m].display_name for m in dict.fromkeys(points["method"]))
+        st.caption(f"{len(points)} points: {names} × {len(zoo.tasks)} tasks; α {how}; k_M by "
+                   f"{'the figure rule' if rule == 'figure' else 'Eq. 6'} ({value:g}). NAI = (merged − zero-shot) / "
+                   "(fine-tuned − zero-shot): 1 means the task lost nothing, 0 no better than the pretrained model, "
+                   "negative worse than it.")
 
 
 @st.fragment
-def alignment_view(nai: pd.DataFrame | None) -> None:
+def alignment_view() -> None:
     with timed("alignment"):
-        _alignment_view(nai)
+        _alignment_view()
 
 
-def _alignment_view(nai: pd.DataFrame | None) -> None:
-    eps = st.slider("ε: energy of the merged matrix left out of its subspace", 0.01, 0.5, 0.05, 0.01,
-                    key=key("align_eps"), help="k_M is the smallest rank holding all but ε of ‖ΔM‖F² "
-                                               "(paper default 0.05). Larger ε: smaller subspace, lower SAR.")
+def _alignment_view() -> None:
+    c1, c2 = st.columns([2, 3])
+    rule = c1.radio("k_M rule", ["figure", "eq6"], key=key("align_rule"), horizontal=True, help=RULE_HELP,
+                    format_func=lambda r: {"figure": "figure script (Fig. 3a)", "eq6": "Eq. 6 (ε)"}[r])
+    if rule == "eq6":
+        eps = c2.slider("ε: bound on the Frobenius norm left out, ‖ΔM − Πk ΔM‖F ≤ ε‖ΔM‖F", 0.01, 0.5, 0.05, 0.01,
+                        key=key("align_eps"), help="Paper default 0.05, which keeps 99.75% of the energy ‖ΔM‖F². "
+                                                   "Larger ε: smaller subspace, lower SAR.")
+    else:
+        eps = c2.slider("threshold on the cumulative norm √(Σ_{i≤k} σi² / Σ σi²)", 0.5, 0.99, 0.95, 0.01,
+                        key=key("align_threshold"), help="The figure script's 0.95 is about ε ≈ 0.31 in Eq. 6 "
+                                                         "terms. Smaller threshold: smaller subspace, lower SAR.")
+    alpha = alpha_choice()
     with errors_in_place():
-        tables = sar_tables(eps)
-    table = tables[method]
+        methods = tuple((m, params_for(m)) for m in dict.fromkeys([method, *compared]))
+        data.prepare(dec, methods, tuple(dec.keys), "Subspace alignment, layer by layer", spectra=False, alpha=alpha)
+        table = data.sar_table(zoo.fingerprint, dec, method, params_for(method), eps, rule, alpha)
     st.plotly_chart(figures.sar_heatmap(table.assign(method=registry[method].display_name)), key=key("align_heatmap"))
     st.caption("k_M per layer (of r): " + ", ".join(
         f"{row.layer} {row.k_m}/{row.r}" for row in table.drop_duplicates("layer").itertuples()))
-    averages = sar_avg(tables)
+    averages = sar_averages(compared, rule, eps)
     averages["method"] = averages["method"].map(lambda m: registry[m].display_name)
     st.plotly_chart(recolor(figures.sar_avg_bars(averages), colors), key=key("align_bars"))
-    scatter(averages, nai)
+    scatter(rule, eps)
 
 
-alignment_view(nai_points())
+alignment_view()
 link("common", "Next: accuracy as the common subspace grows")

@@ -1,133 +1,158 @@
-"""Learn: a guided tour of the ideas behind spectral merging, each with a tiny live example
-(three tasks fine-tuning one 8×8 layer) and a link to the view that shows it on the real zoo."""
+"""Learn: a guided tour of spectral merging in the paper's order, on one live toy (three tasks
+fine-tuning one 8×8 layer, ``analysis.toy``) whose every number comes from the real engine.
+The content is ``analysis.tour``; this page draws it, keeps the toy's state in the URL (so a
+lecturer can prepare links such as ``?step=3&shared=0.3&weak=0.3``), offers a presenter mode
+(one step per screen) and exports the figures and a self-contained HTML handout."""
 
 from __future__ import annotations
 
-import pandas as pd
-import plotly.graph_objects as go
-import streamlit as st
-import torch
+import math
+from dataclasses import asdict
 
-from analysis.sar import sar
-from analysis.style import method_color, style_figure
-from merging.merge import Merger
-from merging.methods.iso import common_rank
-from ui import toy
+import pandas as pd
+import streamlit as st
+
+from analysis import tour
+from analysis.sar import K_M_DEFAULTS
 from ui.core import errors_in_place
 from ui.page import header, link
+from ui.points import zoo_points
 from ui.state import key
 
-header(":material/school: Learn: spectral merging in five steps",
-       "A guided tour for a first encounter (or a lecture). Each step explains one idea and shows it on a "
-       "toy: a pretrained 8×8 <i>layer</i> θ0 and three copies fine-tuned on three <i>tasks</i>. Move the "
-       "sliders and watch the numbers respond; then follow the link to the same picture on the real zoo. "
-       "The merges below run the very engine the other views use.")
+STEPS = 7
+# URL parameter → (session key, default, parser, allowed range); the widgets' values live under these keys.
+PARAMS = {
+    "shared": (key("learn_shared"), tour.TourState.shared, float, (0.0, 1.0)),
+    "weak": (key("learn_weak"), tour.TourState.weak, float, (0.1, 1.0)),
+    "fraction": (key("learn_fraction"), tour.TourState.fraction, float, (0.0, 1.0)),
+    "rule": (key("learn_rule"), tour.TourState.rule, str, None),
+    "k": (key("learn_value"), tour.TourState.value, float, (0.01, 0.99)),
+    "step": (key("learn_step"), 1, int, (1, STEPS)),
+    "present": (key("learn_present"), False, lambda v: v in ("1", "true", "True"), None),
+}
+PRESENTER_CSS = """<style>
+[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stSidebarNav"] {display: none;}
+.stMainBlockContainer {max-width: 1200px;}
+.stMarkdown p, .stMarkdown li, .iso-lead {font-size: 1.35rem !important; line-height: 1.55;}
+h2, h3 {font-size: 2.1rem !important;}
+</style>"""
 
 
-def _toy(shared: float, strength: float = 1.0) -> tuple[dict, list[dict]]:
-    return toy.toy_zoo(shared=shared, strength=strength)
+def from_url() -> None:
+    """Fill every value the session lacks from the URL (first visit, or a prepared link), else
+    its default; afterwards the widgets own the values. Bad values fall back to the default."""
+    for name, (skey, default, parse, bounds) in PARAMS.items():
+        if skey in st.session_state:
+            continue
+        raw = st.query_params.get(name)
+        try:
+            value = parse(raw) if raw is not None else default
+        except ValueError:
+            value = default
+        if isinstance(value, float) and not math.isfinite(value):
+            value = default
+        st.session_state[skey] = min(max(value, bounds[0]), bounds[1]) if bounds else value
+    if st.session_state[key("learn_rule")] not in K_M_DEFAULTS:
+        st.session_state[key("learn_rule")] = tour.TourState.rule
 
 
-@st.fragment
-def step_task_vector() -> None:
-    st.subheader("1 · A task vector is what fine-tuning changed")
-    st.markdown("Fine-tuning moves the weights from θ0 to θt. Their difference **τt = θt − θ0** is the "
-                "*task vector*: everything the model learned for task t. Restricted to one 2-D weight it is "
-                "a *task matrix* Δt. Task Arithmetic merges by adding task vectors: θ = θ0 + α·Σt τt.")
-    strength = st.slider("Fine-tuning strength", 0.0, 2.0, 1.0, 0.1, key=key("learn_strength"),
-                         help="Scales how far fine-tuning moved the weights.")
-    pretrained, finetuned = _toy(shared=0.5, strength=strength)
-    tau = toy.task_matrices(pretrained, finetuned)[0]  # (8, 8)
-    st.plotly_chart(toy.heatmaps({"θ0 (pretrained)": pretrained[toy.KEY], "θ1 (fine-tuned)": finetuned[0][toy.KEY],
-                                  "τ1 = θ1 − θ0": tau}), key=key("learn_fig_tv"))
-    st.caption(f"‖τ1‖F = {float(tau.norm()):.3f} (it grows linearly with the strength).")
-    link("overview", "Task-vector norms and similarities of the real zoo")
+def to_url() -> None:
+    """Write the current state into the URL, so the address bar is a link to this very screen."""
+    for name, (skey, default, _, _) in PARAMS.items():
+        value = st.session_state.get(skey, default)
+        st.query_params[name] = ("1" if value else "0") if isinstance(value, bool) else f"{value:g}" \
+            if isinstance(value, float) else str(value)
 
 
-@st.fragment
-def step_spectrum() -> None:
-    st.subheader("2 · A spectrum shows how many directions a matrix uses")
-    st.markdown("Any matrix is a sum of rank-one pieces σi·ui viᵀ (its SVD). The **singular values** σ1 ≥ σ2 ≥ … "
-                "say how much weight each direction carries. Each toy task matrix has rank 2 (two non-zero σ). "
-                "Summing tasks (Task Arithmetic) adds their spectra only when the tasks *share* directions: "
-                "then the sum's top σ grows while the rest stays small, and the small directions, where "
-                "tasks differ, are drowned out.")
-    shared = st.slider("How much the tasks share", 0.0, 1.0, 0.5, 0.05, key=key("learn_shared"),
-                       help="0: each task uses its own directions; 1: all tasks use the same ones.")
-    pretrained, finetuned = _toy(shared)
-    deltas = toy.task_matrices(pretrained, finetuned)
-    curves = {f"task {i + 1}": toy.singular_values(d) for i, d in enumerate(deltas)}
-    curves["TA sum"] = toy.singular_values(sum(deltas))
-    st.plotly_chart(toy.spectrum_figure(curves, toy.method_color_map()), key=key("learn_fig_spectrum"))
-    link("spectra", "Spectra of the real zoo, layer by layer")
+def reset() -> None:
+    for skey, default, _, _ in PARAMS.values():
+        if skey != key("learn_present"):
+            st.session_state[skey] = default
+
+
+def move(delta: int) -> None:
+    st.session_state[key("learn_step")] = min(max(st.session_state[key("learn_step")] + delta, 1), STEPS)
+
+
+def controls() -> tour.TourState:
+    """The toy's state, shared by every step."""
+    c1, c2, c3, c4 = st.columns([3, 3, 3, 4])
+    shared = c1.slider("How much the tasks share", 0.0, 1.0, step=0.05, key=key("learn_shared"),
+                       help="0: each task has only its own directions; 1: all tasks use the same ones.")
+    weak = c2.slider("Weak task's strength", 0.1, 1.0, step=0.05, key=key("learn_weak"),
+                     help="Scales task 3's whole update; 1 makes it as strong as the others.")
+    fraction = c3.slider("Iso-CTS common fraction f", 0.0, 1.0, step=0.05, key=key("learn_fraction"),
+                         help="Share of the rank r = 8 given to the common subspace; on the toy k is 2, 5 or 8.")
+    with c4:
+        rule = st.radio("k_M rule for SAR", ["figure", "eq6"], horizontal=True, key=key("learn_rule"),
+                        format_func=lambda r: {"figure": "figure script", "eq6": "Eq. 6"}[r],
+                        on_change=lambda: st.session_state.update({key("learn_value"): K_M_DEFAULTS[
+                            st.session_state[key("learn_rule")]]}),
+                        help="Figure script (reproduces Fig. 3a): keep the directions before the cumulative norm "
+                             "√(Σσi²/Σσ²) passes the threshold. Eq. 6: the fewest directions whose left-out "
+                             "Frobenius norm is at most ε·‖ΔM‖F (so 1 − ε² of the energy is kept).")
+        label = "threshold (cumulative norm)" if rule == "figure" else "ε (bound on the norm left out)"
+        value = st.slider(label, 0.01, 0.99, step=0.01, key=key("learn_value"))
+    return tour.TourState(shared=shared, weak=weak, fraction=fraction, rule=rule, value=value)
+
+
+def show_step(step: tour.Step, large: bool = False) -> None:
+    """One step: title, text, each figure with its caption (built fresh each run, so the presenter's
+    larger chart type may be set on it) and the link to the view that shows it on the zoo."""
+    st.subheader(step.title)
+    st.markdown(step.text)
+    for fig in step.figures:
+        if large:
+            fig.figure.update_layout(font_size=17, title_font_size=24, height=(fig.figure.layout.height or 340) + 120)
+        st.plotly_chart(fig.figure, key=key(f"learn_fig_{fig.key}"), config=tour.export_config(f"isoscope-{fig.key}"))
+        st.caption(f"**{fig.title}.** {fig.caption}")
+    if step.link:
+        link(*step.link)
+
+
+def points() -> pd.DataFrame | None:
+    with errors_in_place(stop=False):
+        return zoo_points(("task_arithmetic", "iso_c"), "figure", K_M_DEFAULTS["figure"])
     return None
 
 
-def _merged_delta(merger: Merger, method: str, params: dict | None = None) -> torch.Tensor:
-    return merger.update(method, params or {}).delta[toy.KEY]  # (8, 8)
+from_url()
+present = st.session_state[key("learn_present")]
+if present:
+    st.markdown(PRESENTER_CSS, unsafe_allow_html=True)
+else:
+    header(":material/school: Learn: spectral merging in seven steps",
+           "A guided tour for a first encounter (or a lecture), in the order of the paper. Every step runs the real "
+           "engine on one toy: a pretrained 8×8 <i>layer</i> θ0 and three copies fine-tuned on three <i>tasks</i>, "
+           "the third a weak one. The sliders below set the toy for the whole tour; the text quotes its numbers. "
+           "Presenter mode shows one step per screen, and the address bar always links to what you see.")
 
+top = st.columns([2, 1.4, 2.6, 6])
+top[0].toggle("Presenter", key=key("learn_present"), help="One step per screen, large type, no sidebar.")
+top[1].button("Reset", key=key("learn_reset"), on_click=reset, icon=":material/restart_alt:",
+              help="Back to the default toy and step 1.")
+with st.expander("Toy settings", expanded=False) if present else st.container():
+    state = controls()
+to_url()
+step_no = st.session_state[key("learn_step")]
+with errors_in_place():
+    zoo_pts = points() if (not present or step_no == 3) else None
+    steps = tour.tour(state, zoo_pts, "the current zoo")
+top[2].download_button("Export tour (.html)", data=lambda: tour.render_handout(steps, state).encode(),
+                       file_name="isoscope-tour.html", mime="text/html", key=key("learn_handout"),
+                       icon=":material/download:", help="One self-contained HTML page: every step, figure and caption.")
+top[3].caption("Each figure's camera button (top right of the chart) saves a fixed-size "
+               f"{tour.EXPORT_SIZE[0]}×{tour.EXPORT_SIZE[1]} SVG for slides. Settings: "
+               + ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in asdict(state).items()))
 
-def _before_after(shared: float, method: str, label: str, params: dict | None = None) -> dict[str, torch.Tensor]:
-    """σ of the TA sum (before) and of ``method``'s merged toy matrix (after), by the real engine."""
-    pretrained, finetuned = _toy(shared)
-    merger = Merger(pretrained, finetuned, device="cpu")
-    return {"TA sum": toy.singular_values(sum(toy.task_matrices(pretrained, finetuned))),
-            label: toy.singular_values(_merged_delta(merger, method, params))}
-
-
-@st.fragment
-def step_flattening() -> None:
-    st.subheader("3 · Flattening: Iso-C gives every direction the same weight")
-    st.markdown("Iso-C keeps the *directions* of the Task Arithmetic sum S = Σt Δt = U Σ Vᵀ but replaces all "
-                "its singular values by their mean: Δ = σ̄ U Vᵀ. The spectrum becomes *isotropic* (flat), so "
-                "the weak directions of each task are no longer drowned by the dominant shared ones.")
-    shared = st.slider("How much the tasks share", 0.0, 1.0, 0.7, 0.05, key=key("learn_shared_flat"))
-    with errors_in_place(stop=False):
-        curves = _before_after(shared, "iso_c", "Iso-C")
-        st.plotly_chart(toy.spectrum_figure(curves, toy.method_color_map()), key=key("learn_fig_flat"))
-    link("spectra", "Before and after flattening on the real zoo")
-
-
-@st.fragment
-def step_common() -> None:
-    st.subheader("4 · A common subspace plus room for each task (Iso-CTS)")
-    st.markdown("Iso-CTS keeps the top-k directions of the sum (the *common subspace*, k ≈ fraction × rank) and "
-                "fills the remaining r − k slots with each task's strongest directions *outside* it, then "
-                "flattens the lot. The dashed line is the boundary: left of it, shared knowledge; right of it, "
-                "task-specific directions. With fraction 1 it is Iso-C.")
-    fraction = st.slider("Common fraction", 0.0, 1.0, 0.5, 0.05, key=key("learn_fraction"))
-    with errors_in_place(stop=False):
-        curves = _before_after(0.5, "iso_cts", "Iso-CTS", {"common_fraction": fraction})
-        k, _ = common_rank(toy.SIZE, toy.TASKS, fraction)
-        st.plotly_chart(toy.spectrum_figure(curves, toy.method_color_map(), marker_at=k), key=key("learn_fig_common"))
-    link("common", "Accuracy as the common fraction moves, on the real zoo")
-
-
-@st.fragment
-def step_alignment() -> None:
-    st.subheader("5 · Alignment: does the merge keep each task's directions?")
-    st.markdown("The **Subspace Alignment Ratio** SAR(Δt, ΔM) = ‖Πk Δt‖F / ‖Δt‖F, where Πk projects onto the top-k "
-                "left singular vectors of the merged matrix ΔM, and k is the fewest that hold all but ε of its "
-                "energy. SAR = 1 means task t lies entirely in the merge's dominant subspace. The paper finds that "
-                "tasks with higher SAR lose less accuracy, and that flattening raises SAR for every task.")
-    eps = st.slider("ε (energy left out)", 0.01, 0.5, 0.05, 0.01, key=key("learn_eps"))
-    pretrained, finetuned = _toy(0.5)
-    with errors_in_place(stop=False):
-        merger = Merger(pretrained, finetuned, device="cpu")
-        deltas = toy.task_matrices(pretrained, finetuned)
-        rows = [{"task": f"task {i + 1}", "method": label, "SAR": float(sar(d, _merged_delta(merger, m), eps))}
-                for label, m in (("Task Arithmetic", "task_arithmetic"), ("Iso-C", "iso_c"))
-                for i, d in enumerate(deltas)]
-        table = pd.DataFrame(rows)
-        fig = go.Figure([go.Bar(x=g["task"], y=g["SAR"], name=label,
-                                marker_color=method_color("iso_c" if label == "Iso-C" else "task_arithmetic"),
-                                hovertemplate=f"{label}<br>%{{x}}: SAR %{{y:.3f}}<extra></extra>")
-                         for label, g in table.groupby("method", sort=False)])
-        fig.update_yaxes(title="SAR", range=[0, 1.05])
-        st.plotly_chart(style_figure(fig, height=300), key=key("learn_fig_sar"))
-    link("alignment", "SAR heatmaps and the SAR–accuracy correlation on the real zoo")
-
-
-for step in (step_task_vector, step_spectrum, step_flattening, step_common, step_alignment):
-    step()
-    st.divider()
+if present:
+    show_step(steps[step_no - 1], large=True)
+    prev, where, nxt = st.columns([1, 4, 1])
+    prev.button("◀ Previous", key=key("learn_prev"), on_click=move, args=(-1,), disabled=step_no == 1,
+                width="stretch")
+    where.progress(step_no / STEPS, text=f"Step {step_no} of {STEPS}")
+    nxt.button("Next ▶", key=key("learn_next"), on_click=move, args=(1,), disabled=step_no == STEPS, width="stretch")
+else:
+    for step in steps:
+        show_step(step)
+        st.divider()

@@ -21,9 +21,10 @@ from ui.state import alpha_choice, key, selection
 
 header(":material/download: Merge & export",
        "Merge with the method, parameters and α chosen in the sidebar, check the result task by task against the "
-       "pretrained model (zero-shot, the floor) and the fine-tuned experts (the ceiling), then download the merged "
-       "encoder as safetensors and the tables as CSV. <b>Normalized accuracy</b> is merged ÷ fine-tuned: 100% means "
-       "the merge lost nothing on that task.")
+       "pretrained model (zero-shot) and the fine-tuned experts, then download the merged encoder as safetensors and "
+       "the tables as CSV. <b>Normalized accuracy</b> is merged ÷ fine-tuned: 100% means the merge lost nothing on "
+       "that task. <b>NAI</b> is (merged − zero-shot) ÷ (fine-tuned − zero-shot): it is negative where the merge "
+       "does worse than the pretrained model, which happens.")
 
 sel = selection()
 zoo = current_zoo()
@@ -72,7 +73,7 @@ else:
               delta_color="off")
     fig = figures.reference_bars(test, {"zero_shot": "zero-shot θ0", "accuracy": method.display_name,
                                        "finetuned": "fine-tuned θt"})
-    fig.update_layout(title=f"Per-task test accuracy: {method.display_name} between the floor and the ceiling")
+    fig.update_layout(title=f"Per-task test accuracy: {method.display_name} against zero-shot and fine-tuned")
     st.plotly_chart(fig, key=key("merge_fig"))
     st.dataframe(test[["task", "zero_shot", "accuracy", "finetuned", "normalized", "nai"]], hide_index=True,
                  key=key("merge_table"),

@@ -17,10 +17,12 @@ from ui.state import key
 header(":material/dashboard: Overview",
        "The zoo at a glance: which tasks there are, how well the pretrained model (zero-shot) and each fine-tuned "
        "model do on them, and how large and how similar the task vectors τt = θt − θ0 are. Read the accuracy bars "
-       "as the two ends of the range any merge lands in: zero-shot is the floor, fine-tuned the ceiling. A large "
-       "norm means fine-tuning moved the weights far; a cosine near 0 means two tasks changed the weights in "
-       "unrelated directions (the usual case), which is why what matters is how their matrices' spectra overlap "
-       "(next view). Pick a single layer to see where the tasks agree most.")
+       "as two references for any merge: zero-shot (the pretrained model) and fine-tuned (each task's expert). "
+       "A merge usually lands between them, but not always: it can score below zero-shot on a task (negative "
+       "NAI). A large norm means fine-tuning moved the weights far. A cosine near 0 means two task vectors are "
+       "nearly orthogonal as flat vectors; that does not rule out a shared dominant subspace in a layer, which "
+       "is what spectral merging builds on. What matters is how the tasks' singular <i>subspaces</i> overlap "
+       "(next views). Pick a single layer to see where the tasks agree most.")
 
 zoo = current_zoo()
 merger = current_merger()
@@ -44,7 +46,8 @@ else:
         fig.update_layout(title="Test accuracy per task (top-1)")
         st.plotly_chart(fig, key=key("overview_acc"))
         z, f = wide["zero_shot"].mean(), wide["finetuned"].mean()
-        st.caption(f"Average: zero-shot {z:.1%}, fine-tuned {f:.1%}. Every merge is judged inside this gap.")
+        st.caption(f"Average: zero-shot {z:.1%}, fine-tuned {f:.1%}. NAI measures a merge against this gap: 0 at "
+                   "zero-shot, 1 at fine-tuned, negative below zero-shot.")
 
 st.subheader("Task-vector geometry")
 labels = layer_labels(merger.matrix_keys)

@@ -1,4 +1,5 @@
-"""Spectra view: singular values per matrix layer before and after flattening (docs/design.md, Analysis definitions)."""
+"""Spectra view: singular values per matrix layer of the task matrices, their Task Arithmetic sum
+and the merged updates (Iso-C and Iso-CTS flatten; TSV-M and CART do not)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ methods = [n for n, m in registry.items() if m.spectral]  # the methods that res
 header(":material/show_chart: Spectra",
        "Singular values of one layer's matrices, largest first, on a log scale. Thin coloured lines: the task "
        "matrices Δt; dashed black: their Task Arithmetic sum (before flattening); thick: the merged matrices of "
-       f"{', '.join(registry[m].display_name for m in methods)} (after). A steep curve means a few directions dominate, so tasks whose "
+       "Iso-C and Iso-CTS (flattened: every σ equal), TSV-M and CART (not flattened). A steep curve means a few directions dominate, so tasks whose "
        "directions are weak get drowned; a flat curve gives every direction the same weight. The second chart "
-       "shows cumulative energy (share of ‖Δ‖F² in the top i directions). The common-fraction slider moves the "
-       "Iso-CTS boundary between the common subspace (left of the dotted line) and the task-specific slots.")
+       "shows cumulative energy (share of ‖Δ‖F² in the top i directions; Eq. 6's ε bounds the <i>norm</i> left "
+       "out, so ε = 0.05 means 99.75% energy, not 95%). The common-fraction slider moves k, "
+       "the dotted line: the sum's top k directions are Iso-CTS's common subspace. The other r − k slots go to "
+       "each task's own top s directions outside it, which are <i>not</i> the sum's tail drawn right of the line "
+       "(the Learn tour plots them, block by block).")
 
 zoo = current_zoo()
 dec = decompositions()
@@ -31,7 +35,7 @@ labels = dec.labels
 c1, c2, c3 = st.columns([2, 3, 1])
 layout = c1.radio("Show", ["One layer", "All layers"], horizontal=True, key=key("spectra_layout"),
                   help="All layers: small multiples, one chart per matrix layer.")
-shown = c2.multiselect("Merged methods (after flattening)", methods, default=methods, key=key("spectra_methods"),
+shown = c2.multiselect("Merged methods", methods, default=methods, key=key("spectra_methods"),
                        format_func=lambda m: registry[m].display_name)
 log_scale = c3.toggle("Log scale", value=True, key=key("spectra_log"))
 
@@ -52,7 +56,8 @@ def _spectrum_view() -> None:
     default = float(dict(params_for("iso_cts")).get("common_fraction", 0.8))
     fraction = st.slider("Common fraction of Iso-CTS", 0.0, 1.0, default, 0.05, key=key("spectra_fraction"),
                          help="Share of each layer's rank r given to the common subspace (the rest is split "
-                              "equally among the tasks). 1.0 is Iso-C.")
+                              "equally among the tasks). 1.0 is Iso-C. k moves in steps of T; the caption "
+                              "below gives k and s.")
     alpha = alpha_choice()
     methods = method_params(fraction)
     if layout == "All layers":

@@ -43,3 +43,17 @@ def test_least_squares_line() -> None:
     slope, intercept = least_squares_line([0, 1, 2, np.nan], [1, 3, 5, 100])
     assert (slope, intercept) == (pytest.approx(2.0), pytest.approx(1.0))
     assert all(math.isnan(v) for v in least_squares_line([1, 1], [0, 1]))
+
+
+def test_sar_nai_points_keep_the_named_set_in_its_order() -> None:
+    from analysis.correlation import DEFAULT_POINT_SET, FIG3A_METHODS, POINT_SETS, sar_nai_points
+
+    methods = ["iso_c", "cart", "task_arithmetic"]
+    avg = pd.DataFrame({"method": [m for m in methods for _ in "AB"], "task": list("AB") * 3,
+                        "sar_avg": [0.9, 0.8, 0.5, 0.4, 0.7, 0.6]})
+    nai = avg.rename(columns={"sar_avg": "nai"}).assign(nai=lambda d: d["nai"] - 0.1)
+    points = sar_nai_points(avg, nai, FIG3A_METHODS)
+    assert list(points["method"]) == ["task_arithmetic"] * 2 + ["iso_c"] * 2
+    assert list(points["sar_avg"]) == [0.7, 0.6, 0.9, 0.8]
+    assert list(points["nai"]) == pytest.approx([0.6, 0.5, 0.8, 0.7])
+    assert POINT_SETS[DEFAULT_POINT_SET] == FIG3A_METHODS

@@ -91,3 +91,15 @@ def test_sar_table_matches_reference(dec: Decompositions) -> None:
     avg = sar_average(table)
     assert len(avg) == 3 and avg["sar_avg"].between(0, 1 + 1e-6).all()
     assert list(merged_ranks(table)["key"]) == KEYS
+
+
+def test_sar_table_breaks_ties_of_a_flat_spectrum_as_the_figure_script(dec: Decompositions) -> None:
+    """Iso-C's spectrum is flat, so its top-3 of 4 directions are any 3; the table takes the TA
+    sum's own top-3, as the authors' figure script does for Iso."""
+    table = sar_table(dec, "iso_c", eps=0.95, rule="figure")
+    for key in KEYS:
+        u, _, _ = torch.linalg.svd(sum(_taus(dec, key)), full_matrices=False)
+        for task, tau in zip("ABC", _taus(dec, key)):
+            ref = float(torch.linalg.matrix_norm(u[:, :3].T @ tau) / torch.linalg.matrix_norm(tau))
+            row = table[(table["key"] == key) & (table["task"] == task)].iloc[0]
+            assert row["k_m"] == 3 and row["sar"] == pytest.approx(ref, abs=1e-5)

@@ -108,3 +108,14 @@ def test_methods_keep_their_house_colour_in_every_figure() -> None:
         dots = {t.name: t.marker.color for t in figures.sar_nai_scatter(points).data if t.mode == "markers"}
         assert bars["Iso-C"] == dots["Iso-C"] == iso_c
         assert bars["Task Arithmetic"] == dots["Task Arithmetic"] == get_method("task_arithmetic").color != iso_c
+
+
+def test_fig3a_scatter_has_one_symbol_per_method_and_one_colour_per_task() -> None:
+    from analysis.figures import fig3a_scatter
+
+    points = pd.DataFrame({"method": ["Task Arithmetic", "Iso-C"] * 2, "task": ["A", "A", "B", "B"],
+                           "sar_avg": [0.5, 0.9, 0.6, 0.95], "nai": [0.1, 0.8, 0.3, 0.85]})
+    fig = fig3a_scatter(points, {"pearson": 0.91, "n": 4}, {"A": "#111111", "B": "#222222"})
+    assert [(t.marker.symbol, t.marker.color) for t in fig.data] == [
+        ("star", "#111111"), ("triangle-up", "#111111"), ("star", "#222222"), ("triangle-up", "#222222")]
+    assert "Pearson r = 0.91" in fig.layout.title.text and all(t.mode == "markers" for t in fig.data)  # no fit line

@@ -26,14 +26,16 @@ def test_report_layout_and_html(tmp_path: Path) -> None:
     rep = build_report(ev, METHODS)
     json_path, html_path = write_report(rep, tmp_path / "out")
     results = json.loads(json_path.read_text())
-    assert set(results) == {"tasks", "zero_shot", "finetuned", "methods", "correlation"}
+    assert set(results) == {"tasks", "zero_shot", "finetuned", "methods", "correlation", "k_m_rule", "points"}
+    assert results["k_m_rule"] == {"rule": "figure", "value": 0.95}
+    assert results["points"]["methods"] == ["task_arithmetic", "iso_c"]  # Fig. 3a's set, as the Alignment view
     assert results["tasks"] == ["A", "B", "C"] and list(results["methods"]) == METHODS
     entry = results["methods"]["iso_cts"]
     assert set(entry) == {"params", "alpha", "test_acc", "val_acc", "normalized", "nai", "sar_avg"}
     assert entry["params"] == {"common_fraction": pytest.approx(0.8)} and set(entry["nai"]) == {"A", "B", "C"}
     assert results["methods"]["weight_averaging"]["alpha"] == pytest.approx(1 / 3)
     assert set(results["correlation"]) == {"pearson", "pearson_p", "spearman", "spearman_p", "n"}
-    assert results["correlation"]["n"] == 12
+    assert results["correlation"]["n"] == 6  # 2 methods × 3 tasks
     page = html_path.read_text()
     assert re.findall(r"<script[^>]*>", page) == ["<script>"] * page.count("<script")  # nothing fetched
     assert "plotly.js v" in page and page.count('class="plotly-graph-div"') == 6
@@ -57,3 +59,17 @@ def test_cli_unknown_method_exits_2(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "analysis", "report", "--zoo", "digits-tiny", "--methods", "nope",
                            "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_report_k_rule_and_point_set_follow_the_arguments(tmp_path: Path) -> None:
+    from analysis.__main__ import POINTS
+    from analysis.correlation import POINT_SETS
+
+    assert set(POINTS.values()) <= set(POINT_SETS)  # the CLI offers the same sets as the Alignment view
+    ev = Evaluator(SyntheticZoo(), store=ResultStore(tmp_path / "r.sqlite"))
+    six = "six methods: TA, TIES, TSV-M, Iso-C, Iso-CTS, CART"
+    rep = build_report(ev, METHODS, eps=0.05, rule="eq6", point_set=six)
+    assert rep.results["k_m_rule"] == {"rule": "eq6", "value": 0.05}
+    assert rep.results["points"]["methods"] == ["task_arithmetic", "iso_c", "iso_cts"]  # the evaluated ones
+    assert rep.results["correlation"]["n"] == 9 and len(rep.points) == 9
+    assert "Task Arithmetic, Iso-C, Iso-CTS" in format_summary(rep)

@@ -64,3 +64,39 @@ def test_alignment_ratio_matches_projection_and_zero_task_is_nan() -> None:
     expected = torch.linalg.matrix_norm(basis @ basis.T @ task) / torch.linalg.matrix_norm(task)
     assert alignment_ratio(task, basis) == pytest.approx(float(expected), rel=1e-10)
     assert math.isnan(alignment_ratio(torch.zeros(10, 6), basis))
+
+
+def test_figure_rank_follows_the_figure_script() -> None:
+    from analysis.sar import figure_rank
+
+    # σ² = 1, 0.25, 0.0625, 0.015625 (total 1.328): cumulative norm 0.868, 0.970, 0.993, 1.0
+    sigma = torch.tensor([1.0, 0.5, 0.25, 0.125])
+    assert figure_rank(sigma, 0.95) == 1  # the second direction is the first above 0.95; the script keeps 1
+    assert figure_rank(sigma, 0.98) == 2 and figure_rank(sigma, 0.5) == 0
+    assert figure_rank(torch.ones(8), 0.95) == 7  # flat: √(k/8) > 0.95 first at k = 8
+    assert figure_rank(torch.ones(100), 0.95) == 90  # √(91/100) > 0.95 first at the 91st
+    assert figure_rank(torch.zeros(3), 0.95) == 0
+
+
+def test_rank_by_rule_dispatches_and_validates() -> None:
+    from analysis.sar import K_M_DEFAULTS, rank_by_rule
+
+    sigma = torch.tensor([1.0, 0.5, 0.25, 0.125])
+    assert rank_by_rule(sigma, "eq6", 0.05) == alignment_rank(sigma, 0.05) == 4
+    assert rank_by_rule(sigma) == 1 and K_M_DEFAULTS == {"eq6": 0.05, "figure": 0.95}  # default: the figure rule
+    for rule, bad in (("eq6", 1.0), ("figure", 0.0), ("nope", 0.5)):
+        with pytest.raises(ValueError, match="rule"):
+            rank_by_rule(sigma, rule, bad)
+
+
+def test_ordered_basis_orders_a_tied_block_by_the_reference() -> None:
+    from analysis.sar import ordered_basis
+
+    u = _orthonormal(6, 6, 3)
+    v = _orthonormal(6, 6, 4)
+    reference = u @ torch.diag(torch.tensor([6.0, 5, 4, 3, 2, 1], dtype=torch.float64)) @ v.T
+    flat = u @ v.T  # every σ = 1: any basis would do
+    basis, s = ordered_basis(flat, reference)
+    torch.testing.assert_close(s, torch.ones(6, dtype=torch.float64))
+    for k in (1, 3, 5):  # the top-k span is the reference's top-k span
+        torch.testing.assert_close(basis[:, :k] @ basis[:, :k].T, u[:, :k] @ u[:, :k].T, atol=1e-10, rtol=0)

@@ -17,7 +17,7 @@ PAGES = (
     ("alignment", "Does alignment predict accuracy?", 3),
     ("common_subspace", "Rank ratio ρ (CART)", 2),
     ("merge_export", "Download", 1),
-    ("learn", "Alignment: does the merge keep", 5),
+    ("learn", "Task vectors and their spectra", 13),
 )
 LOAD_MS = 240_000  # the first page builds the zoo (digits-tiny: seconds; digits: minutes)
 
@@ -65,4 +65,30 @@ def test_slider_move_reruns_with_sidebar_intact(e2e_zoo: str, streamlit_server: 
     page.wait_for_function("before => document.querySelector('.js-plotly-plot').innerText !== before", arg=before,
                            timeout=60_000)
     _assert_clean(page, "spectra after a slider move")
+    page.close()
+
+
+def test_presenter_link_and_fixed_size_svg_export(e2e_zoo: str, streamlit_server: str, browser, tmp_path) -> None:
+    """A prepared link opens the tour on its step, settings and presenter mode (no sidebar); the
+    chart's camera button downloads a 1200×675 SVG drawn by plotly.js (no renderer installed)."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+    page.goto(f"{streamlit_server}/learn?step=5&shared=0.3&weak=0.4&present=1", wait_until="domcontentloaded")
+    _settle(page, "Iso-C is not enough", 2)
+    assert page.locator("[data-testid='stException']").count() == 0
+    assert not page.locator("[data-testid='stSidebar']").is_visible()  # presenter mode hides it
+    assert page.locator(".js-plotly-plot").count() == 2  # step 5 only
+    assert "shared=0.3" in page.url and "step=5" in page.url
+    chart = page.locator(".js-plotly-plot").first
+    chart.hover()
+    with page.expect_download(timeout=60_000) as info:
+        chart.locator(".modebar-btn[data-title^='Download plot']").first.click()
+    download = info.value
+    assert download.suggested_filename == "isoscope-stacked.svg"
+    path = tmp_path / download.suggested_filename
+    download.save_as(path)
+    svg = path.read_text()
+    assert svg.startswith("<svg") and 'width="1200"' in svg and 'height="675"' in svg
+    assert "Iso-CTS stacks k = " in svg  # the figure's own title travels with it
+    page.get_by_role("button", name="Next ▶").click()
+    page.wait_for_function("window.location.search.includes('step=6')", timeout=60_000)
     page.close()

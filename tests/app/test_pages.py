@@ -8,7 +8,7 @@ import pytest
 
 from merging.methods.iso import common_rank
 from merging.registry import all_methods
-from tests.app.conftest import chart, open_page, trace, values
+from tests.app.conftest import assert_clean, chart, open_page, trace, values
 
 pytestmark = pytest.mark.slow  # the first test builds digits-tiny (seconds); the rest reuse it
 
@@ -54,7 +54,11 @@ def test_spectra_fraction_slider_moves_the_boundary_and_the_flat_level() -> None
 
 def test_alignment_eps_slider_can_only_lower_sar() -> None:
     at = open_page("pages/alignment.py")
+    figure_rule = chart(at, "iso_align_heatmap")["data"][0]
+    at.radio(key="iso_align_rule").set_value("eq6").run()
     before = chart(at, "iso_align_heatmap")["data"][0]
+    k_figure, k_eq6 = values(figure_rule["customdata"]), values(before["customdata"])
+    assert (k_figure <= k_eq6).all() and (k_figure < k_eq6).any()  # 0.95 of the norm keeps fewer than ε = 0.05
     at.slider(key="iso_align_eps").set_value(0.3).run()
     after = chart(at, "iso_align_heatmap")["data"][0]
     z0, z1 = values(before["z"]), values(after["z"])
@@ -66,6 +70,14 @@ def test_alignment_eps_slider_can_only_lower_sar() -> None:
     assert {t["name"] for t in bars["data"]} >= {"Task Arithmetic", "Iso-C", "Iso-CTS"}
     scatter = chart(at, "iso_align_scatter")
     assert "Pearson r" in scatter["layout"]["title"]["text"]
+    names = {t["name"] for t in scatter["data"]} - {"least-squares fit"}
+    assert names == {"Task Arithmetic", "Iso-C"}  # Fig. 3a's set by default, as the report
+    assert any(c.value.startswith("16 points: Task Arithmetic, Iso-C × 8 tasks") for c in at.caption)
+    at.toggle(key="iso_align_fig3a").set_value(True).run()
+    fig3a = chart(at, "iso_align_scatter")
+    assert len(fig3a["data"]) == 16 and {t["marker"]["symbol"] for t in fig3a["data"]} == {"star", "triangle-up"}
+    at.radio(key="iso_align_points").set_value(at.radio(key="iso_align_points").options[1]).run()
+    assert len(chart(at, "iso_align_scatter")["data"]) == 48  # six methods × 8 tasks
 
 
 def test_common_subspace_sliders_move_the_highlighted_point() -> None:
@@ -101,24 +113,66 @@ def test_merge_page_follows_alpha_and_offers_downloads() -> None:
     assert {b.key for b in at.get("download_button")} >= {"iso_dl_model", "iso_dl_table", "iso_dl_refs"}
 
 
-def test_learn_examples_respond_exactly() -> None:
+def test_learn_tour_runs_on_one_toy_state_and_keeps_it_in_the_url() -> None:
+    from analysis import tour
+
     at = open_page("pages/learn.py")
-    taus = {}
-    for strength in (1.0, 2.0):
-        at.slider(key="iso_learn_strength").set_value(strength).run()
-        taus[strength] = values(chart(at, "iso_learn_fig_tv")["data"][2]["z"])
-    np.testing.assert_allclose(taus[2.0], 2 * taus[1.0], rtol=1e-5, atol=1e-6)  # τ is linear in the strength
-    for fraction in (0.5, 0.9):
-        at.slider(key="iso_learn_fraction").set_value(fraction).run()
-        shapes = chart(at, "iso_learn_fig_common")["layout"]["shapes"]
-        assert shapes[0]["x0"] == pytest.approx(common_rank(8, 3, fraction)[0] + 0.5)
-    flat = values(trace(chart(at, "iso_learn_fig_flat"), "Iso-C")["y"])
-    np.testing.assert_allclose(flat, flat.mean(), rtol=1e-4)
-    sar = {}
-    for eps in (0.01, 0.4):
-        at.slider(key="iso_learn_eps").set_value(eps).run()
-        sar[eps] = np.concatenate([values(t["y"]) for t in chart(at, "iso_learn_fig_sar")["data"]])
-    assert (sar[0.4] <= sar[0.01] + 1e-9).all() and (sar[0.4] < sar[0.01]).any()
+    for weak in (0.3, 1.0):
+        if weak != 0.3:
+            at.slider(key="iso_learn_weak").set_value(weak).run()
+            assert_clean(at)
+        expected = tour.toy_results(tour.TourState(weak=weak))
+        bars = chart(at, "iso_learn_fig_cts_nai")  # TA, Iso-C, Iso-CTS side by side, α tuned per method
+        for m in ("task_arithmetic", "iso_c", "iso_cts"):
+            name = {"task_arithmetic": "Task Arithmetic", "iso_c": "Iso-C", "iso_cts": "Iso-CTS"}[m]
+            np.testing.assert_allclose(values(trace(bars, name)["y"]), expected.nai(m), rtol=1e-9)
+        flat = values(trace(chart(at, "iso_learn_fig_flat"), "Iso-C (after)")["y"])
+        np.testing.assert_allclose(flat, flat.mean(), rtol=1e-4)
+        assert at.query_params["weak"] == f"{weak:g}"
+    weak_nai = {m: values(trace(chart(at, "iso_learn_fig_flat_nai"), m)["y"])[2] for m in ("Task Arithmetic", "Iso-C")}
+    assert weak_nai["Iso-C"] < weak_nai["Task Arithmetic"]  # weak = 1: no weak task left to rescue
+    at.slider(key="iso_learn_fraction").set_value(0.5).run()
+    stacked = chart(at, "iso_learn_fig_stacked")
+    assert [len(t["x"]) for t in stacked["data"]] == [5, 1, 1, 1]  # k = 5 common, s = 1 per task
+    assert "k = 5" in stacked["layout"]["title"]["text"] and "s = 1" in stacked["layout"]["title"]["text"]
+    assert {c.key for c in at.get("plotly_chart")} >= {"iso_learn_fig_paper", "iso_learn_fig_zoo_points",
+                                                       "iso_learn_fig_fig1", "iso_learn_fig_sweep"}
+    assert any(b.key == "iso_learn_handout" for b in at.get("download_button"))
+
+
+def test_learn_presenter_mode_from_a_prepared_link() -> None:
+    at = open_page()
+    at.query_params.update({"step": "3", "shared": "0.3", "weak": "0.4", "present": "1"})
+    at.switch_page("pages/learn.py").run()
+    assert_clean(at)
+    assert at.slider(key="iso_learn_shared").value == pytest.approx(0.3)
+    assert at.slider(key="iso_learn_weak").value == pytest.approx(0.4)
+    assert [c.key for c in at.get("plotly_chart")] == ["iso_learn_fig_paper", "iso_learn_fig_zoo_points"]
+    assert any("stSidebar" in m.value and "display: none" in m.value for m in at.markdown)  # sidebar hidden
+    assert chart(at, "iso_learn_fig_paper")["layout"]["font"]["size"] == 17  # large type on the charts too
+    at.button(key="iso_learn_next").click().run()
+    assert at.query_params["step"] == "4" and "iso_learn_fig_flat" in [c.key for c in at.get("plotly_chart")]
+    at.button(key="iso_learn_prev").click().run()
+    at.button(key="iso_learn_prev").click().run()
+    assert at.query_params["step"] == "2"
+    at.button(key="iso_learn_reset").click().run()
+    assert at.query_params["step"] == "1" and at.query_params["shared"] == "0.5"
+    assert at.button(key="iso_learn_prev").disabled
+    at.toggle(key="iso_learn_present").set_value(False).run()
+    assert len(at.get("plotly_chart")) == 13 and at.query_params["present"] == "0"
+    assert not any("stSidebar" in m.value for m in at.markdown)
+
+
+def test_learn_survives_a_mangled_link() -> None:
+    at = open_page()
+    at.query_params.update({"step": "99", "shared": "nan", "weak": "7", "fraction": "abc", "rule": "x", "k": "-1"})
+    at.switch_page("pages/learn.py").run()
+    assert_clean(at)  # clamped or defaulted, never an exception
+    assert at.slider(key="iso_learn_shared").value == pytest.approx(0.5)  # NaN → default
+    assert at.slider(key="iso_learn_weak").value == pytest.approx(1.0)  # clamped to the slider's range
+    assert at.slider(key="iso_learn_fraction").value == pytest.approx(0.25)
+    assert at.radio(key="iso_learn_rule").value == "figure" and at.slider(key="iso_learn_value").value == 0.01
+    assert at.query_params["step"] == "7"
 
 
 def test_sidebar_builds_one_slider_per_registry_parameter() -> None:

@@ -1,0 +1,183 @@
+"""The Learn tour's toy: three tasks fine-tuning one 8×8 layer, merged by the real engine and
+scored by a toy NAI, so every claim of the tour can be checked on numbers.
+
+Construction (one fixed seed). Inputs live in R⁸, split into orthonormal blocks: a 2-D block
+every task reads (the *shared* inputs) and a 2-D block per task (its *own* inputs). Task t's
+update is
+
+    Δt = scale_t · (shared·A + (1 − shared)·Bt + NOISE·Nt)
+
+with A (rank 2) reading the shared inputs, Bt (rank 2) reading task t's own inputs, and Nt a
+faint dense matrix. So each Δt has rank 4 plus a faint full-rank part, and the sum Σt Δt is
+full rank (rank 8) at every setting: without Nt it would be exactly rank-deficient at
+shared = 0 (rank 6) and shared = 1 (rank 2), where Iso-C's flat spectrum would raise directions
+that no task uses (the engine, like the authors' code, averages all min(m, n) singular values).
+Near shared = 1 the sum is still *nearly* rank-deficient; ``weak_directions`` measures it.
+
+The last task is the *weak* one: scale_t = weak for it and 1 for the others, the toy's version of
+a task whose small update is drowned in the sum (SUN397 or Cars in Marczak et al., "No Task
+Left Behind", ICML 2025, Sec. 3).
+
+Toy accuracy. A classifier on CLIP features compares directions, so a task is scored by how
+well a layer W reproduces the fine-tuned layer's *output directions* on the task's inputs:
+q_t(W) = mean over task t's input basis vectors x of cos(W x, θt x). The toy NAI then follows the
+paper's definition of NAI with q in place of accuracy:
+
+    NAI_t(θ) = (q_t(θ) − q_t(θ0)) / (q_t(θt) − q_t(θ0))       (q_t(θt) = 1)
+
+1 means the merge reproduces the fine-tuned outputs, 0 no better than the pretrained layer, and
+it is negative when the merge does worse than the pretrained layer. α is tuned per method on the
+grid 0.1 … 3.0 for the best mean toy NAI (the protocol of ``analysis.alpha``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from analysis.alpha import ALPHA_GRID
+from merging.merge import Merger
+from merging.methods.iso import common_rank
+from merging.registry import get_method
+
+SIZE, TASKS = 8, 3
+SHARED_RANK, OWN_RANK = 2, 2
+TASK_RANK = SHARED_RANK + OWN_RANK  # 4: the rank of each task matrix (before the faint part)
+KEY = "toy.weight"
+SCALE, NOISE = 3.0, 0.1
+DEFAULT_SHARED, DEFAULT_WEAK, DEFAULT_FRACTION = 0.5, 0.3, 0.25
+TOUR_METHODS = ("task_arithmetic", "iso_c", "iso_cts")
+OTHER_METHODS = ("tsv_m", "cart", "ties")
+
+
+@dataclass(frozen=True)
+class ToyZoo:
+    """θ0, the T fine-tuned copies and each task's input basis (8, 4): shared block, own block."""
+
+    pretrained: dict[str, torch.Tensor]
+    finetuned: list[dict[str, torch.Tensor]]
+    inputs: list[torch.Tensor]
+    shared: float
+    weak: float
+
+    @property
+    def tasks(self) -> list[str]:
+        return task_names()
+
+
+def task_names() -> list[str]:
+    return [f"task {i + 1}" for i in range(TASKS - 1)] + [f"task {TASKS} (weak)"]
+
+
+def toy_zoo(shared: float = DEFAULT_SHARED, weak: float = DEFAULT_WEAK, seed: int = 0) -> ToyZoo:
+    """The toy at ``shared`` ∈ [0, 1] and weak-task scale ``weak`` > 0 (see module doc)."""
+    if not 0.0 <= shared <= 1.0 or weak <= 0:
+        raise ValueError(f"shared must be in [0, 1] and weak > 0; got {shared} and {weak}")
+    g = torch.Generator().manual_seed(seed)
+    theta0 = torch.randn(SIZE, SIZE, generator=g, dtype=torch.float64) / SIZE ** 0.5  # (8, 8)
+    q, _ = torch.linalg.qr(torch.randn(SIZE, SIZE, generator=g, dtype=torch.float64))  # (8, 8) orthonormal
+    shared_in = q[:, :SHARED_RANK]  # (8, 2)
+    shared_out = torch.randn(SIZE, SHARED_RANK, generator=g, dtype=torch.float64) / SIZE ** 0.5  # (8, 2)
+    finetuned, inputs = [], []
+    for t in range(TASKS):
+        own_in = q[:, SHARED_RANK + OWN_RANK * t:SHARED_RANK + OWN_RANK * (t + 1)]  # (8, 2)
+        own_out = torch.randn(SIZE, OWN_RANK, generator=g, dtype=torch.float64) / SIZE ** 0.5  # (8, 2)
+        faint = torch.randn(SIZE, SIZE, generator=g, dtype=torch.float64) / SIZE  # (8, 8)
+        scale = SCALE * (weak if t == TASKS - 1 else 1.0)
+        update = scale * (shared * shared_out @ shared_in.T + (1 - shared) * own_out @ own_in.T + NOISE * faint)
+        finetuned.append({KEY: (theta0 + update).float()})
+        inputs.append(torch.cat([shared_in, own_in], dim=1))  # (8, 4)
+    return ToyZoo({KEY: theta0.float()}, finetuned, inputs, float(shared), float(weak))
+
+
+def task_matrices(zoo: ToyZoo) -> list[torch.Tensor]:
+    """Δt = θt − θ0, T × (8, 8)."""
+    return [ft[KEY] - zoo.pretrained[KEY] for ft in zoo.finetuned]
+
+
+def singular_values(matrix: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.svdvals(matrix.double())  # (min(m, n),), descending
+
+
+def weak_directions(zoo: ToyZoo) -> float:
+    """σ_min / σ_max of the TA sum: near 0, the sum is nearly rank-deficient."""
+    s = singular_values(sum(task_matrices(zoo)))
+    return float(s[-1] / s[0])
+
+
+# -- scoring -------------------------------------------------------------------------------------
+
+def output_agreement(weight: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor) -> float:
+    """q: mean over the columns x of ``inputs`` (8, d) of cos(weight·x, target·x)."""
+    a, b = weight.double() @ inputs.double(), target.double() @ inputs.double()  # (8, d)
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0).mean())
+
+
+def toy_nai(zoo: ToyZoo, weight: torch.Tensor) -> list[float]:
+    """NAI_t of the merged layer ``weight`` for every task (module doc)."""
+    out = []
+    for ft, x in zip(zoo.finetuned, zoo.inputs):
+        zero = output_agreement(zoo.pretrained[KEY], ft[KEY], x)
+        out.append((output_agreement(weight, ft[KEY], x) - zero) / (1.0 - zero))
+    return out
+
+
+@dataclass(frozen=True)
+class ToyMerge:
+    """One method on the toy: its update Δ (as the engine returns it), its tuned α, the merged
+    layer θ = base + α·Δ, and the toy NAI per task at that α."""
+
+    method: str
+    delta: torch.Tensor
+    alpha: float
+    weight: torch.Tensor
+    nai: list[float]
+    theta0: torch.Tensor
+
+    @property
+    def update(self) -> torch.Tensor:
+        """θ − θ0, the update from the pretrained layer (CART's base is the weight average)."""
+        return self.weight - self.theta0  # (8, 8)
+
+
+def merge(zoo: ToyZoo, method: str, params: Mapping[str, float] | None = None) -> ToyMerge:
+    """``method`` on the toy with α tuned for the best mean toy NAI (fixed-α methods keep theirs)."""
+    merger = Merger(zoo.pretrained, zoo.finetuned, device="cpu")
+    upd = merger.update(method, params or {})
+    fixed = upd.fixed_alpha
+    grid = (fixed,) if fixed is not None else ALPHA_GRID
+    scored = [(a, toy_nai(zoo, upd.state(a)[KEY])) for a in grid]
+    alpha, nai = max(scored, key=lambda pair: sum(pair[1]) / len(pair[1]))
+    return ToyMerge(get_method(method).name, upd.delta[KEY], float(alpha), upd.state(alpha)[KEY], nai,
+                    zoo.pretrained[KEY])
+
+
+def scoreboard(zoo: ToyZoo, methods: Sequence[str],
+               params: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
+    """Toy NAI per method × task with each method's tuned α: method, display, task, alpha, nai."""
+    rows = []
+    for m in methods:
+        result = merge(zoo, m, (params or {}).get(m))
+        rows += [{"method": m, "display": get_method(m).display_name, "task": t, "alpha": result.alpha, "nai": v}
+                 for t, v in zip(zoo.tasks, result.nai)]
+    return pd.DataFrame(rows, columns=["method", "display", "task", "alpha", "nai"])
+
+
+# -- Iso-CTS, opened up for display ---------------------------------------------------------------
+
+def iso_cts_blocks(deltas: Sequence[torch.Tensor], common_fraction: float) -> list[tuple[str, torch.Tensor]]:
+    """The singular values Iso-CTS stacks before it flattens (Marczak et al., Algorithm 1): the
+    top-k σ of the sum (the common block), then each task's top-s σ of its residual
+    Rt = Δt − Uk Ukᵀ Δt. [(source, σ of that block)], common first."""
+    total = sum(d.double() for d in deltas)  # (m, n)
+    u, s, _ = torch.linalg.svd(total, full_matrices=False)  # (m, r), (r,)
+    k, per_task = common_rank(len(s), len(deltas), common_fraction)
+    uk = u[:, :k]  # (m, k)
+    blocks = [("common", s[:k])]
+    for name, d in zip(task_names(), deltas):
+        residual = d.double() - uk @ (uk.T @ d.double())  # (m, n)
+        blocks.append((name, torch.linalg.svdvals(residual)[:per_task]))
+    return blocks
