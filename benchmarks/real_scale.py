@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -158,60 +160,59 @@ def slider_step(page: object, timeout_ms: int = 300_000) -> float:
     return time.perf_counter() - start
 
 
-def run_b32(folder: Path, work: Path, tasks: int, floor: float) -> dict[str, float]:
+@contextmanager
+def served(folder: Path, cache: Path) -> Iterator[tuple[object, Server]]:
+    """A Chromium browser and a server on ``folder``; both stopped on exit."""
     from playwright.sync_api import sync_playwright
 
-    cache = work / "cache-b32"
-    cache.mkdir()
-    out: dict[str, float] = {}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         server = Server(folder, cache)
         try:
-            page, out["spectra_first"] = visit(browser, server.url + "/spectra", "Common fraction of Iso-CTS", 2)
-            print(f"  Spectra first visit {out['spectra_first']:.1f} s; errors: {_errors(page)}", flush=True)
-            steps = [slider_step(page) for _ in range(3)]
-            out["slider_step"] = sorted(steps)[1]
-            print(f"  slider steps {', '.join(f'{s:.2f}' for s in steps)} s", flush=True)
-            page.close()
-            page, out["alignment"] = visit(browser, server.url + "/alignment", "SAR", 2)
-            print(f"  Alignment {out['alignment']:.1f} s; errors: {_errors(page)}", flush=True)
-            page.close()
-            out["peak_rss_gb"] = server.peak_rss_gb()
+            yield browser, server
         finally:
             server.stop()
-        server = Server(folder, cache)  # a restart: the store answers
-        try:
-            page, out["spectra_restart"] = visit(browser, server.url + "/spectra", "Common fraction of Iso-CTS", 2)
-            page.close()
-            page, out["alignment_restart"] = visit(browser, server.url + "/alignment", "SAR", 2)
-            page.close()
-        finally:
-            server.stop()
-        browser.close()
+            browser.close()
+
+
+def spectra_visit(browser: object, server: Server, tag: str) -> tuple[object, float]:
+    page, seconds = visit(browser, server.url + "/spectra", "Common fraction of Iso-CTS", 2)
+    print(f"  {tag}: Spectra {seconds:.1f} s; alerts: {_errors(page)}", flush=True)
+    return page, seconds
+
+
+def run_b32(folder: Path, work: Path) -> dict[str, float]:
+    cache = work / "cache-b32"
+    cache.mkdir()
+    out: dict[str, float] = {}
+    with served(folder, cache) as (browser, server):
+        page, out["spectra_first"] = spectra_visit(browser, server, "first visit")
+        steps = [slider_step(page) for _ in range(3)]
+        out["slider_step"] = sorted(steps)[1]
+        print(f"  slider steps {', '.join(f'{s:.2f}' for s in steps)} s", flush=True)
+        page.close()
+        page, out["alignment"] = visit(browser, server.url + "/alignment", "SAR", 2)
+        print(f"  Alignment {out['alignment']:.1f} s; alerts: {_errors(page)}", flush=True)
+        page.close()
+        out["peak_rss_gb"] = server.peak_rss_gb()
+    with served(folder, cache) as (browser, server):  # a restart: the store answers
+        page, out["spectra_restart"] = spectra_visit(browser, server, "after a restart")
+        page.close()
+        page, out["alignment_restart"] = visit(browser, server.url + "/alignment", "SAR", 2)
+        page.close()
     return out
 
 
 def run_large(work: Path) -> dict[str, float]:
-    from playwright.sync_api import sync_playwright
-
     folder = work / "vit-l14-20"
     print("building the ViT-L/14 folder (20 fp16 tasks)…", flush=True)
-    size = build_folder(folder, "ViT-L-14", 20, torch.float16)
+    out = {"size_gb": build_folder(folder, "ViT-L-14", 20, torch.float16)}
     cache = work / "cache-l14"
     cache.mkdir()
-    out = {"size_gb": size}
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        server = Server(folder, cache)
-        try:
-            page, out["spectra_first"] = visit(browser, server.url + "/spectra", "Common fraction of Iso-CTS", 2)
-            print(f"  ViT-L/14 Spectra first visit {out['spectra_first']:.1f} s; errors: {_errors(page)}", flush=True)
-            page.close()
-            out["peak_rss_gb"] = server.peak_rss_gb()
-        finally:
-            server.stop()
-        browser.close()
+    with served(folder, cache) as (browser, server):
+        page, out["spectra_first"] = spectra_visit(browser, server, "ViT-L/14 × 20")
+        page.close()
+        out["peak_rss_gb"] = server.peak_rss_gb()
     shutil.rmtree(folder, ignore_errors=True)
     return out
 
@@ -234,7 +235,7 @@ def main() -> None:
             shutil.rmtree(stale)
         floor = floor_seconds(folder, args.tasks)
         print(f"floor (9 SVDs of the 2304×768 layer): {floor:.2f} s", flush=True)
-        b32 = run_b32(folder, work, args.tasks, floor)
+        b32 = run_b32(folder, work)
         large = None if args.skip_large else run_large(work)
         print("\n| measure | seconds | × floor | target |\n|---|---|---|---|")
         for name, target in (("spectra_first", "≤ 10×"), ("slider_step", "≤ 2×"), ("alignment", "≤ 60×"),
