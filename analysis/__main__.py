@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from merging.errors import IsoscopeError
+from merging.errors import TRUST_PICKLE_HELP, IsoscopeError
 from merging.progress import Progress
 from merging.runtime import use_huge_pages
 
@@ -141,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--zoo", default="digits", help="digits (default), digits-tiny, or a checkpoint folder")
     r.add_argument("--out", required=True, help="output folder for results.json and report.html")
     r.add_argument("--data", default=None, help="evaluation data folder for a checkpoint folder")
-    r.add_argument("--trust-pickle", action="store_true", help="allow loading pickled checkpoints (runs their code)")
+    r.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     r.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
     r.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
     r.add_argument("--k-rule", choices=("figure", "eq6"), default="figure",
@@ -162,7 +162,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--param", required=True, help="name=start:stop:step (stop included) or name=v1,v2,...")
     w.add_argument("--alpha", type=float, default=None, help="fixed α (default: chosen on validation at every point)")
     w.add_argument("--data", default=None, help="evaluation data folder for a checkpoint folder")
-    w.add_argument("--trust-pickle", action="store_true", help="allow loading pickled checkpoints (runs their code)")
+    w.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     w.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
     w.add_argument("--store", default=None, help="result store file (default: $ISOSCOPE_CACHE/results.sqlite)")
     w.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")

@@ -79,6 +79,13 @@ class TaskNorms:
 
 
 @dataclass(frozen=True)
+class TaskGram:
+    """⟨τi[key], τj[key]⟩ for every pair of tasks on one parameter (any key, not only matrices)."""
+
+    gram: np.ndarray  # (T, T)
+
+
+@dataclass(frozen=True)
 class MergedLayer:
     """One method's update ΔM on one key: its spectrum and the tasks' energy along its vectors."""
 
@@ -90,8 +97,8 @@ class MergedLayer:
         return np.sqrt(self.proj[:, :k].sum(axis=1))
 
 
-Result = LayerSpectra | TaskNorms | MergedLayer
-RESULT_TYPES: dict[str, type] = {"spectra": LayerSpectra, "norms": TaskNorms, "merged": MergedLayer}
+Result = LayerSpectra | TaskNorms | TaskGram | MergedLayer
+RESULT_TYPES: dict[str, type] = {"spectra": LayerSpectra, "norms": TaskNorms, "gram": TaskGram, "merged": MergedLayer}
 
 
 def _nbytes(result: Result) -> int:
@@ -230,6 +237,15 @@ class Decompositions:
     def _compute_norms(self, key: str) -> TaskNorms:
         with self.merger.layer(key) as layer:
             return TaskNorms(norms=_frozen(_task_norms(layer)))
+
+    def gram(self, key: str) -> np.ndarray:
+        """The task vectors' Gram matrix on one parameter, (T, T) float64 (Overview's geometry sums
+        it over keys, one key read at a time)."""
+        def compute() -> TaskGram:
+            with self.merger.layer(key) as layer:
+                stack = torch.stack([tau.reshape(-1).double() for tau in layer.taus])  # (T, numel)
+                return TaskGram(gram=_frozen((stack @ stack.T).cpu().numpy()))
+        return self._cached(("gram", key, "", ""), compute).gram
 
     def _compute_spectra(self, key: str) -> LayerSpectra:
         with self.merger.layer(key) as layer:

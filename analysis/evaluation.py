@@ -28,13 +28,12 @@ from analysis.store import ResultStore, canonical_params
 from merging.errors import IsoscopeError
 from merging.merge import Merger, MergeUpdate
 from merging.registry import get_method
-from zoo.base import Zoo
+from zoo.base import SPLITS, Zoo
 
 log = logging.getLogger(__name__)
 
 ZERO_SHOT = "zero_shot"
 FINETUNED = "finetuned"
-SPLITS = ("test", "val")
 UPDATE_CACHE_BYTES = 768 * 2 ** 20  # merged updates (base and Δ) held at once; a larger model streams
 
 

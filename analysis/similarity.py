@@ -33,7 +33,11 @@ def norms_and_cosines(task_vectors: Vectors, tasks: Sequence[str], keys: Iterabl
                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per task: ``task, norm``; the T×T cosine matrix indexed by task both ways), over
     ``keys`` (default every parameter). A zero task vector has NaN cosines."""
-    g = gram(task_vectors, keys)  # (T, T)
+    return geometry_from_gram(gram(task_vectors, keys), tasks)
+
+
+def geometry_from_gram(g: np.ndarray, tasks: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``norms_and_cosines`` from a Gram matrix G (T, T) already summed over the keys."""
     norm = np.sqrt(np.clip(np.diag(g), 0.0, None))  # (T,)
     with np.errstate(divide="ignore", invalid="ignore"):
         cos = g / np.where(np.outer(norm, norm) == 0, np.nan, np.outer(norm, norm))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from merging.errors import IsoscopeError, MethodError
+from merging.errors import TRUST_PICKLE_HELP, IsoscopeError, MethodError
 from merging.registry import Method, all_methods
 from merging.runtime import use_huge_pages
 
@@ -101,14 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--alpha", type=float, default=None, help="scaling α (default 1.0; weight_averaging: 1/T)")
     merge.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
     merge.add_argument("--trust-pickle", action="store_true",
-                       help="allow loading pickled checkpoints (runs code from the files)")
+                       help=TRUST_PICKLE_HELP)
     merge.add_argument("--out", required=True, help="output .safetensors file")
     merge.set_defaults(run=cmd_merge)
     methods = sub.add_parser("methods", help="list the methods and their parameters")
     methods.set_defaults(run=cmd_methods)
     convert = sub.add_parser("convert", help="convert a checkpoint (e.g. a trusted pickle) to safetensors")
     convert.add_argument("input", help="checkpoint file to convert")
-    convert.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled checkpoint")
+    convert.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     convert.add_argument("--out", required=True, help="output .safetensors file")
     convert.set_defaults(run=cmd_convert)
     return parser

@@ -30,3 +30,14 @@ class MethodError(IsoscopeError):
 
 class PathNotAllowedError(IsoscopeError):
     """Served mode: the path lies outside the folders this server may read (merging.paths)."""
+
+
+def printable(text: object, limit: int = 60) -> str:
+    """Text from a file or a user made safe for a one-line message: unprintable characters become
+    '?', and it is cut at ``limit`` characters."""
+    s = "".join(c if c.isprintable() else "?" for c in str(text))
+    return s if len(s) <= limit else s[:limit] + "…"
+
+
+TRUST_PICKLE_HELP = ("allow loading pickles the code-free reader cannot interpret "
+                     "(loading them runs code stored in the files)")

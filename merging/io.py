@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from merging.errors import CheckpointError, UntrustedPickleError
+from merging.errors import CheckpointError, UntrustedPickleError, printable
 from merging.pickle_reader import (STORAGE_DTYPES, Uninterpretable, check_refs, legacy_layout, reader_for, state_of,
                                    zip_layout)
 from merging.pickle_scan import PickleScan, StorageRef, scan_pickles
@@ -107,15 +107,9 @@ class _Opened:
     read: Callable[[str], torch.Tensor]
 
 
-def _printable(text: object, limit: int = 60) -> str:
-    """File-controlled text made safe for a one-line message."""
-    s = "".join(c if c.isprintable() else "?" for c in str(text))
-    return s if len(s) <= limit else s[:limit] + "…"
-
-
 def _oneline(err: BaseException) -> str:
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return _printable(first, 160)
+    return printable(first, 160)
 
 
 @contextmanager
@@ -175,7 +169,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
-            raise ValueError(f"duplicate key '{_printable(key)}'")
+            raise ValueError(f"duplicate key '{printable(key)}'")
         seen[key] = value
     return seen
 
@@ -186,12 +180,12 @@ def _is_count(x: object) -> bool:
 
 def _tensor_info(key: str, entry: object, data_len: int) -> TensorInfo:
     """Validate one header entry; ValueError says what is wrong."""
-    name = _printable(key)
+    name = printable(key)
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise ValueError(f"tensor '{name}' lacks dtype, shape or data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in ST_DTYPES:
-        raise ValueError(f"tensor '{name}' has unknown dtype '{_printable(dtype, 20)}'")
+        raise ValueError(f"tensor '{name}' has unknown dtype '{printable(dtype, 20)}'")
     if not isinstance(shape, list) or len(shape) > 64 or not all(_is_count(d) for d in shape):
         raise ValueError(f"tensor '{name}' has an invalid shape")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
@@ -211,7 +205,7 @@ def _check_layout(infos: dict[str, TensorInfo], data_len: int) -> None:
     for key, info in sorted(infos.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
         if info.begin != cursor:
             what = "overlaps another tensor" if info.begin < cursor else "leaves a gap before it"
-            raise ValueError(f"tensor '{_printable(key)}' {what}")
+            raise ValueError(f"tensor '{printable(key)}' {what}")
         cursor = info.end
     if cursor != data_len:
         raise ValueError(f"tensors cover {cursor} of the {data_len} data bytes")
@@ -277,8 +271,8 @@ def _open_safetensors(path: Path, _size: int, _trust: bool) -> _Opened:
 def untrusted_message(path: Path, names: list[str], reason: str | None = None) -> str:
     """The one-line refusal: why (what the code-free reader could not interpret), and how to proceed."""
     unique = list(dict.fromkeys(names))
-    shown = ", ".join(_printable(n, 50) for n in unique[:3]) + (", …" if len(unique) > 3 else "")
-    why = f"; the code-free reader cannot interpret it ({_printable(reason, 100)})" if reason else ""
+    shown = ", ".join(printable(n, 50) for n in unique[:3]) + (", …" if len(unique) > 3 else "")
+    why = f"; the code-free reader cannot interpret it ({printable(reason, 100)})" if reason else ""
     return (f"{path}: refused: it is a pickled Python object (it imports {shown}){why} and loading it would "
             f"execute code from the file; if you trust its source, pass --trust-pickle (in the app, tick "
             f"'Trust these files') and convert it once to safetensors with: python -m merging convert "
@@ -296,7 +290,7 @@ def _zip_scan(path: Path, size: int) -> tuple[PickleScan, Callable[[StorageRef],
             for info in infos.values():
                 if info.compress_type != zipfile.ZIP_STORED or info.header_offset + info.file_size > size:
                     raise CheckpointError(f"{path}: corrupted torch checkpoint (record "
-                                          f"'{_printable(info.filename)}' is compressed or lies outside the file)")
+                                          f"'{printable(info.filename)}' is compressed or lies outside the file)")
             if infos[pkl[0]].file_size > MAX_PICKLE_BYTES:
                 raise CheckpointError(f"{path}: torch checkpoint with an oversized data.pkl")
             scan = scan_pickles(zf.read(pkl[0]), max_pickles=1)
@@ -322,11 +316,11 @@ def _check_storages(path: Path, scan: PickleScan, available: Callable[[StorageRe
     for ref in {r.key: r for r in scan.storages}.values():
         itemsize = STORAGE_ITEMSIZE.get(ref.type_name)
         if itemsize is None:
-            raise CheckpointError(f"{path}: unsupported storage type '{_printable(ref.type_name)}'")
+            raise CheckpointError(f"{path}: unsupported storage type '{printable(ref.type_name)}'")
         nbytes = ref.numel * itemsize
         total += nbytes
         if nbytes > available(ref) or total > size:
-            raise CheckpointError(f"{path}: corrupted torch checkpoint (storage '{_printable(ref.key)}' "
+            raise CheckpointError(f"{path}: corrupted torch checkpoint (storage '{printable(ref.key)}' "
                                   f"declares {nbytes} bytes, more than the file holds)")
 
 
@@ -350,10 +344,10 @@ def _as_state_dict(path: Path, obj: object) -> StateDict:
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: holds a {_printable(type(obj).__name__)}, not a state dict of tensors")
+        raise CheckpointError(f"{path}: holds a {printable(type(obj).__name__)}, not a state dict of tensors")
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: entry '{_printable(key)}' is a {_printable(type(value).__name__)}, "
+            raise CheckpointError(f"{path}: entry '{printable(key)}' is a {printable(type(value).__name__)}, "
                                   f"not a tensor (expected a state dict of tensors)")
     return dict(obj)
 
@@ -398,7 +392,7 @@ def _code_free(path: Path, size: int, scan: PickleScan, kind: str) -> _Opened | 
         try:
             return read(key)
         except (OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{path}: cannot read tensor '{_printable(key)}' ({_oneline(err)})") from err
+            raise CheckpointError(f"{path}: cannot read tensor '{printable(key)}' ({_oneline(err)})") from err
 
     log.info("%s: read without running code (%d tensors)", path, len(refs))
     return _Opened(kind, {k: r.size for k, r in refs.items()}, {k: r.dtype for k, r in refs.items()}, guarded)
@@ -420,7 +414,7 @@ def _open_torch(path: Path, size: int, trust: bool, kind: str) -> _Opened:
     if unsafe and not trust:
         raise UntrustedPickleError(untrusted_message(path, unsafe, reason))
     if scan.error:
-        raise CheckpointError(f"{path}: truncated or corrupted torch checkpoint ({_printable(scan.error, 120)})")
+        raise CheckpointError(f"{path}: truncated or corrupted torch checkpoint ({printable(scan.error, 120)})")
     if kind == "legacy" and len(scan.values) < 5:
         raise CheckpointError(f"{path}: truncated torch checkpoint")
     if kind == "plain-pickle" and not unsafe:

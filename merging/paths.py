@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from merging.errors import PathNotAllowedError
+from merging.errors import PathNotAllowedError, printable
 
 ALLOWED_ROOTS_ENV = "ISOSCOPE_ALLOWED_ROOTS"
 CACHE_ENV = "ISOSCOPE_CACHE"
@@ -51,5 +51,4 @@ def allowed_path(path: str | Path) -> Path:
 
 def _shown(path: str | Path) -> str:
     """The user's own path, made safe for a one-line message."""
-    text = "".join(c if c.isprintable() else "?" for c in str(path))
-    return text if len(text) <= 200 else text[:200] + "…"
+    return printable(path, 200)

@@ -10,7 +10,7 @@ from analysis.labels import layer_labels
 from analysis.style import palette, task_colors
 from ui import data
 from ui.core import errors_in_place, progress_bar
-from ui.models import current_evaluator, current_merger, current_zoo
+from ui.models import current_evaluator, current_merger, current_zoo, decompositions
 from ui.page import header, link
 from ui.state import key
 
@@ -30,6 +30,11 @@ colors = task_colors(zoo.tasks)
 pills = " ".join(f"<span class='iso-pill' style='background:{colors[t]}'>{t}</span>" for t in zoo.tasks)
 st.markdown(f"**{zoo.name}** · {len(zoo.tasks)} tasks · {len(merger.matrix_keys)} matrix layers<br>{pills}",
             unsafe_allow_html=True)
+
+if hasattr(zoo, "examples"):  # the embedded zoo ships its images: show what each task looks like
+    with st.expander("Sample test images per task", expanded=False):
+        for task, column in zip(zoo.tasks, st.columns(len(zoo.tasks))):
+            column.image(zoo.examples(task, 4).reshape(-1, 32, 3), caption=task, width=48)
 
 st.subheader("Zero-shot and fine-tuned accuracy")
 if not zoo.has_data:
@@ -54,7 +59,8 @@ labels = layer_labels(merger.matrix_keys)
 scope = st.selectbox("Parameters", ["all parameters", *merger.matrix_keys], key=key("overview_scope"),
                      format_func=lambda k: labels.get(k, k), help="All parameters, or one matrix layer.")
 keys = None if scope == "all parameters" else (scope,)
-norms, cosines = data.geometry(zoo.fingerprint, merger, tuple(zoo.tasks), keys)
+with errors_in_place():
+    norms, cosines = data.geometry(decompositions(), keys)
 left, right = st.columns(2)
 left.plotly_chart(figures.norm_bars(norms, palette(zoo.tasks)), key=key("overview_norms"))
 right.plotly_chart(figures.cosine_heatmap(cosines), key=key("overview_cos"))

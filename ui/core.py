@@ -1,11 +1,10 @@
-"""The shell's access to the core: optional imports while rooms land, errors shown in place,
-progress bars wired to ``merging.progress`` callbacks, and a bounded process-wide store for
+"""The shell's access to the core: errors shown in place, progress bars wired to
+``merging.progress`` callbacks, and a bounded process-wide store for
 loaded zoos and Mergers (built outside any ``st.cache_*`` function, so a progress bar can show
 while they build; never mutated once stored)."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -26,8 +25,9 @@ PROGRESS_INTERVAL_S = 0.1  # and is redrawn at most this often
 
 # What the user can do about each kind of error (most specific class first).
 HINTS: tuple[tuple[type[BaseException], str], ...] = (
-    (UntrustedPickleError, "These files are pickled Python objects: loading them runs code stored in them. "
-                           "Tick **Trust these files** in the sidebar only if you made them or trust their source."),
+    (UntrustedPickleError, "The code-free reader cannot interpret these pickles, so loading them would run code "
+                           "stored in them. Tick **Trust these files** in the sidebar only if you made them or "
+                           "trust their source."),
     (CheckpointError, "Check the checkpoint folder in the sidebar: it must hold a pretrained model and one "
                       "fine-tuned model per task in one of the layouts listed under *Supported layouts*."),
     (MismatchError, "Every checkpoint must come from the same architecture as the pretrained model."),
@@ -38,26 +38,6 @@ HINTS: tuple[tuple[type[BaseException], str], ...] = (
 
 def hint_for(err: BaseException) -> str:
     return next((h for cls, h in HINTS if isinstance(err, cls)), "")
-
-
-def optional(module: str, attr: str) -> Any | None:
-    """``module.attr`` when that core piece has landed, else None (never hides real bugs)."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name and module.startswith(err.name):
-            return None
-        raise
-    return getattr(mod, attr, None)
-
-
-def need(module: str, attr: str, what: str) -> Any:
-    """Like ``optional`` but stops the page with an info box when the piece is missing."""
-    found = optional(module, attr)
-    if found is None:
-        st.info(f"**{what}** is not available yet: waiting for `{module}.{attr}` in the core.", icon=":material/construction:")
-        st.stop()
-    return found
 
 
 def show_error(err: BaseException) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from analysis.similarity import norms_and_cosines
+from analysis.similarity import geometry_from_gram
 from ui.core import progress_bar
 
 BOUNDS = dict(max_entries=64, ttl=3600, show_spinner=False)
@@ -60,8 +60,13 @@ def sar_table(fingerprint: str, _dec: Any, method: str, params: tuple, eps: floa
     return build(_dec, method, _params(params), eps, rule, alpha=alpha)
 
 
-@st.cache_data(**BOUNDS)
-def geometry(fingerprint: str, _merger: Any, tasks: tuple[str, ...], keys: tuple[str, ...] | None
-             ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Task-vector norms and cosines over ``keys`` (None: every parameter), read key by key."""
-    return norms_and_cosines(_merger.task_views(), list(tasks), keys)
+def geometry(dec: Any, keys: tuple[str, ...] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Task-vector norms and cosines over ``keys`` (None: every parameter): per-key Gram matrices
+    (cached in memory and the store) summed one key at a time under a progress bar."""
+    keys = keys if keys is not None else tuple(dec.merger.keys)
+    total = 0.0
+    with progress_bar("Task-vector geometry") as report:
+        for i, k in enumerate(keys):
+            total = total + dec.gram(k)
+            report((i + 1) / len(keys), dec.labels.get(k, k))
+    return geometry_from_gram(total, dec.tasks)

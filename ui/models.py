@@ -3,12 +3,15 @@ visible progress bar, and errors shown in place."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import streamlit as st
 
-from ui.core import cached, cached_value, errors_in_place, is_cached, need, progress_bar
+from analysis.decompositions import Decompositions
+from analysis.evaluation import Evaluator
+from analysis.store import ResultStore
+from merging.merge import Merger
+from ui.core import cached, cached_value, errors_in_place, is_cached, progress_bar
 from ui.state import Selection, selection
+from zoo import Zoo, load_zoo
 
 
 def _zoo_label(sel: Selection) -> str:
@@ -18,16 +21,15 @@ def _zoo_label(sel: Selection) -> str:
     return f"Loading checkpoints from {sel.zoo_spec}"
 
 
-def current_zoo(sel: Selection | None = None) -> Any:
+def current_zoo(sel: Selection | None = None) -> Zoo:
     """The ``zoo.Zoo`` for ``sel`` (default: the sidebar's)."""
     sel = sel or selection()
     if not sel.zoo_spec:
         st.info("Type the path of a checkpoint folder in the sidebar (or pick the embedded digits zoo).",
                 icon=":material/folder_open:")
         st.stop()
-    load_zoo = need("zoo", "load_zoo", "The model zoo")
 
-    def build() -> Any:
+    def build() -> Zoo:
         with progress_bar(_zoo_label(sel)) as report:
             extra = {"pretrained": sel.pretrained} if sel.pretrained else {}
             return load_zoo(sel.zoo_spec, data=sel.data_dir, trust_pickle=sel.trust_pickle,
@@ -37,23 +39,22 @@ def current_zoo(sel: Selection | None = None) -> Any:
         return cached("zoo", sel.zoo_key, build)
 
 
-def current_merger(sel: Selection | None = None) -> Any:
+def current_merger(sel: Selection | None = None) -> Merger:
     """One ``merging.merge.Merger`` per zoo and device (its decompositions are cached inside)."""
     sel = sel or selection()
     zoo = current_zoo(sel)
-    merger_cls = need("merging.merge", "Merger", "The merge engine")
     key = (zoo.fingerprint, sel.device)
 
-    def build() -> Any:
+    def build() -> Merger:
         with progress_bar("Computing task vectors") as report:
             report(0.1, "loading the fine-tuned models")
-            return merger_cls(zoo.pretrained(), zoo.all_finetuned(), device=sel.device)
+            return Merger(zoo.pretrained(), zoo.all_finetuned(), device=sel.device)
 
     with errors_in_place():
         return cached("merger", key, build)
 
 
-def loaded_zoo(folder: str, data: str | None, trust: bool, pretrained: str | None) -> Any | None:
+def loaded_zoo(folder: str, data: str | None, trust: bool, pretrained: str | None) -> Zoo | None:
     """The zoo of this folder selection if some session already loaded it (never loads it)."""
     spec = Selection(zoo_spec=folder, data_dir=data, trust_pickle=trust, pretrained=pretrained,
                      device=selection().device)
@@ -65,7 +66,7 @@ def zoo_loaded(sel: Selection | None = None) -> bool:
     return is_cached("zoo", sel.zoo_key)
 
 
-def require_data(zoo: Any, view: str) -> None:
+def require_data(zoo: Zoo, view: str) -> None:
     """Stop an accuracy view, saying what is missing, when the zoo has no evaluation data."""
     if not getattr(zoo, "has_data", True):
         st.warning(f"**{view} needs evaluation data**, and this zoo has none. Give a data folder in the "
@@ -74,19 +75,17 @@ def require_data(zoo: Any, view: str) -> None:
         st.stop()
 
 
-def current_evaluator(sel: Selection | None = None) -> Any:
+def current_evaluator(sel: Selection | None = None) -> Evaluator:
     """One ``analysis.evaluation.Evaluator`` per zoo and device: it shares the Merger, holds the
     cached decompositions (spectra, SAR) and reads/writes the on-disk result store."""
     sel = sel or selection()
     zoo = current_zoo(sel)
     merger = current_merger(sel)
-    evaluator_cls = need("analysis.evaluation", "Evaluator", "The evaluation layer")
-    store_cls = need("analysis.store", "ResultStore", "The result store")
     with errors_in_place():
         return cached("evaluator", (zoo.fingerprint, sel.device),
-                      lambda: evaluator_cls(zoo, merger=merger, store=store_cls(), device=sel.device))
+                      lambda: Evaluator(zoo, merger=merger, store=ResultStore(), device=sel.device))
 
 
-def decompositions(sel: Selection | None = None) -> Any:
+def decompositions(sel: Selection | None = None) -> Decompositions:
     """The evaluator's cached ``Decompositions`` (task and merged SVDs, computed once)."""
     return current_evaluator(sel).decompositions

@@ -10,10 +10,13 @@ import streamlit as st
 
 from merging.device import available_devices
 from merging.errors import IsoscopeError
+from merging.paths import allowed_path
 from merging.registry import Method, Param, all_methods
-from ui.core import errors_in_place, optional, progress_bar, show_error
+from ui.core import errors_in_place, progress_bar, show_error
 from ui.models import loaded_zoo
 from ui.state import Selection, default_zoo_spec, key, store_selection
+from zoo.folders import convert_folder
+from zoo.layouts import detect_layout, find_layout
 
 SOURCES = {"Embedded digits zoo": "embedded", "Folder of checkpoints": "folder"}
 ALPHA_MODES = {"Best on validation": "validation", "Fixed (slider)": "slider"}
@@ -31,9 +34,8 @@ def _checked_path(text: str, label: str, want_file: bool = False) -> str | None:
     text = text.strip()
     if not text:
         return None
-    allowed_path = optional("merging.paths", "allowed_path")
     try:
-        path = Path(allowed_path(text)) if allowed_path else Path(text).expanduser()
+        path = Path(allowed_path(text))
     except IsoscopeError as err:
         show_error(err)
         return None
@@ -73,11 +75,8 @@ def _zoo_source() -> tuple[str | None, str | None, bool, bool, str | None]:
 
 
 def _show_layout(folder: str) -> None:
-    detect = optional("zoo.layouts", "detect_layout")
-    if detect is None:
-        return
     with errors_in_place(stop=False):
-        st.caption(f"Detected layout: **{detect(folder)}**")
+        st.caption(f"Detected layout: **{detect_layout(folder)}**")
 
 
 def _show_notes(folder: str, data: str | None, trust: bool, pretrained: str | None) -> None:
@@ -97,10 +96,6 @@ def _offer_conversion(folder: str, trust: bool, pretrained: str | None) -> None:
     """A folder with torch files: convert it once to plain safetensors
     (``zoo.folders.convert_folder``, atomic, with a progress bar) and open the copy from then on.
     The copy goes next to the folder, under the served-mode policy."""
-    find_layout = optional("zoo.layouts", "find_layout")
-    convert_folder = optional("zoo.folders", "convert_folder")
-    if find_layout is None or convert_folder is None:
-        return
     try:
         files = find_layout(folder)
     except IsoscopeError:
@@ -113,8 +108,7 @@ def _offer_conversion(folder: str, trust: bool, pretrained: str | None) -> None:
                           "it needs no trust afterwards."):
         return
     with errors_in_place(stop=False), progress_bar("Converting to safetensors") as report:
-        allowed_path = optional("merging.paths", "allowed_path")
-        out = Path(allowed_path(target)) if allowed_path else Path(target)
+        out = Path(allowed_path(target))
         if out.exists():
             raise IsoscopeError(f"{out} already exists: type it as the checkpoint folder, or remove it first")
         convert_folder(folder, out, trust_pickle=trust, progress=report, pretrained=pretrained)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from merging.errors import IsoscopeError
+from merging.errors import TRUST_PICKLE_HELP, IsoscopeError
 from merging.runtime import use_huge_pages
 from zoo import digits as D
 
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report", default="reports/digits/results.json", help="table: a report's results.json")
     parser.add_argument("--folder", default=None, help="convert: the zoo folder to convert")
     parser.add_argument("--trust-pickle", action="store_true",
-                        help="convert: allow loading pickles the code-free reader cannot interpret (they run code)")
+                        help=TRUST_PICKLE_HELP)
     parser.add_argument("--pretrained", default=None,
                         help="convert: θ0's file, for a release without a zero-shot model (TALL-masks)")
     parser.add_argument("--threads", type=int, default=2)

@@ -13,7 +13,7 @@ import torch
 
 from merging.tensors import StateDict
 
-SPLITS = ("val", "test")
+SPLITS = ("test", "val")  # the evaluation splits, in the order tables report them
 
 
 class Zoo(abc.ABC):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -246,6 +247,7 @@ class DigitsZoo(Zoo):
         self.heads = {t: raw[f"head.{t}"].float() for t in self.tasks}
         self._device = pick_device(device)
         self._encoder = build_encoder(self.config).to(self._device).eval()
+        self._encoder_lock = threading.Lock()
         self._splits: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._batches: dict[tuple[tuple[str, ...], str], torch.Tensor] = {}
 
@@ -307,8 +309,9 @@ class DigitsZoo(Zoo):
                        split: str = "test") -> dict[str, float]:
         """Top-1 accuracy per task: one encoder load and one batched forward over every task."""
         names = tuple(self._check(t) for t in (tasks or self.tasks))
-        self._load(state_dict)
-        feats = encode(self._encoder, self._batch(names, split), batch_size=256)  # (ΣN, D)
+        with self._encoder_lock:  # one encoder, shared by every session: load and forward together
+            self._load(state_dict)
+            feats = encode(self._encoder, self._batch(names, split), batch_size=256)  # (ΣN, D)
         out, start = {}, 0
         for task in names:
             labels = self.split(task, split)[1]
