@@ -79,6 +79,13 @@ class TaskNorms:
 
 
 @dataclass(frozen=True)
+class MergedSpectrum:
+    """σ(ΔM) alone (r,), for a view that draws the spectrum but needs no SAR."""
+
+    s: np.ndarray  # (r,), descending
+
+
+@dataclass(frozen=True)
 class TaskGram:
     """⟨τi[key], τj[key]⟩ for every pair of tasks on one parameter (any key, not only matrices)."""
 
@@ -97,8 +104,9 @@ class MergedLayer:
         return np.sqrt(self.proj[:, :k].sum(axis=1))
 
 
-Result = LayerSpectra | TaskNorms | TaskGram | MergedLayer
-RESULT_TYPES: dict[str, type] = {"spectra": LayerSpectra, "norms": TaskNorms, "gram": TaskGram, "merged": MergedLayer}
+Result = LayerSpectra | TaskNorms | TaskGram | MergedSpectrum | MergedLayer
+RESULT_TYPES: dict[str, type] = {"spectra": LayerSpectra, "norms": TaskNorms, "gram": TaskGram,
+                                 "mspec": MergedSpectrum, "merged": MergedLayer}
 
 
 def _nbytes(result: Result) -> int:
@@ -115,8 +123,11 @@ def resolve(method: str, params: Mapping[str, Any] | None) -> tuple[str, dict[st
 
 
 def _projections(u: torch.Tensor, taus: Sequence[torch.Tensor]) -> np.ndarray:
-    """‖u_iᵀ Δt‖² for every task and column of ``u`` (m, r).  # (T, r)"""
-    return np.stack([(u.T @ tau).square().sum(1).double().cpu().numpy() for tau in taus])
+    """‖u_iᵀ Δt‖² for every task and column of ``u`` (m, r), as one GEMM over the tasks side by
+    side.  # (T, r)"""
+    n = taus[0].shape[1]
+    coeff = u.T @ torch.cat(list(taus), dim=1)  # (r, T·n)
+    return coeff.square_().view(coeff.shape[0], len(taus), n).sum(2).T.double().cpu().numpy()
 
 
 def _padded(s: np.ndarray, proj: np.ndarray, r: int) -> MergedLayer:
@@ -269,6 +280,32 @@ class Decompositions:
         a = self._alpha(spec, alpha)
         name = ("merged", key, spec.name, canonical_params({**resolved, **({"alpha": a} if a != 1.0 else {})}))
         return self._cached(name, lambda: self._compute_merged(key, spec, resolved, a))
+
+    def merged_spectrum(self, key: str, method: str, params: Mapping[str, Any] | None = None,
+                        alpha: float | None = None) -> np.ndarray:
+        """σ(ΔM) (r,) of ``method`` on one key, without the projections SAR needs: from the sum's
+        spectrum (TA, WA, Iso-C), the method's factors (Iso-CTS, TSV-M), else singular values of
+        ΔM. Equal to ``merged_layer(...).s``, which it reuses when that is cached."""
+        spec = get_method(method)
+        resolved = spec.resolve(params)
+        a = self._alpha(spec, alpha)
+        tail = canonical_params({**resolved, **({"alpha": a} if a != 1.0 else {})})
+        full = self._results.get(("merged", key, spec.name, tail))
+        if full is not None:
+            return full.s
+        return self._cached(("mspec", key, spec.name, tail),
+                            lambda: MergedSpectrum(s=_frozen(self._spectrum(key, spec, resolved, a)))).s
+
+    def _spectrum(self, key: str, spec: Method, params: Mapping[str, Any], alpha: float) -> np.ndarray:
+        flatten = SUM_SPECTRUM.get(spec.name)
+        if flatten is not None:
+            return flatten(torch.from_numpy(np.array(self.spectra(key).total)), self.merger.num_tasks).numpy()
+        if spec.factors is not None and spec.base == "pretrained":
+            with self.merger.layer(key, self.merger.shared(spec, params)) as layer:
+                s = spec.factors(layer, params)[1].double().cpu().numpy() * alpha  # (r',)
+            return np.concatenate([s, np.zeros(self.rank(key) - len(s))])
+        offset = self.merger.layer_offset(key, spec, params, alpha)  # (m, n)
+        return singular_values(offset.to(torch.float32)).double().cpu().numpy()
 
     def _sum_basis(self, key: str) -> MergedLayer:
         """σ(Σt Δt) and the projections on its left vectors (shared by TA, WA and Iso-C)."""

@@ -65,7 +65,7 @@ def merged_spectra(dec: Decompositions, method: str, params: Mapping[str, Any] |
     """σ(ΔM) of ``method``'s update from θ0 (see ``analysis.decompositions``: α = 1 except where
     α changes the update's shape, CART's mean(τt) + λ Σt c̃t)."""
     name = get_method(method).display_name
-    return _concat([_frame(dec, k, name, "merged", dec.merged_layer(k, method, params, alpha).s)
+    return _concat([_frame(dec, k, name, "merged", dec.merged_spectrum(k, method, params, alpha))
                     for k in dec.keys_of(keys)])
 
 

@@ -22,7 +22,8 @@ def _params(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
 
 def prepare(dec: Any, methods: tuple[tuple[str, tuple], ...], keys: tuple[str, ...], label: str,
             spectra: bool = True, alpha: float | None = None) -> None:
-    """Compute (or fetch from the store) the per-layer results ``keys`` × ``methods`` need under a
+    """Compute (or fetch from the store) the per-layer results ``keys`` × ``methods`` need (the
+    spectra when ``spectra``, else what SAR needs) under a
     progress bar, layer by layer (every method on one layer before the next, so each layer is
     read once and its decompositions are shared), so the cached table builders below only
     assemble."""
@@ -30,8 +31,9 @@ def prepare(dec: Any, methods: tuple[tuple[str, tuple], ...], keys: tuple[str, .
         for i, layer in enumerate(keys):
             report(i / len(keys), dec.labels.get(layer, layer))
             dec.spectra(layer) if spectra else dec.norms(layer)  # reads the layer once for all methods
+            merged = dec.merged_spectrum if spectra else dec.merged_layer  # spectra draw σ only; SAR projects
             for method, params in methods:
-                dec.merged_layer(layer, method, _params(params), alpha)
+                merged(layer, method, _params(params), alpha)
         report(1.0, "done")
 
 

@@ -18,20 +18,25 @@ from merging.registry import Method, Param, register
 from merging.tensors import flatten
 
 
-def magnitude_threshold(vector: torch.Tensor, top_k: float) -> float:
+def magnitude_threshold(vector: torch.Tensor, top_k: float, overwrite: bool = False) -> float:
     """The smallest |entry| kept when keeping the top ``top_k`` percent of ``vector`` (N,);
-    +inf when nothing is kept."""
+    +inf when nothing is kept. A selection in place on one float32 buffer (``overwrite``: the
+    caller's own vector is that buffer), so a model-sized vector costs one copy at most, not
+    the values and int64 indices ``kthvalue`` allocates."""
     n = vector.numel()
     keep = int(round(n * top_k / 100.0))
     if keep <= 0:
         return float("inf")
-    return float(vector.abs().kthvalue(n - keep + 1).values)
+    magnitudes = (vector.abs_() if overwrite else vector.abs()).detach().cpu().numpy()  # (N,), shares memory
+    magnitudes.partition(n - keep)
+    return float(magnitudes[n - keep])
 
 
 def thresholds(task_vector_of: Callable[[int], Mapping[str, torch.Tensor]], num_tasks: int,
                params: Params) -> Mapping[str, Any]:
-    """One magnitude threshold per task, over its flattened task vector (one at a time in memory)."""
-    return {"thresholds": [magnitude_threshold(flatten(task_vector_of(t)), params["top_k"])
+    """One magnitude threshold per task, over its flattened task vector (one task at a time, its
+    state dict dropped once flattened)."""
+    return {"thresholds": [magnitude_threshold(flatten(task_vector_of(t)), params["top_k"], overwrite=True)
                            for t in range(num_tasks)]}
 
 

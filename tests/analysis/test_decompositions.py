@@ -103,3 +103,17 @@ def test_sar_table_breaks_ties_of_a_flat_spectrum_as_the_figure_script(dec: Deco
             ref = float(torch.linalg.matrix_norm(u[:, :3].T @ tau) / torch.linalg.matrix_norm(tau))
             row = table[(table["key"] == key) & (table["task"] == task)].iloc[0]
             assert row["k_m"] == 3 and row["sar"] == pytest.approx(ref, abs=1e-5)
+
+
+def test_spectrum_only_path_equals_the_full_decomposition() -> None:
+    """The Spectra view's σ(ΔM) (no projections) equals the σ the SAR path computes, for every
+    method, computed on separate Decompositions so neither reuses the other."""
+    from merging.registry import all_methods
+
+    zoo = SyntheticZoo(seed=4)
+    light = Decompositions(Merger(zoo.pretrained(), zoo.all_finetuned()), zoo.tasks)
+    full = Decompositions(Merger(zoo.pretrained(), zoo.all_finetuned()), zoo.tasks)
+    for method in all_methods():
+        for key in KEYS:
+            np.testing.assert_allclose(light.merged_spectrum(key, method, None, 1.5),
+                                       full.merged_layer(key, method, None, 1.5).s, rtol=1e-4, atol=1e-7)

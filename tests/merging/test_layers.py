@@ -52,7 +52,7 @@ def test_ties_thresholds_are_model_wide_and_computed_once(models: tuple[dict, li
     pre, fts = models
     calls = []
     real = ties.magnitude_threshold
-    monkeypatch.setattr(ties, "magnitude_threshold", lambda v, k: calls.append(v.numel()) or real(v, k))
+    monkeypatch.setattr(ties, "magnitude_threshold", lambda v, k, **kw: calls.append(v.numel()) or real(v, k, **kw))
     merger = Merger(pre, fts)
     merger.layer_update("proj", "ties", {"top_k": 30.0})
     merger.layer_update("blocks.0.attn.in_proj_weight", "ties", {"top_k": 30.0})
