@@ -25,8 +25,7 @@ venv:
 	fi
 
 run: venv
-	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) \
-	  --server.headless true --browser.gatherUsageStats false
+	$(PY) -m ui.serve --server.port $(PORT)  # streamlit run app.py on 127.0.0.1, heavy imports done first
 
 test: venv
 	$(PY) -m pytest

@@ -8,7 +8,8 @@ driven in headless Chromium, against a floor timed in the same run (docs/design.
    factors, σi ∝ 0.99^i), fp32, plain layout, no evaluation data.
 2. The floor: the 9 singular-value decompositions (T tasks and their sum) of the 2304×768 layer
    the Spectra view opens on, best of 3, 2 threads.
-3. Serves ``app.py`` on 127.0.0.1 with ``ISOSCOPE_ZOO=<folder>`` and a fresh cache, and times in
+3. Serves the app as ``make run`` does (``python -m ui.serve``, 127.0.0.1) with
+   ``ISOSCOPE_ZOO=<folder>`` and a fresh cache, and times in
    Chromium: Spectra's first visit (navigation to both charts drawn), one step of its Iso-CTS
    slider (key press to the redrawn chart), the Alignment view (navigation to the heatmap and
    bars, every method over every layer), and Spectra again after a server restart (the on-disk
@@ -98,8 +99,7 @@ class Server:
                    OMP_NUM_THREADS="2")
         self.log = open(cache / f"server-{self.port}.log", "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(self.port),
-             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            [sys.executable, "-m", "ui.serve", "--server.port", str(self.port)],  # as `make run`
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 120

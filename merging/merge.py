@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 CACHE_ENV = "ISOSCOPE_LAYER_CACHE_MB"
-DEFAULT_CACHE_MB = 1024
+DEFAULT_CACHE_MB = 512  # a few of the largest layers of a ViT-B/32 or L/14 zoo, with their decompositions
 
 
 @dataclass(frozen=True)
@@ -316,7 +316,7 @@ class Merger:
 
 
 def layer_cache_bytes() -> int:
-    """The per-key cache budget: $ISOSCOPE_LAYER_CACHE_MB (default 1024 MiB)."""
+    """The per-key cache budget: $ISOSCOPE_LAYER_CACHE_MB (default 512 MiB)."""
     try:
         return int(float(os.environ.get(CACHE_ENV, "") or DEFAULT_CACHE_MB) * 2 ** 20)
     except ValueError:

@@ -73,13 +73,12 @@ def browser(chromium_path: str) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def streamlit_server(isolated_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`streamlit run app.py` on 127.0.0.1 at a free port; stopped by its PID afterwards."""
+    """The app as `make run` serves it (``python -m ui.serve``: `streamlit run app.py` on 127.0.0.1)
+    at a free port; stopped by its PID afterwards."""
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "streamlit.log"
     env = dict(os.environ, ISOSCOPE_CACHE=str(isolated_cache), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--server.headless", "true",
-           "--browser.gatherUsageStats", "false"]
+    cmd = [sys.executable, "-m", "ui.serve", "--server.port", str(port)]  # what `make run` starts
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
