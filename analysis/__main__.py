@@ -21,6 +21,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from merging.errors import TRUST_PICKLE_HELP, IsoscopeError
 from merging.progress import Progress
@@ -28,6 +29,9 @@ from merging.runtime import use_huge_pages
 
 # --points choices → labels of analysis.correlation.POINT_SETS (kept literal: imported lazily)
 POINTS = {"fig3a": "Fig. 3a: Task Arithmetic and Iso-C", "six": "six methods: TA, TIES, TSV-M, Iso-C, Iso-CTS, CART"}
+
+if TYPE_CHECKING:
+    from analysis.evaluation import Evaluator
 
 log = logging.getLogger("analysis")
 
@@ -46,21 +50,12 @@ def _logging_progress(name: str, every: float = 5.0) -> Progress:
 
 
 def _report(args: argparse.Namespace) -> int:
-    import torch
-
-    from analysis.evaluation import Evaluator
     from analysis.report import build_report, format_summary, write_report
-    from analysis.store import ResultStore
-    from zoo import load_zoo
-
     from merging.registry import get_method
 
     methods = [get_method(m.strip()).name for m in args.methods.split(",")] if args.methods else None
-    torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    zoo = load_zoo(args.zoo, data=args.data, trust_pickle=args.trust_pickle, device=args.device,
-                   progress=_logging_progress("zoo"))
-    ev = Evaluator(zoo, store=ResultStore(args.store) if args.store else None, device=args.device)
+    ev = _evaluator(args)
     value = args.eps if args.k_rule == "eq6" else args.threshold
     rep = build_report(ev, methods, eps=value, progress=_logging_progress("report"), rule=args.k_rule,
                        point_set=POINTS[args.points])
@@ -91,23 +86,16 @@ def parse_values(spec: str) -> tuple[str, list[float]]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    import torch
-
-    from analysis.evaluation import Evaluator
-    from analysis.store import ResultStore
     from analysis.sweeps import param_sweep, sweep_average
     from merging.registry import get_method
-    from zoo import load_zoo
 
     method = get_method(args.method)
     param, values = parse_values(args.param)
     for value in values:  # every value checked against the method's schema before any work
         method.resolve({param: value})
-    torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    zoo = load_zoo(args.zoo, data=args.data, trust_pickle=args.trust_pickle, device=args.device,
-                   progress=_logging_progress("zoo"))
-    ev = Evaluator(zoo, store=ResultStore(args.store) if args.store else None, device=args.device)
+    ev = _evaluator(args)
+    zoo = ev.zoo
     table = param_sweep(ev, method.name, param, values, alpha=args.alpha, progress=_logging_progress("sweep"))
     test = sweep_average(table)
     test = test[test["split"] == "test"]
@@ -134,15 +122,38 @@ def _threshold(text: str) -> float:
     return value
 
 
+def _zoo_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every command shares: which zoo, its data and θ0, trust, device, store, threads."""
+    p.add_argument("--zoo", default="digits", help="digits (default), digits-tiny, or a checkpoint folder")
+    p.add_argument("--data", default=None, help="evaluation data folder for a checkpoint folder")
+    p.add_argument("--pretrained", default=None,
+                   help="θ0's checkpoint file, for a release without a zero-shot model (TALL-masks)")
+    p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
+    p.add_argument("--store", default=None, help="result store file (default: $ISOSCOPE_CACHE/results.sqlite)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+
+
+def _evaluator(args: argparse.Namespace) -> Evaluator:
+    """The Evaluator over the zoo the shared options name (torch threads set first)."""
+    import torch
+
+    from analysis.evaluation import Evaluator
+    from analysis.store import ResultStore
+    from zoo import load_zoo
+
+    torch.set_num_threads(args.threads)
+    options = {"pretrained": args.pretrained} if args.pretrained else {}
+    zoo = load_zoo(args.zoo, data=args.data, trust_pickle=args.trust_pickle, device=args.device,
+                   progress=_logging_progress("zoo"), **options)
+    return Evaluator(zoo, store=ResultStore(args.store) if args.store else None, device=args.device)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis", description="Isoscope analysis (headless).")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("report", help="evaluate every registered method; write results.json and report.html")
-    r.add_argument("--zoo", default="digits", help="digits (default), digits-tiny, or a checkpoint folder")
     r.add_argument("--out", required=True, help="output folder for results.json and report.html")
-    r.add_argument("--data", default=None, help="evaluation data folder for a checkpoint folder")
-    r.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
-    r.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
     r.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
     r.add_argument("--k-rule", choices=("figure", "eq6"), default="figure",
                    help="how SAR picks k_M: 'figure', the authors' Fig. 3a script (cumulative norm above "
@@ -153,19 +164,13 @@ def parser() -> argparse.ArgumentParser:
                    help="the figure rule's cumulative-norm threshold in (0, 1] (default 0.95)")
     r.add_argument("--points", choices=tuple(POINTS), default="fig3a",
                    help="methods pooled in the SAR–NAI correlation: fig3a (TA and Iso-C, default) or six")
-    r.add_argument("--store", default=None, help="result store file (default: $ISOSCOPE_CACHE/results.sqlite)")
-    r.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    _zoo_arguments(r)
     r.set_defaults(run=_report)
     w = sub.add_parser("sweep", help="accuracy as one parameter moves, into the result store the app reads")
-    w.add_argument("--zoo", default="digits", help="digits (default), digits-tiny, or a checkpoint folder")
     w.add_argument("--method", required=True, help="method name, e.g. iso_cts or cart")
     w.add_argument("--param", required=True, help="name=start:stop:step (stop included) or name=v1,v2,...")
     w.add_argument("--alpha", type=float, default=None, help="fixed α (default: chosen on validation at every point)")
-    w.add_argument("--data", default=None, help="evaluation data folder for a checkpoint folder")
-    w.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
-    w.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
-    w.add_argument("--store", default=None, help="result store file (default: $ISOSCOPE_CACHE/results.sqlite)")
-    w.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    _zoo_arguments(w)
     w.set_defaults(run=_sweep)
     return p
 
