@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements.sha256
 PORT   ?= 8501
 
-.PHONY: run test venv bench report build-zoo clean
+.PHONY: run test venv bench bench-real report build-zoo clean
 
 venv:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test: venv
 
 bench: venv
 	$(PY) -m benchmarks.merge_speed
+
+bench-real: venv
+	$(PY) -m benchmarks.real_scale
 
 report: venv
 	$(PY) -m analysis report --zoo digits --out reports/digits
