@@ -117,3 +117,34 @@ def test_spectrum_only_path_equals_the_full_decomposition() -> None:
         for key in KEYS:
             np.testing.assert_allclose(light.merged_spectrum(key, method, None, 1.5),
                                        full.merged_layer(key, method, None, 1.5).s, rtol=1e-4, atol=1e-7)
+
+
+def test_a_restart_reads_every_layer_result_from_the_store(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-layer results go to the result store keyed by fingerprint, layer, method and params: a
+    new process (a fresh Merger and Decompositions on the same store) computes nothing, and an
+    unreadable stored blob is recomputed rather than trusted."""
+    import sqlite3
+
+    from analysis.sar import sar_table as table_of
+    from analysis.store import ResultStore
+
+    zoo = SyntheticZoo(seed=2)
+    store = ResultStore(tmp_path / "results.sqlite")
+
+    def fresh() -> Decompositions:
+        return Decompositions(Merger(zoo.pretrained(), zoo.all_finetuned()), zoo.tasks,
+                              fingerprint=zoo.fingerprint, store=store)
+
+    first = fresh()
+    want = table_of(first, "iso_cts", {"common_fraction": 0.5})
+    spectra(first, {"cart": None})
+    again = fresh()
+    monkeypatch.setattr(again.merger, "layer", lambda *a, **k: pytest.fail("a stored result was recomputed"))
+    got = table_of(again, "iso_cts", {"common_fraction": 0.5})
+    assert got.equals(want)
+    spectra(again, {"cart": None})
+    monkeypatch.undo()
+    with sqlite3.connect(store.path) as con:
+        con.execute("UPDATE layers SET arrays = x'00' WHERE kind = 'merged'")
+    third = fresh()
+    assert table_of(third, "iso_cts", {"common_fraction": 0.5})["sar"].tolist() == pytest.approx(want["sar"].tolist())
