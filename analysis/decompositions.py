@@ -284,8 +284,8 @@ class Decompositions:
     def merged_spectrum(self, key: str, method: str, params: Mapping[str, Any] | None = None,
                         alpha: float | None = None) -> np.ndarray:
         """σ(ΔM) (r,) of ``method`` on one key, without the projections SAR needs: from the sum's
-        spectrum (TA, WA, Iso-C), the method's factors (Iso-CTS, TSV-M), else singular values of
-        ΔM. Equal to ``merged_layer(...).s``, which it reuses when that is cached."""
+        spectrum (TA, WA, Iso-C), the method's own ``Method.spectrum`` (Iso-CTS, TSV-M: no polar
+        factor) or factors, else singular values of ΔM. Equal to ``merged_layer(...).s``, which it reuses when that is cached."""
         spec = get_method(method)
         resolved = spec.resolve(params)
         a = self._alpha(spec, alpha)
@@ -300,9 +300,10 @@ class Decompositions:
         flatten = SUM_SPECTRUM.get(spec.name)
         if flatten is not None:
             return flatten(torch.from_numpy(np.array(self.spectra(key).total)), self.merger.num_tasks).numpy()
-        if spec.factors is not None and spec.base == "pretrained":
+        if (spec.spectrum or spec.factors) is not None and spec.base == "pretrained":
             with self.merger.layer(key, self.merger.shared(spec, params)) as layer:
-                s = spec.factors(layer, params)[1].double().cpu().numpy() * alpha  # (r',)
+                own = spec.spectrum(layer, params) if spec.spectrum else spec.factors(layer, params)[1]  # (r',)
+                s = own.double().cpu().numpy() * alpha
             return np.concatenate([s, np.zeros(self.rank(key) - len(s))])
         offset = self.merger.layer_offset(key, spec, params, alpha)  # (m, n)
         return singular_values(offset.to(torch.float32)).double().cpu().numpy()

@@ -24,6 +24,8 @@ Base = Literal["pretrained", "average"]
 # factors(layer, params) -> (U (m, r'), σ (r',)): the left singular vectors and values of one
 # matrix key's Δ, for methods that build Δ from orthonormal factors (so no SVD of Δ is needed)
 Factors = Callable[[Any, Mapping[str, float]], tuple[Any, Any]]
+# spectrum(layer, params) -> σ (r',): one matrix key's singular values of Δ without building Δ
+Spectrum = Callable[[Any, Mapping[str, float]], Any]
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ class Method:
     ``base``: what Δ is added to. ``fixed_alpha``: an α the method fixes itself (None: α free).
     ``factors``: optional; for a matrix key, Δ's left singular vectors and singular values in the
     method's own order (the analysis reads spectra and SAR from them instead of an SVD of Δ; on a
-    flat spectrum that order is the deterministic basis SAR uses).
+    flat spectrum that order is the deterministic basis SAR uses). ``spectrum``: optional; Δ's
+    singular values alone, cheaper than the factors (no polar factor), for views that draw σ.
     ``color``: the method's colour in every figure of the app and the report."""
 
     name: str
@@ -86,6 +89,7 @@ class Method:
     prepare: Prepare | None = None
     base: Base = "pretrained"
     factors: Factors | None = None
+    spectrum: Spectrum | None = None
 
     def alpha_for(self, num_tasks: int) -> float | None:
         """The α this method fixes for ``num_tasks`` tasks, or None when α is free."""

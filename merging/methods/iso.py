@@ -210,6 +210,18 @@ def iso_cts_delta(layer: Layer, k: int, s: int) -> torch.Tensor:
     return torch.mm(pu, pv.T).mul_(mean)  # (m, n)
 
 
+def iso_spectrum(layer: Layer, params: Params) -> torch.Tensor:
+    """σ(Δ) = σ̄·1 (r,) without the polar factors: σ̄ is the mean of the sum's top-k singular
+    values and every task's top-s ones (the stacked σ*), or of all the sum's for Iso-C."""
+    k, s = common_rank(layer.rank, layer.num_tasks, params.get("common_fraction", 1.0))
+    _, sig, _ = layer.sum_svd()
+    if s == 0:
+        return torch.full_like(sig, float(sig.mean()))
+    tasks = _tall_tasks(layer, k, s) if layer.taus[0].shape[0] > layer.taus[0].shape[1] else _wide_tasks(layer, k, s)
+    sigma = torch.cat([sig[:k]] + [tp[1] for tp in tasks])  # (r,)
+    return torch.full_like(sigma, float(sigma.mean()))
+
+
 def iso_factors(layer: Layer, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
     """Δ's left singular vectors (m, r) and its flat spectrum σ̄·1 (r,): Δ = σ̄ P Qᵀ with P, Q
     orthonormal is its own SVD. The order (a flat spectrum has no order of its own) is the
@@ -242,6 +254,7 @@ ISO_C = register(Method(
     color="#4C6EF5",
     spectral=True,
     factors=iso_factors,
+    spectrum=iso_spectrum,
 ))
 
 ISO_CTS = register(Method(
@@ -258,4 +271,5 @@ ISO_CTS = register(Method(
                   sweep=tuple(round(0.1 * i, 1) for i in range(11))),),
     spectral=True,
     factors=iso_factors,
+    spectrum=iso_spectrum,
 ))

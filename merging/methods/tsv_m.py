@@ -20,10 +20,15 @@ def task_rank(r: int, num_tasks: int) -> int:
     return r // num_tasks
 
 
+def _tops(layer: Layer) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Every task's top-s singular triplets (cached), s = floor(r/T)."""
+    s = task_rank(layer.rank, layer.num_tasks)
+    return [layer.top_triplets(f"task:{t}", lambda tau=tau: tau, s) for t, tau in enumerate(layer.taus)]
+
+
 def _stacked(layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """polar(U) (m, Ts), σ (Ts,), polar(V)ᵀ (Ts, n) over the stacked top-s triplets of every task."""
-    s = task_rank(layer.rank, layer.num_tasks)
-    tops = [layer.top_triplets(f"task:{t}", lambda tau=tau: tau, s) for t, tau in enumerate(layer.taus)]
+    tops = _tops(layer)
     u = torch.cat([t[0] for t in tops], dim=1)  # (m, Ts)
     sigma = torch.cat([t[1] for t in tops])  # (Ts,)
     vh = torch.cat([t[2] for t in tops], dim=0)  # (Ts, n)
@@ -39,6 +44,11 @@ def tsv_m(layer: Layer, _params: Params) -> torch.Tensor:
     if sigma.numel() == 0:
         return torch.zeros_like(layer.taus[0])
     return (pu * sigma) @ pvh  # (m, Ts) @ (Ts, n)
+
+
+def tsv_spectrum(layer: Layer, _params: Params) -> torch.Tensor:
+    """σ(Δ) (Ts,), descending: the stacked σ, since both polar factors are orthonormal."""
+    return torch.cat([t[1] for t in _tops(layer)]).sort(descending=True).values
 
 
 def tsv_factors(layer: Layer, _params: Params) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +67,7 @@ METHOD = register(Method(
             "to remove interference.",
     fn=tsv_m,
     factors=tsv_factors,
+    spectrum=tsv_spectrum,
     color="#2F9E44",
     spectral=True,
 ))

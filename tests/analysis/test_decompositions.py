@@ -113,10 +113,14 @@ def test_spectrum_only_path_equals_the_full_decomposition() -> None:
     zoo = SyntheticZoo(seed=4)
     light = Decompositions(Merger(zoo.pretrained(), zoo.all_finetuned()), zoo.tasks)
     full = Decompositions(Merger(zoo.pretrained(), zoo.all_finetuned()), zoo.tasks)
-    for method in all_methods():
+    cases = [(m, None) for m in all_methods()] + [("iso_cts", {"common_fraction": 0.3})]  # s = 1: task blocks
+    for method, params in cases:
         for key in KEYS:
-            np.testing.assert_allclose(light.merged_spectrum(key, method, None, 1.5),
-                                       full.merged_layer(key, method, None, 1.5).s, rtol=1e-4, atol=1e-7)
+            np.testing.assert_allclose(light.merged_spectrum(key, method, params, 1.5),
+                                       full.merged_layer(key, method, params, 1.5).s, rtol=1e-4, atol=1e-7)
+    offset = full.merger.layer_offset(KEYS[0], "iso_cts", {"common_fraction": 0.3}).double()
+    np.testing.assert_allclose(light.merged_spectrum(KEYS[0], "iso_cts", {"common_fraction": 0.3}),
+                               torch.linalg.svdvals(offset).numpy(), rtol=1e-4)  # and equals the SVD of Δ
 
 
 def test_a_restart_reads_every_layer_result_from_the_store(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
