@@ -39,9 +39,9 @@ import torch
 
 from analysis.basis import order_ties, tied_blocks
 from analysis.labels import layer_labels
+from analysis.similarity import key_gram
 from analysis.store import canonical_params
 from merging.linalg import singular_values, svd
-from merging.merge import merges_around_average
 from merging.methods.common import Layer
 from merging.progress import Progress, silent
 from merging.registry import Method, get_method
@@ -130,11 +130,14 @@ def _projections(u: torch.Tensor, taus: Sequence[torch.Tensor]) -> np.ndarray:
     return coeff.square_().view(coeff.shape[0], len(taus), n).sum(2).T.double().cpu().numpy()
 
 
-def _padded(s: np.ndarray, proj: np.ndarray, r: int) -> MergedLayer:
-    """A MergedLayer of rank ``r`` from r' ≤ r factors (the rest: zero singular values)."""
-    tail = r - len(s)
-    return MergedLayer(s=_frozen(np.concatenate([s, np.zeros(tail)])),
-                       proj=_frozen(np.concatenate([proj, np.zeros((proj.shape[0], tail))], axis=1)))
+def _padded(s: np.ndarray, r: int) -> np.ndarray:
+    """σ (r',) of r' ≤ r factors as the full spectrum (r,): the other directions have σ = 0."""
+    return np.concatenate([s, np.zeros(r - len(s))])
+
+
+def _padded_layer(s: np.ndarray, proj: np.ndarray, r: int) -> MergedLayer:
+    """A MergedLayer of rank ``r`` from r' ≤ r factors (nothing of any task along the rest)."""
+    return MergedLayer(s=_frozen(_padded(s, r)), proj=_frozen(np.pad(proj, ((0, 0), (0, r - proj.shape[1])))))
 
 
 def _tie_ordered(u: torch.Tensor, s: torch.Tensor, layer: Layer) -> torch.Tensor:
@@ -147,11 +150,6 @@ def _tie_ordered(u: torch.Tensor, s: torch.Tensor, layer: Layer) -> torch.Tensor
 
 def _task_norms(layer: Layer) -> np.ndarray:
     return np.array([float(torch.linalg.vector_norm(tau.double())) for tau in layer.taus])  # (T,)
-
-
-def _sum_factors(layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
-    u, s, _ = layer.sum_svd()  # (m, r), (r,)
-    return u, s
 
 
 # Methods whose ΔM is written in the left singular vectors of S = Σt Δt, so no SVD is needed:
@@ -254,42 +252,40 @@ class Decompositions:
         it over keys, one key read at a time)."""
         def compute() -> TaskGram:
             with self.merger.layer(key) as layer:
-                stack = torch.stack([tau.reshape(-1).double() for tau in layer.taus])  # (T, numel)
-                return TaskGram(gram=_frozen((stack @ stack.T).cpu().numpy()))
+                return TaskGram(gram=_frozen(key_gram(layer.taus)))
         return self._cached(("gram", key, "", ""), compute).gram
 
     def _compute_spectra(self, key: str) -> LayerSpectra:
         with self.merger.layer(key) as layer:
             task = np.stack([singular_values(tau).double().cpu().numpy() for tau in layer.taus])  # (T, r)
-            _, total = _sum_factors(layer)
+            total = layer.sum_svd()[1]  # (r,)
             norms = _task_norms(layer)  # (T,)
             return LayerSpectra(task=_frozen(task), total=_frozen(total.double().cpu().numpy()), norms=_frozen(norms))
 
     # -- merged updates --------------------------------------------------------------------------
 
-    def _alpha(self, spec: Method, alpha: float | None) -> float:
-        """The α that matters for ΔM's shape: only a method merging around the average (CART)
-        mixes mean(τt) with α·Δ; for the others α only scales ΔM, so it is fixed to 1."""
-        return float(1.0 if alpha is None else alpha) if merges_around_average(spec) else 1.0
+    def _variant(self, method: str, params: Mapping[str, Any] | None, alpha: float | None
+                 ) -> tuple[Method, dict[str, Any], float, str]:
+        """(method, resolved params, α, the results' params key). The α that matters for ΔM's
+        shape: only a method merging around the average (CART) mixes mean(τt) with α·Δ; for the
+        others α only scales ΔM, so it is fixed to 1 (and left out of the key)."""
+        spec = get_method(method)
+        resolved = spec.resolve(params)
+        a = float(1.0 if alpha is None else alpha) if spec.base == "average" else 1.0
+        return spec, resolved, a, canonical_params({**resolved, **({"alpha": a} if a != 1.0 else {})})
 
     def merged_layer(self, key: str, method: str, params: Mapping[str, Any] | None = None,
                      alpha: float | None = None) -> MergedLayer:
         """σ(ΔM) and the tasks' projections for ``method`` with ``params`` on one key."""
-        spec = get_method(method)
-        resolved = spec.resolve(params)
-        a = self._alpha(spec, alpha)
-        name = ("merged", key, spec.name, canonical_params({**resolved, **({"alpha": a} if a != 1.0 else {})}))
-        return self._cached(name, lambda: self._compute_merged(key, spec, resolved, a))
+        spec, resolved, a, tail = self._variant(method, params, alpha)
+        return self._cached(("merged", key, spec.name, tail), lambda: self._compute_merged(key, spec, resolved, a))
 
     def merged_spectrum(self, key: str, method: str, params: Mapping[str, Any] | None = None,
                         alpha: float | None = None) -> np.ndarray:
         """σ(ΔM) (r,) of ``method`` on one key, without the projections SAR needs: from the sum's
         spectrum (TA, WA, Iso-C), the method's own ``Method.spectrum`` (Iso-CTS, TSV-M: no polar
         factor) or factors, else singular values of ΔM. Equal to ``merged_layer(...).s``, which it reuses when that is cached."""
-        spec = get_method(method)
-        resolved = spec.resolve(params)
-        a = self._alpha(spec, alpha)
-        tail = canonical_params({**resolved, **({"alpha": a} if a != 1.0 else {})})
+        spec, resolved, a, tail = self._variant(method, params, alpha)
         full = self._results.get(("merged", key, spec.name, tail))
         if full is not None:
             return full.s
@@ -304,7 +300,7 @@ class Decompositions:
             with self.merger.layer(key, self.merger.shared(spec, params)) as layer:
                 own = spec.spectrum(layer, params) if spec.spectrum else spec.factors(layer, params)[1]  # (r',)
                 s = own.double().cpu().numpy() * alpha
-            return np.concatenate([s, np.zeros(self.rank(key) - len(s))])
+            return _padded(s, self.rank(key))
         offset = self.merger.layer_offset(key, spec, params, alpha)  # (m, n)
         return singular_values(offset.to(torch.float32)).double().cpu().numpy()
 
@@ -312,7 +308,7 @@ class Decompositions:
         """σ(Σt Δt) and the projections on its left vectors (shared by TA, WA and Iso-C)."""
         def compute() -> MergedLayer:
             with self.merger.layer(key) as layer:
-                u, s = _sum_factors(layer)
+                u, s, _ = layer.sum_svd()  # (m, r), (r,)
                 return MergedLayer(s=_frozen(s.double().cpu().numpy()), proj=_frozen(_projections(u, layer.taus)))
         return self._cached(("merged", key, SUM_BASIS, ""), compute)
 
@@ -326,10 +322,10 @@ class Decompositions:
             with self.merger.layer(key, self.merger.shared(spec, params)) as layer:
                 u, s = spec.factors(layer, params)  # (m, r'), (r',)
                 proj = _projections(_tie_ordered(u, s, layer), layer.taus)  # (T, r')
-            return _padded(s.double().cpu().numpy() * alpha, proj, self.rank(key))
-        offset = self.merger.layer_offset(key, spec, params, alpha)  # (m, n) θ − θ0
-        u, s, _ = svd(offset.to(torch.float32))  # (m, r), (r,)
-        with self.merger.layer(key) as layer:
+            return _padded_layer(s.double().cpu().numpy() * alpha, proj, self.rank(key))
+        with self.merger.layer(key) as layer:  # one hold of the key (its lock is re-entrant)
+            offset = self.merger.layer_offset(key, spec, params, alpha)  # (m, n) θ − θ0
+            u, s, _ = svd(offset.to(torch.float32))  # (m, r), (r,)
             proj = _projections(_tie_ordered(u, s, layer), layer.taus)
         return MergedLayer(s=_frozen(s.double().cpu().numpy()), proj=_frozen(proj))
 

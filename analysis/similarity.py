@@ -9,7 +9,7 @@ stack of one parameter), so no task vector is ever flattened whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,22 +18,25 @@ import torch
 Vectors = Sequence[Mapping[str, torch.Tensor]]
 
 
-def gram(task_vectors: Vectors, keys: Iterable[str] | None = None) -> np.ndarray:
-    """G[i, j] = ⟨τi, τj⟩ over ``keys`` (default every parameter), in float64.  # (T, T)
-    Lazy task vectors (``Merger.task_views``) are read one key at a time."""
+def key_gram(tensors: Sequence[torch.Tensor]) -> np.ndarray:
+    """⟨τi[key], τj[key]⟩ for the T task tensors of one parameter, in float64.  # (T, T)"""
+    stack = torch.stack([t.reshape(-1).to("cpu", torch.float64) for t in tensors])  # (T, numel)
+    return (stack @ stack.T).numpy()
+
+
+def gram(task_vectors: Vectors) -> np.ndarray:
+    """G[i, j] = ⟨τi, τj⟩ over every parameter, in float64, summed one key at a time.  # (T, T)"""
     count = len(task_vectors)
-    total = torch.zeros(count, count, dtype=torch.float64)
-    for key in (keys if keys is not None else task_vectors[0]) if count else ():
-        stack = torch.stack([tv[key].reshape(-1).to("cpu", torch.float64) for tv in task_vectors])  # (T, numel)
-        total += stack @ stack.T
-    return total.numpy()
+    total = np.zeros((count, count))
+    for key in task_vectors[0] if count else ():
+        total += key_gram([tv[key] for tv in task_vectors])
+    return total
 
 
-def norms_and_cosines(task_vectors: Vectors, tasks: Sequence[str], keys: Iterable[str] | None = None
-                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per task: ``task, norm``; the T×T cosine matrix indexed by task both ways), over
-    ``keys`` (default every parameter). A zero task vector has NaN cosines."""
-    return geometry_from_gram(gram(task_vectors, keys), tasks)
+def norms_and_cosines(task_vectors: Vectors, tasks: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per task: ``task, norm``; the T×T cosine matrix indexed by task both ways).
+    A zero task vector has NaN cosines."""
+    return geometry_from_gram(gram(task_vectors), tasks)
 
 
 def geometry_from_gram(g: np.ndarray, tasks: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -28,7 +28,7 @@ from merging.io import open_checkpoint, safetensors_writer
 from merging.methods.common import Layer
 from merging.progress import Progress, scaled, silent
 from merging.registry import Method, get_method
-from merging.tensors import (COMPUTE_DTYPE, StateDict, check_compatible, check_finite, is_matrix,
+from merging.tensors import (COMPUTE_DTYPE, StateDict, check_compatible, check_finite, is_matrix, shape_of,
                              task_vector)
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,6 @@ def effective_alpha(fixed: float | None, alpha: float | None) -> float:
     return fixed if fixed is not None else (1.0 if alpha is None else float(alpha))
 
 
-def merges_around_average(method: Method) -> bool:
-    """Whether ``method``'s base is the weight average θavg instead of θ0 (CART)."""
-    return method.base == "average"
-
-
 def _layer_delta(method: Method, params: Mapping[str, Any], layer: Layer) -> torch.Tensor:
     delta = method.fn(layer, params)
     if delta.shape != layer.taus[0].shape:  # pragma: no cover - a method bug, not user input
@@ -72,7 +67,7 @@ def _layer_delta(method: Method, params: Mapping[str, Any], layer: Layer) -> tor
 def _base(method: Method, pretrained: torch.Tensor, layer: Layer) -> torch.Tensor:
     """θ0[key] in fp32, or θavg[key] = θ0 + mean(τt) for methods merging around the average."""
     base = pretrained.to(device=layer.taus[0].device, dtype=COMPUTE_DTYPE)
-    return base + layer.mean() if merges_around_average(method) else base
+    return base + layer.mean() if method.base == "average" else base
 
 
 def _nbytes(value: Any) -> int:
@@ -94,25 +89,6 @@ class _Entry:
     taus: list[torch.Tensor]  # T × shape of θ0[key]
     cache: dict[str, Any]  # Layer.cache: decompositions reused across parameter values
     nbytes: int = 0
-
-
-class _TaskView(Mapping[str, torch.Tensor]):
-    """τt as a lazy mapping: each key is read from the checkpoints when asked for, never kept."""
-
-    def __init__(self, merger: Merger, task: int) -> None:
-        self.merger, self.task = merger, task
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self.merger.task_matrix(key, self.task)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.merger.keys)
-
-    def __len__(self) -> int:
-        return len(self.merger.keys)
-
-    def __contains__(self, key: object) -> bool:  # Mapping's default would read the tensor
-        return key in self.merger.shapes
 
 
 class Merger:
@@ -140,7 +116,7 @@ class Merger:
             check_compatible(pretrained, ft, f"fine-tuned model {i + 1}")
         self._sources = (pretrained, list(finetuned))
         self.num_tasks: int = len(finetuned)
-        self.shapes: dict[str, tuple[int, ...]] = {k: _shape_of(pretrained, k) for k in self.keys}
+        self.shapes: dict[str, tuple[int, ...]] = {k: shape_of(pretrained, k) for k in self.keys}
         self.matrix_keys: list[str] = [k for k in self.keys if is_matrix(k, self.shapes[k])]
         self._matrix_set = frozenset(self.matrix_keys)
         self.cache_bytes = layer_cache_bytes() if cache_bytes is None else int(cache_bytes)
@@ -169,10 +145,6 @@ class Merger:
     def task_vector(self, task: int) -> StateDict:
         """τt over every key (one task at a time in memory)."""
         return {k: self.task_matrix(k, task) for k in self.keys}
-
-    def task_views(self) -> list[Mapping[str, torch.Tensor]]:
-        """The T task vectors as lazy mappings (each key read when asked for, never kept)."""
-        return [_TaskView(self, t) for t in range(self.num_tasks)]
 
     # -- per-key entries -------------------------------------------------------------------------
 
@@ -222,11 +194,6 @@ class Merger:
         with self._locked(key, shared) as (_, layer):
             yield layer
 
-
-    def pretrained_tensor(self, key: str) -> torch.Tensor:
-        """θ0[key] in fp32 on the merger's device (a fresh read)."""
-        return self._read_pretrained(key)
-
     def clear_cache(self) -> None:
         """Drop every cached key (frees memory; the next use reads and decomposes again)."""
         with self._lock:
@@ -242,7 +209,7 @@ class Merger:
     def shared(self, method: str | Method, params: Mapping[str, float] | None = None) -> Mapping[str, Any]:
         """The model-wide quantities ``method`` needs before any layer (TIES's per-task magnitude
         thresholds: one streaming pass, one task at a time), computed once per parameter value."""
-        spec = get_method(method) if isinstance(method, str) else method
+        spec = _method(method)
         values = spec.resolve(params)
         prepare = spec.prepare
         if prepare is None:
@@ -256,7 +223,7 @@ class Merger:
     def layer_update(self, key: str, method: str | Method, params: Mapping[str, float] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """(base, Δ) of ``method`` for one key: equal to that key of the whole-model ``update``."""
-        spec = get_method(method) if isinstance(method, str) else method
+        spec = _method(method)
         values = spec.resolve(params)
         shared = self.shared(spec, values)
         with self._locked(key, shared) as (entry, layer):
@@ -267,12 +234,12 @@ class Merger:
                      alpha: float | None = None) -> torch.Tensor:
         """θ − θ0 for one key: α·Δ, plus mean(τt) for methods merging around the average
         (CART's update from θ0 is mean τ + λ Σt c̃t)."""
-        spec = get_method(method) if isinstance(method, str) else method
+        spec = _method(method)
         values = spec.resolve(params)
         a = effective_alpha(spec.alpha_for(self.num_tasks), alpha)
         with self.layer(key, self.shared(spec, values)) as layer:
             offset = _layer_delta(spec, values, layer) * a
-            return offset + layer.mean() if merges_around_average(spec) else offset
+            return offset + layer.mean() if spec.base == "average" else offset
 
     def update(self, method: str, params: Mapping[str, float] | None = None,
                progress: Progress | None = None) -> MergeUpdate:
@@ -304,7 +271,6 @@ class Merger:
         """The merged state dict θ = base + α·Δ, on the CPU in fp32, built key by key."""
         return dict(self.iter_merged(method, params, alpha, progress))
 
-
     def export(self, out: PathLike, method: str, params: Mapping[str, float] | None = None,
                alpha: float | None = None, metadata: Mapping[str, str] | None = None,
                progress: Progress | None = None) -> None:
@@ -329,8 +295,8 @@ def _aliases(delta: torch.Tensor, layer: Layer) -> bool:
                for v in layer.cache.values())
 
 
-def _shape_of(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
-    return tuple(state.shape(key)) if hasattr(state, "shape") else tuple(state[key].shape)
+def _method(method: str | Method) -> Method:
+    return get_method(method) if isinstance(method, str) else method
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,8 +385,7 @@ def merge_files(pretrained: PathLike, finetuned: Sequence[PathLike], method: str
     report = progress or silent
     files = _Files(pretrained, finetuned, trust_pickle, dev)
     num_tasks = len(finetuned)
-    a = spec.alpha_for(num_tasks)
-    a = a if a is not None else (1.0 if alpha is None else float(alpha))
+    a = effective_alpha(spec.alpha_for(num_tasks), alpha)
     shared = spec.prepare(files.task_vector, num_tasks, values) if spec.prepare else {}
     layout = {key: (files.dtypes[key], files.shapes[key]) for key in files.keys}
     metadata = {"isoscope_method": spec.name, "isoscope_alpha": repr(a), "isoscope_params": repr(dict(values))}

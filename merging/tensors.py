@@ -33,7 +33,7 @@ def task_vector(pretrained: torch.Tensor, finetuned: torch.Tensor) -> torch.Tens
     return finetuned.to(COMPUTE_DTYPE) - pretrained.to(COMPUTE_DTYPE)
 
 
-def _shape(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+def shape_of(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
     """Shape without reading data when ``state`` is lazy (merging.io.Checkpoint has ``shape``)."""
     return tuple(state.shape(key)) if hasattr(state, "shape") else tuple(state[key].shape)
 
@@ -50,8 +50,8 @@ def check_compatible(reference: Mapping[str, torch.Tensor], other: Mapping[str, 
     missing = [k for k in reference if k not in other]
     extra = [k for k in other if k not in reference]
     common = [k for k in reference if k in other]
-    shapes = [f"{k} {_shape(reference, k)} vs {_shape(other, k)}"
-              for k in common if _shape(reference, k) != _shape(other, k)]
+    shapes = [f"{k} {shape_of(reference, k)} vs {shape_of(other, k)}"
+              for k in common if shape_of(reference, k) != shape_of(other, k)]
     kinds = [k for k in common if _is_float(reference, k) != _is_float(other, k)]
     problems = ([f"missing keys: {', '.join(missing[:3])}"] if missing else []) + \
                ([f"unexpected keys: {', '.join(extra[:3])}"] if extra else []) + \

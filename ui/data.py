@@ -30,7 +30,10 @@ def prepare(dec: Any, methods: tuple[tuple[str, tuple], ...], keys: tuple[str, .
     with progress_bar(label) as report:
         for i, layer in enumerate(keys):
             report(i / len(keys), dec.labels.get(layer, layer))
-            dec.spectra(layer) if spectra else dec.norms(layer)  # reads the layer once for all methods
+            if spectra:  # the layer is read once here, for all the methods below
+                dec.spectra(layer)
+            else:
+                dec.norms(layer)
             merged = dec.merged_spectrum if spectra else dec.merged_layer  # spectra draw σ only; SAR projects
             for method, params in methods:
                 merged(layer, method, _params(params), alpha)
