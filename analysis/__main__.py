@@ -28,7 +28,8 @@ from merging.progress import Progress
 from merging.runtime import use_huge_pages
 
 # --points choices → labels of analysis.correlation.POINT_SETS (kept literal: imported lazily)
-POINTS = {"fig3a": "Fig. 3a: Task Arithmetic and Iso-C", "six": "six methods: TA, TIES, TSV-M, Iso-C, Iso-CTS, CART"}
+POINTS = {"fig3a": "Fig. 3a: Task Arithmetic and Iso-C", "six": "six methods: TA, TIES, TSV-M, Iso-C, Iso-CTS, CART",
+          "all": "all registered methods (the six and weight averaging)"}
 
 if TYPE_CHECKING:
     from analysis.evaluation import Evaluator
@@ -163,7 +164,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--threshold", type=_threshold, default=0.95,
                    help="the figure rule's cumulative-norm threshold in (0, 1] (default 0.95)")
     r.add_argument("--points", choices=tuple(POINTS), default="fig3a",
-                   help="methods pooled in the SAR–NAI correlation: fig3a (TA and Iso-C, default) or six")
+                   help="methods pooled in the SAR–NAI correlation: fig3a (TA and Iso-C, default), six, or all "
+                        "(every registered method)")
     _zoo_arguments(r)
     r.set_defaults(run=_report)
     w = sub.add_parser("sweep", help="accuracy as one parameter moves, into the result store the app reads")

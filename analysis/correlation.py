@@ -11,17 +11,29 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from merging.registry import all_methods
+
 NAN = float("nan")
 
-# The method sets a SAR–NAI scatter can pool, by label; the report and the Alignment view use
-# the same ones, and the first is the default (Fig. 3a compares Task Arithmetic with Iso-C).
+# The method sets a SAR–NAI scatter can pool (and the Alignment view's bars compare), by label;
+# the report and the Alignment view use the same ones, and the first is the default (Fig. 3a
+# compares Task Arithmetic with Iso-C). None stands for every registered method, in registry
+# order, so a method added later joins that set with nothing else edited.
 FIG3A_METHODS = ("task_arithmetic", "iso_c")
-POINT_SETS: Mapping[str, tuple[str, ...]] = {
+ALL_METHODS = "all registered methods (the six and weight averaging)"
+POINT_SETS: Mapping[str, tuple[str, ...] | None] = {
     "Fig. 3a: Task Arithmetic and Iso-C": FIG3A_METHODS,
     "six methods: TA, TIES, TSV-M, Iso-C, Iso-CTS, CART": ("task_arithmetic", "ties", "tsv_m", "iso_c", "iso_cts",
                                                            "cart"),
+    ALL_METHODS: None,
 }
 DEFAULT_POINT_SET = next(iter(POINT_SETS))
+
+
+def set_methods(label: str) -> tuple[str, ...]:
+    """The registry names the method set ``label`` of ``POINT_SETS`` holds, in its order."""
+    names = POINT_SETS[label]
+    return tuple(all_methods()) if names is None else names
 
 
 def correlation(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> dict[str, float | int]:

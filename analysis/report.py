@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import figures
-from analysis.correlation import DEFAULT_POINT_SET, POINT_SETS, sar_nai_correlation, sar_nai_points
+from analysis.correlation import DEFAULT_POINT_SET, sar_nai_correlation, sar_nai_points, set_methods
 from analysis.evaluation import Evaluator
 from analysis.sar import DEFAULT_RULE, K_M_DEFAULTS, sar_average, sar_table
 from analysis.spectra import common_boundary, spectra
@@ -112,11 +112,11 @@ def build_report(ev: Evaluator, methods: Sequence[str] | None = None, eps: float
                  point_set: str = DEFAULT_POINT_SET) -> Report:
     """Evaluate ``methods`` (default: every registered one) on ``ev``'s zoo (see module doc).
     ``eps`` is the value of the k_M ``rule`` (None: that rule's default); the correlation pools
-    the methods of ``POINT_SETS[point_set]`` that were evaluated."""
+    the methods of the set ``point_set`` (a label of ``POINT_SETS``) that were evaluated."""
     report = progress or silent
     names = list(methods) if methods is not None else list(all_methods())
     value = K_M_DEFAULTS[rule] if eps is None else eps
-    pooled = [m for m in POINT_SETS[point_set] if m in names]
+    pooled = [m for m in set_methods(point_set) if m in names]
     report(0.0, "zero-shot and fine-tuned references")
     results: dict[str, Any] = {"tasks": list(ev.tasks), "zero_shot": ev.zero_shot("test"),
                                "finetuned": ev.finetuned("test"), "methods": {},

@@ -3,10 +3,10 @@ SAR_avg-vs-NAI correlation (Marczak et al., ICML 2025, Eq. 5–6 and Fig. 3)."""
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from analysis import figures
+from analysis.correlation import POINT_SETS, sar_nai_correlation, set_methods
 from analysis.style import palette, recolor, task_colors
 from merging.registry import all_methods
 from ui import data
@@ -23,10 +23,12 @@ header(":material/explore: Alignment",
        "the Frobenius <i>norm</i> left out (ε = 0.05 keeps 99.75% of the energy, not 95%), or the rule of the "
        "authors' figure script, which reproduces Fig. 3a. The heatmap shows SAR for every task (rows) and layer (columns) for the method "
        "chosen in the sidebar: bright is well aligned, dark means the merge dropped that task's directions. The "
-       "bars compare SAR averaged over layers (SAR_avg) across methods. The scatter tests the paper's claim that "
+       "bars compare SAR averaged over layers (SAR_avg) across the methods of the set chosen at the top, by "
+       "default Fig. 3a's Task Arithmetic and Iso-C, plus the sidebar's method; choose a larger set there to add "
+       "methods (each one merges every layer once on its first visit). The scatter tests the paper's claim that "
        "tasks with higher alignment keep more of their accuracy: NAI against SAR_avg, with a least-squares line "
-       "and Pearson's r, over a method set you choose (the report pools the same sets). NAI can be negative: a "
-       "merge can score below the pretrained model on a task.")
+       "and Pearson's r, over the same set (the report pools the same sets). NAI can be negative: a merge can "
+       "score below the pretrained model on a task.")
 
 zoo = current_zoo()
 ev = current_evaluator()
@@ -35,7 +37,6 @@ registry = all_methods()
 sel = selection()
 colors = palette(zoo.tasks)
 method = sel.method if sel.method in registry else next(iter(registry))
-compared = list(registry)  # every registered method, as in the report
 
 
 RULE_HELP = ("How k_M, the number of the merged matrix's directions SAR projects on, is chosen. "
@@ -47,25 +48,26 @@ RULE_HELP = ("How k_M, the number of the merged matrix's directions SAR projects
              "method. Either way k_M comes from the merge's own spectrum. For a flat spectrum (Iso-C, Iso-CTS) "
              "any k directions of a tied block would do; the app orders tied directions by how much of the Task "
              "Arithmetic sum they carry, as the authors' figure script does for Iso.")
+SET_HELP = ("The methods the SAR_avg bars and the SAR–NAI scatter compare. **Fig. 3a** (default): Task Arithmetic "
+            "and Iso-C, the paper's comparison; **six methods** adds TIES, TSV-M, Iso-CTS and CART; **all registered "
+            "methods** adds weight averaging and any method registered later. The bars always include the sidebar's "
+            "method (the heatmap's). Each added method merges every layer once on its first visit (the results are "
+            "stored, so later visits are instant). The report pools the same sets: python -m analysis report "
+            "--points fig3a|six|all.")
 
 
-def scatter(rule: str, value: float) -> None:
-    from analysis.correlation import POINT_SETS, sar_nai_correlation
-
+def scatter(chosen: list[str], rule: str, value: float) -> None:
+    """NAI against SAR_avg over the ``chosen`` methods (the set at the top of the page)."""
     st.subheader("Does alignment predict accuracy?")
     if not zoo.has_data:
         st.warning("The SAR–NAI scatter needs accuracies, and this zoo has no evaluation data: give a data folder "
                    "in the sidebar. The heatmap and bars above need only the weights.", icon=":material/folder_open:")
         return
-    c1, c2 = st.columns([3, 2])
-    label = c1.radio("Methods pooled in the scatter", list(POINT_SETS), key=key("align_points"), horizontal=True,
-                     help="The report (python -m analysis report --points fig3a|six) pools the same sets; "
-                          "Fig. 3a's is the default in both.")
-    fig3a = c2.toggle("Fig. 3a layout", key=key("align_fig3a"),
+    fig3a = st.toggle("Fig. 3a layout", key=key("align_fig3a"),
                       help="As the paper's Fig. 3a: one marker per method (★ TA, ▲ Iso-C, ● others), one colour "
                            "per task, no fit line.")
     with errors_in_place(stop=False):
-        points = zoo_points(POINT_SETS[label], rule, value)
+        points = zoo_points(chosen, rule, value)
         if points is None:
             return
         stats = sar_nai_correlation(points)
@@ -75,7 +77,7 @@ def scatter(rule: str, value: float) -> None:
         st.plotly_chart(fig, key=key("align_scatter"))
         how = "chosen on validation" if alpha_choice() is None else f"= {sel.alpha:g}"
         names = ", ".join(registry[m].display_name for m in dict.fromkeys(points["method"]))
-        st.caption(f"{len(points)} points: {names} × {len(zoo.tasks)} tasks; α {how}; k_M by "
+        st.caption(f"{len(points)} points: {names} × {len(zoo.tasks)} tasks (the set at the top); α {how}; k_M by "
                    f"{'the figure rule' if rule == 'figure' else 'Eq. 6'} ({value:g}). NAI = (merged − zero-shot) / "
                    "(fine-tuned − zero-shot): 1 means the task lost nothing, 0 no better than the pretrained model, "
                    "negative worse than it.")
@@ -88,6 +90,10 @@ def alignment_view() -> None:
 
 
 def _alignment_view() -> None:
+    label = st.radio("Methods compared (bars and scatter)", list(POINT_SETS), key=key("align_points"),
+                     horizontal=True, help=SET_HELP)
+    chosen = [m for m in set_methods(label) if m in registry]
+    compared = list(dict.fromkeys([*chosen, method]))  # the bars: the set, and the heatmap's method
     c1, c2 = st.columns([2, 3])
     rule = c1.radio("k_M rule", ["figure", "eq6"], key=key("align_rule"), horizontal=True, help=RULE_HELP,
                     format_func=lambda r: {"figure": "figure script (Fig. 3a)", "eq6": "Eq. 6 (ε)"}[r])
@@ -110,7 +116,10 @@ def _alignment_view() -> None:
     averages = sar_averages(compared, rule, eps)
     averages["method"] = averages["method"].map(lambda m: registry[m].display_name)
     st.plotly_chart(recolor(figures.sar_avg_bars(averages), colors), key=key("align_bars"))
-    scatter(rule, eps)
+    extra = "" if method in chosen else f", plus the sidebar's {registry[method].display_name}"
+    st.caption(f"SAR_avg of {', '.join(registry[m].display_name for m in compared)}: the set at the top{extra}. "
+               "Choose a larger set there to compare more methods.")
+    scatter(chosen, rule, eps)
 
 
 alignment_view()

@@ -57,3 +57,13 @@ def test_sar_nai_points_keep_the_named_set_in_its_order() -> None:
     assert list(points["sar_avg"]) == [0.7, 0.6, 0.9, 0.8]
     assert list(points["nai"]) == pytest.approx([0.6, 0.5, 0.8, 0.7])
     assert POINT_SETS[DEFAULT_POINT_SET] == FIG3A_METHODS
+
+
+def test_the_largest_set_is_every_registered_method_in_registry_order() -> None:
+    from analysis.correlation import ALL_METHODS, DEFAULT_POINT_SET, POINT_SETS, set_methods
+    from merging.registry import all_methods
+
+    assert set_methods(ALL_METHODS) == tuple(all_methods()) and "weight_averaging" in set_methods(ALL_METHODS)
+    assert set_methods(DEFAULT_POINT_SET) == ("task_arithmetic", "iso_c")
+    for label in POINT_SETS:  # every named set is a subset of the largest
+        assert set(set_methods(label)) <= set(set_methods(ALL_METHODS))

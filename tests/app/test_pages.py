@@ -78,6 +78,42 @@ def test_alignment_eps_slider_can_only_lower_sar() -> None:
     assert len(fig3a["data"]) == 16 and {t["marker"]["symbol"] for t in fig3a["data"]} == {"star", "triangle-up"}
     at.radio(key="iso_align_points").set_value(at.radio(key="iso_align_points").options[1]).run()
     assert len(chart(at, "iso_align_scatter")["data"]) == 48  # six methods × 8 tasks
+    six = {"Task Arithmetic", "TIES-Merging", "TSV-Merge", "Iso-C", "Iso-CTS", "CART"}
+    assert {t["name"] for t in chart(at, "iso_align_bars")["data"]} == six  # the same set in the bars
+
+
+def test_alignment_computes_only_the_compared_methods(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default the page merges Fig. 3a's pair and the sidebar's method (Iso-CTS) and nothing
+    else; the largest set brings every registered method into the bars and the scatter."""
+    from analysis.correlation import ALL_METHODS
+    from analysis.decompositions import Decompositions
+
+    asked: set[str] = set()
+    original = Decompositions.merged_layer
+
+    def spy(self: Decompositions, key: str, method: str, *args: object, **kwargs: object) -> object:
+        asked.add(method)
+        return original(self, key, method, *args, **kwargs)
+
+    monkeypatch.setattr(Decompositions, "merged_layer", spy)
+    at = open_page()
+    at.radio(key="iso_alpha_mode").set_value("Fixed (slider)").run()  # fixed α: fewer evaluations
+    asked.clear()
+    at.switch_page("pages/alignment.py").run()
+    assert_clean(at)
+    assert asked == {"iso_cts", "task_arithmetic", "iso_c"}
+    assert [t["name"] for t in chart(at, "iso_align_bars")["data"]] == ["Task Arithmetic", "Iso-C", "Iso-CTS"]
+    assert any(c.value.startswith("SAR_avg of Task Arithmetic, Iso-C, Iso-CTS: the set at the top, plus the "
+                                  "sidebar's Iso-CTS") for c in at.caption)
+    assert {t["name"] for t in chart(at, "iso_align_scatter")["data"]} - {"least-squares fit"} == {"Task Arithmetic",
+                                                                                                  "Iso-C"}
+    at.radio(key="iso_align_points").set_value(ALL_METHODS).run()
+    assert_clean(at)
+    everything = {m.display_name for m in all_methods().values()}
+    assert asked == set(all_methods()) and len(everything) == 7
+    assert {t["name"] for t in chart(at, "iso_align_bars")["data"]} == everything
+    assert {t["name"] for t in chart(at, "iso_align_scatter")["data"]} - {"least-squares fit"} == everything
+    assert any(c.value.startswith("56 points: ") for c in at.caption)  # seven methods × 8 tasks
 
 
 def test_common_subspace_sliders_move_the_highlighted_point() -> None:
