@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 
 from merging.errors import NonFiniteError
+from merging.tensors import all_finite as _all_finite
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,6 @@ SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # Gram squares κ (measured in float32 on 3072×768: κ 10 → 3e-6 like a float32 SVD; κ 30 → 2e-5;
 # κ 100 → 2e-4); float64 keeps ~ε64·κ² ≈ 1e-8 at κ = 1e4.
 GRAM_MAX_COND = {torch.float32: 20.0, torch.float64: 1e4}
-
-
-def _all_finite(a: torch.Tensor) -> bool:
-    """True when ``a`` holds no NaN/Inf. One reduction (NaN/Inf propagate into the sum); the
-    exact elementwise check runs only when the sum is not finite (NaN/Inf, or overflow)."""
-    if a.numel() == 0 or bool(torch.isfinite(a.sum())):
-        return True
-    return bool(torch.isfinite(a).all())
 
 
 def _check_finite(a: torch.Tensor, what: str) -> None:
