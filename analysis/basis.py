@@ -37,10 +37,17 @@ def order_ties(u: torch.Tensor, sigma: torch.Tensor, reference: torch.Tensor, rt
     out = u.to(torch.float64).clone()
     ref = reference.to(out.device, torch.float64)
     for a, b in blocks:
-        x = out[:, a:b].T @ ref  # (b−a, n): the reference seen from the block
-        _, w = torch.linalg.eigh(x @ x.T)  # (b−a, b−a), ascending: the Gram route, cheaper than an SVD of x
-        out[:, a:b] = out[:, a:b] @ w.flip(-1).contiguous()
+        out[:, a:b] = out[:, a:b] @ block_order(out[:, a:b], ref)[1]
     return out
+
+
+def block_order(block: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(λ descending (b,), W (b, b)): the rotation that orders the columns of ``block`` (m, b) by
+    how much of ``reference`` (m, n) they hold, block @ W, and those amounts ‖(block W)ᵀ ref‖² per
+    column; in ``block``'s dtype (float64 for ``order_ties``)."""
+    x = block.T @ reference.to(block.dtype)  # (b, n): the reference seen from the block
+    lam, w = torch.linalg.eigh(x @ x.T)  # (b,), (b, b), ascending: the Gram route, cheaper than an SVD of x
+    return lam.flip(0), w.flip(-1).contiguous()
 
 
 def ordered_basis(merged: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:

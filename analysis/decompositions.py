@@ -18,6 +18,12 @@ own SVD, so only the others (TIES, CART) take an SVD of ΔM. On a flat spectrum 
 then the method's own, deterministic one: Iso-C's is the sum's singular vectors in the order of
 the sum's singular values.
 
+The projections share work between the methods of one layer: on wide layers (m < n) they come
+from the tasks' left Grams Δt Δtᵀ, computed once per layer; on the others the rows along the
+sum's own vectors are the layer's ``sum_rows``, which Iso-CTS's merge computes for its common
+block. Iso-CTS's flat basis [Uk | task directions] is put in the tie order by rotating only its
+task directions (``_tie_ordered``), which equals the rotation of the whole block.
+
 Every result is small (a few (T, r) arrays) and immutable. It is kept in memory under a byte
 budget and, when a store and fingerprint are given, in the on-disk store (keyed by zoo
 fingerprint, key, method and parameters), so a revisit or a restart recomputes nothing. The
@@ -37,11 +43,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from analysis.basis import order_ties, tied_blocks
+from analysis.basis import block_order, tied_blocks
 from analysis.labels import layer_labels
 from analysis.similarity import key_gram
 from analysis.store import canonical_params
-from merging.linalg import singular_values, svd
+from merging.linalg import gram, singular_values, svd
 from merging.methods.common import Layer
 from merging.progress import Progress, silent
 from merging.registry import Method, get_method
@@ -122,12 +128,36 @@ def resolve(method: str, params: Mapping[str, Any] | None) -> tuple[str, dict[st
     return method, get_method(method).resolve(params)
 
 
-def _projections(u: torch.Tensor, taus: Sequence[torch.Tensor]) -> np.ndarray:
-    """‖u_iᵀ Δt‖² for every task and column of ``u`` (m, r), as one GEMM over the tasks side by
-    side.  # (T, r)"""
+def _rows_energy(u: torch.Tensor, taus: Sequence[torch.Tensor]) -> torch.Tensor:
+    """‖u_iᵀ Δt‖² for every task and column of ``u`` (m, r'), as one GEMM over the tasks side by
+    side.  # (T, r')"""
     n = taus[0].shape[1]
-    coeff = u.T @ torch.cat(list(taus), dim=1)  # (r, T·n)
-    return coeff.square_().view(coeff.shape[0], len(taus), n).sum(2).T.double().cpu().numpy()
+    coeff = u.T @ torch.cat(list(taus), dim=1)  # (r', T·n)
+    return coeff.square_().view(coeff.shape[0], len(taus), n).sum(2).T
+
+
+def _left_grams(layer: Layer) -> torch.Tensor:
+    """Δt Δtᵀ for every task of a wide layer, (T, m, m), kept in the layer's cache: every basis of
+    the layer reads its projections from them."""
+    return layer.memo("left_grams", lambda: torch.stack([gram(tau.T) for tau in layer.taus]))
+
+
+def _projections(u: torch.Tensor, layer: Layer, lead: int = 0) -> np.ndarray:
+    """‖u_iᵀ Δt‖² for every task and column of ``u`` (m, r').  # (T, r')
+
+    Wide layers (m < n): u_iᵀ Gt u_i with Gt = Δt Δtᵀ (``_left_grams``, shared by every method's
+    basis on the layer): T·m²·r' products instead of T·m·r'·n. Otherwise the rows u_iᵀ Δt, of
+    which the first ``lead`` are the Task Arithmetic sum's own rows (``u[:, :lead]`` are the sum's
+    top left singular vectors), cached in the layer and shared with Iso-CTS's common block."""
+    m, n = layer.taus[0].shape
+    if m < n:
+        grams = _left_grams(layer)  # (T, m, m)
+        energy = (grams.view(-1, m) @ u).view(len(layer.taus), m, -1).mul_(u).sum(1)  # (T, r')
+        return energy.clamp_min_(0).double().cpu().numpy()
+    parts = [layer.sum_rows(lead).square().sum(2)] if lead else []  # (T, lead)
+    if lead < u.shape[1]:
+        parts.append(_rows_energy(u[:, lead:], layer.taus))  # (T, r' − lead)
+    return torch.cat(parts, 1).double().cpu().numpy() if parts else np.zeros((len(layer.taus), 0))
 
 
 def _padded(s: np.ndarray, r: int) -> np.ndarray:
@@ -140,12 +170,63 @@ def _padded_layer(s: np.ndarray, proj: np.ndarray, r: int) -> MergedLayer:
     return MergedLayer(s=_frozen(_padded(s, r)), proj=_frozen(np.pad(proj, ((0, 0), (0, r - proj.shape[1])))))
 
 
-def _tie_ordered(u: torch.Tensor, s: torch.Tensor, layer: Layer) -> torch.Tensor:
-    """``u`` with every tied block of ``s`` in ``order_ties``' order (by how much of the Task
-    Arithmetic sum each direction carries), so that SAR's top-k_M basis is deterministic."""
-    if not tied_blocks(s):
-        return u
-    return order_ties(u, s, layer.total()).to(u.dtype)
+def _sum_prefix(u: torch.Tensor, layer: Layer) -> int:
+    """How many leading columns of ``u`` (m, r') are the Task Arithmetic sum's own top left singular
+    vectors, value for value (Iso-CTS's common block; 0 when the sum's SVD was never needed)."""
+    known = layer.cache.get("sum_svd")
+    if known is None:
+        return 0
+    j = min(u.shape[1], known[0].shape[1])
+    same = (u[:, :j] == known[0][:, :j]).all(0)  # (j,)
+    return int(same.cumprod(0).sum())
+
+
+# First-order bound (Davis–Kahan) on the angle by which the full eigen-rotation of a tied block
+# would move one of its leading sum directions: up to it, those directions keep their order and
+# only the rest of the block is rotated (the same bar as merging.linalg.KRYLOV_TOL).
+DEFLATE_TOL = 1e-3
+
+
+def _rest_first(layer: Layer, a: int, c: int, rest: torch.Tensor, lam_max: float) -> bool:
+    """Whether ``order_ties`` leaves the sum directions u[:, a:c] = U[:, a:c] of a tied block where
+    they are: the block's other columns ``rest`` (m, b − c) carry at most ``lam_max`` of the sum
+    (‖restᵀ S‖² along any direction), below every σi² of them, and couple to them only by rounding.
+    The block's Gram is then [[Σ², Σ² D], [Dᵀ Σ², H]] with D = U[:, a:c]ᵀ rest, and direction i moves
+    by at most max_q |D_iq| / (1 − λ_max/σi²)."""
+    u, sigma, _ = layer.sum_svd()
+    s2 = sigma[a:c].double().square()  # (c − a,)
+    if not bool((s2 > lam_max).all()):
+        return False
+    coupling = (u[:, a:c].T @ rest).abs().amax(1).double()  # (c − a,)
+    return bool((coupling / (1 - lam_max / s2)).max() <= DEFLATE_TOL)
+
+
+def _tie_ordered(u: torch.Tensor, s: torch.Tensor, layer: Layer) -> tuple[torch.Tensor, int]:
+    """(``u`` with every tied block of ``s`` in ``order_ties``' order, by how much of the Task
+    Arithmetic sum each direction carries, so that SAR's top-k_M basis is deterministic; how many
+    leading columns are the sum's own vectors after it, for ``_projections``).
+
+    A block that starts with the sum's own vectors followed by directions orthogonal to them
+    (Iso-CTS: [Uk | task directions], one flat block) is ordered without its r×r eigenproblem:
+    Uk carries σ1² … σk² of the sum and comes first as it is, and only the task directions are
+    rotated among themselves, when ``_rest_first`` confirms it; otherwise the whole block is."""
+    lead = _sum_prefix(u, layer)
+    blocks = tied_blocks(s)
+    if not blocks:
+        return u, lead
+    out = u.clone()
+    total = layer.total().double()
+    for a, b in blocks:
+        c = min(max(a, lead), b)  # the block's sum vectors end at c
+        if c == b:  # all of them the sum's own: its Gram is diag(σa², …), already in order
+            continue
+        lam, w = block_order(u[:, c:b].double(), total)  # (b − c,), (b − c, b − c)
+        if c > a and not _rest_first(layer, a, c, u[:, c:b], float(lam[0])):
+            c = a
+            w = block_order(u[:, a:b].double(), total)[1]  # (b − a, b − a)
+        out[:, c:b] = (u[:, c:b].double() @ w).to(u.dtype)
+        lead = min(lead, c)
+    return out, lead
 
 
 def _task_norms(layer: Layer) -> np.ndarray:
@@ -309,7 +390,8 @@ class Decompositions:
         def compute() -> MergedLayer:
             with self.merger.layer(key) as layer:
                 u, s, _ = layer.sum_svd()  # (m, r), (r,)
-                return MergedLayer(s=_frozen(s.double().cpu().numpy()), proj=_frozen(_projections(u, layer.taus)))
+                proj = _projections(u, layer, lead=u.shape[1])  # (T, r): all of them the sum's own rows
+                return MergedLayer(s=_frozen(s.double().cpu().numpy()), proj=_frozen(proj))
         return self._cached(("merged", key, SUM_BASIS, ""), compute)
 
     def _compute_merged(self, key: str, spec: Method, params: Mapping[str, Any], alpha: float) -> MergedLayer:
@@ -321,12 +403,14 @@ class Decompositions:
         if spec.factors is not None and spec.base == "pretrained":  # Δ's SVD is known: no SVD of Δ
             with self.merger.layer(key, self.merger.shared(spec, params)) as layer:
                 u, s = spec.factors(layer, params)  # (m, r'), (r',)
-                proj = _projections(_tie_ordered(u, s, layer), layer.taus)  # (T, r')
+                u, lead = _tie_ordered(u, s, layer)
+                proj = _projections(u, layer, lead)  # (T, r')
             return _padded_layer(s.double().cpu().numpy() * alpha, proj, self.rank(key))
         with self.merger.layer(key) as layer:  # one hold of the key (its lock is re-entrant)
             offset = self.merger.layer_offset(key, spec, params, alpha)  # (m, n) θ − θ0
             u, s, _ = svd(offset.to(torch.float32))  # (m, r), (r,)
-            proj = _projections(_tie_ordered(u, s, layer), layer.taus)
+            u, lead = _tie_ordered(u, s, layer)
+            proj = _projections(u, layer, lead)
         return MergedLayer(s=_frozen(s.double().cpu().numpy()), proj=_frozen(proj))
 
     def merged(self, method: str, params: Mapping[str, Any] | None = None, keys: Iterable[str] | None = None,

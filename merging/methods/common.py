@@ -70,6 +70,21 @@ class Layer:
         the analysis of the Task Arithmetic sum."""
         return self.memo("sum_svd", lambda: fast_svd(self.total()))
 
+    def sum_rows(self, k: int) -> torch.Tensor:
+        """Fk = U[:, :k]ᵀ Δt for every task, (T, k, n), U the left singular vectors of Σt Δt
+        (``sum_svd``); rows are computed once and kept as k grows. Iso-CTS's common block reads
+        them, and so do the views' projections on the sum's vectors."""
+        have = self.cache.get("top")
+        if have is None:
+            have = self.taus[0].new_empty(self.num_tasks, 0, self.taus[0].shape[1])
+        if k > have.shape[1]:
+            uk = self.sum_svd()[0][:, have.shape[1]:k]  # (m, k−done)
+            new = have.new_empty(self.num_tasks, uk.shape[1], have.shape[2])  # (T, k−done, n)
+            for t, tau in enumerate(self.taus):
+                torch.mm(uk.T, tau, out=new[t])
+            have = self.cache["top"] = new if have.shape[1] == 0 else torch.cat([have, new], 1)
+        return have[:, :k]
+
     def mean(self) -> torch.Tensor:
         """mean of the τt (cached through ``total``)."""
         return self.total() / self.num_tasks

@@ -113,20 +113,6 @@ def _wide_blocks(layer: Layer, k: int, s: int) -> tuple[torch.Tensor, list[SVD]]
 
 # -- tall S -------------------------------------------------------------------------------------
 
-def _top_rows(layer: Layer, k: int) -> torch.Tensor:
-    """Fk = U[:, :k]ᵀ Δt for every task, (T, k, n); rows are computed once and kept as k grows."""
-    have = layer.cache.get("top")
-    if have is None:
-        have = layer.taus[0].new_empty(layer.num_tasks, 0, layer.taus[0].shape[1])
-    if k > have.shape[1]:
-        uk = layer.sum_svd()[0][:, have.shape[1]:k]  # (m, k−done)
-        new = have.new_empty(layer.num_tasks, uk.shape[1], have.shape[2])  # (T, k−done, n)
-        for t, tau in enumerate(layer.taus):
-            torch.mm(uk.T, tau, out=new[t])
-        have = layer.cache["top"] = new if have.shape[1] == 0 else torch.cat([have, new], 1)
-    return have[:, :k]
-
-
 def _residual_grams(layer: Layer, k: int) -> torch.Tensor:
     """RtᵀRt = ΔtᵀΔt − FkᵀFk for every task, (T, n, n), moved from the cached k by the rows in
     between (in place: the cache owns it)."""
@@ -138,7 +124,7 @@ def _residual_grams(layer: Layer, k: int) -> torch.Tensor:
         layer.cache["rgram"] = (0, grams)
     k0, grams = layer.cache["rgram"]
     if k != k0:
-        rows = _top_rows(layer, max(k, k0))[:, min(k, k0):max(k, k0)]  # (T, |k−k0|, n)
+        rows = layer.sum_rows(max(k, k0))[:, min(k, k0):max(k, k0)]  # (T, |k−k0|, n)
         for t in range(layer.num_tasks):
             grams[t].add_(gram(rows[t]), alpha=-1.0 if k > k0 else 1.0)
         layer.cache["rgram"] = (k, grams)
@@ -150,7 +136,7 @@ def _tall_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
     lam, w = top_eigh(_residual_grams(layer, k), s, layer.cache.get("rvec"))  # (T, s), (T, n, s)
     layer.cache["rvec"] = w
     uk = layer.sum_svd()[0][:, :k]  # (m, k)
-    coeff = (_top_rows(layer, k) @ w).transpose(0, 1).reshape(k, layer.num_tasks * s)  # Fk v side by side (k, Ts)
+    coeff = (layer.sum_rows(k) @ w).transpose(0, 1).reshape(k, layer.num_tasks * s)  # Fk v side by side (k, Ts)
     inside = (uk @ coeff).view(uk.shape[0], layer.num_tasks, s)  # Uk Fk v  (m, T, s)
     tops = []
     for t, tau in enumerate(layer.taus):

@@ -152,3 +152,106 @@ def test_a_restart_reads_every_layer_result_from_the_store(tmp_path, monkeypatch
         con.execute("UPDATE layers SET arrays = x'00' WHERE kind = 'merged'")
     third = fresh()
     assert table_of(third, "iso_cts", {"common_fraction": 0.5})["sar"].tolist() == pytest.approx(want["sar"].tolist())
+
+
+def _plain_projections(merger: Merger, key: str, method: str, params: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """(σ(ΔM), ‖u_iᵀΔt‖²) the plain way, on a Merger of its own: ΔM's basis from the sum's SVD (TA,
+    WA, Iso-C: σ is then the sum's), the method's factors, or an SVD of θ − θ0; ``order_ties`` over
+    every tied block of the whole basis; one float64 product per task."""
+    from analysis.basis import order_ties
+    from merging.linalg import svd
+    from merging.registry import get_method
+
+    spec = get_method(method)
+    values = spec.resolve(params)
+    with merger.layer(key, merger.shared(spec, values)) as layer:
+        if method in ("task_arithmetic", "weight_averaging", "iso_c"):
+            u, s, _ = layer.sum_svd()
+        elif spec.factors is not None:
+            u, s = spec.factors(layer, values)
+            u = order_ties(u, s, layer.total()).to(u.dtype)
+        else:
+            u, s, _ = svd(merger.layer_offset(key, spec, values))
+            u = order_ties(u, s, layer.total()).to(u.dtype)
+        taus = [tau.double() for tau in layer.taus]
+        proj = torch.stack([(u.double().T @ tau).square().sum(1) for tau in taus]).numpy()  # (T, r')
+        return s.double().numpy(), proj
+
+
+@pytest.mark.parametrize("order", ["sum first", "method first"])
+def test_projections_equal_the_plain_path_on_tall_wide_and_square_layers(order: str) -> None:
+    """The shared-work projections (the tasks' left Grams on wide layers; on tall and square ones the
+    sum's cached rows for the sum's own vectors, Iso-CTS's common block included; Iso-CTS's tie
+    order from its task block alone) equal the plain path for every method: the same energy along
+    every direction, hence the same SAR at every k_M."""
+    from analysis.decompositions import SUM_SPECTRUM
+    from merging.registry import all_methods
+    from tests.merging.conftest import make_models
+
+    pre, fts = make_models(4, seed=3)
+    fast = Decompositions(Merger(pre, fts))
+    plain = Merger(pre, fts)
+    cases = [(m, None) for m in all_methods()] + [("iso_cts", {"common_fraction": f}) for f in (0.3, 0.5)]
+    if order == "method first":  # Iso-CTS fills the sum's rows before the sum basis reads them
+        cases = cases[::-1]
+    keys = ["blocks.0.attn.in_proj_weight", "blocks.0.attn.out_proj.weight", "blocks.0.mlp.c_proj.weight", "proj"]
+    for method, params in cases:
+        for key in keys:
+            got = fast.merged_layer(key, method, params)
+            s, proj = _plain_projections(plain, key, method, params)
+            norms = torch.stack([plain.task_matrix(key, t).double().square().sum() for t in range(4)]).numpy()
+            width = proj.shape[1]
+            if method not in SUM_SPECTRUM:
+                np.testing.assert_allclose(got.s[:width], s, rtol=1e-5, atol=1e-8)
+            np.testing.assert_allclose(got.proj[:, :width] / norms[:, None], proj / norms[:, None], rtol=0, atol=2e-6,
+                                       err_msg=f"{method} {params} {key}")
+            assert np.abs(got.proj[:, width:]).max(initial=0) == 0
+
+
+def test_iso_cts_ties_are_ordered_from_its_task_block_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Iso-CTS's flat basis is [Uk | task directions ⟂ Uk]: Uk carries σ1² … σk² of the sum and
+    comes first as it is, so only the T·s task directions are rotated (one small eigenproblem, not
+    an r×r one), with the plain path's result; the wide layer reads its projections from the left
+    Grams, the tall one the common block's from the sum's rows."""
+    import analysis.decompositions as decompositions
+    from tests.merging.conftest import make_models
+
+    pre, fts = make_models(4, seed=5)
+    dec = Decompositions(Merger(pre, fts))
+    sizes = []
+    original = decompositions.block_order
+    monkeypatch.setattr(decompositions, "block_order", lambda block, ref: sizes.append(block.shape[1]) or
+                        original(block, ref))
+    for key, (m, n) in (("blocks.0.attn.in_proj_weight", (24, 16)), ("blocks.0.mlp.c_proj.weight", (16, 24))):
+        sizes.clear()
+        dec.merged_layer(key, "iso_cts", {"common_fraction": 0.5})
+        k, s = common_rank(min(m, n), 4, 0.5)
+        assert sizes == [4 * s] and k > 0
+        with dec.merger.layer(key) as layer:
+            assert ("left_grams" in layer.cache) == (m < n)
+            assert ("top" in layer.cache) == (m > n) and (m < n or layer.cache["top"].shape[1] >= k)
+
+
+def test_a_tied_block_whose_rest_is_not_orthogonal_to_the_sum_vectors_is_rotated_whole() -> None:
+    """The shortcut needs the rest of the block orthogonal to its leading sum vectors; when it is not,
+    the whole block is rotated, as ``order_ties`` does."""
+    from analysis.basis import order_ties
+    from analysis.decompositions import _tie_ordered
+    from tests.merging.conftest import make_models
+
+    pre, fts = make_models(3, seed=7)
+    merger = Merger(pre, fts)
+    with merger.layer("blocks.0.attn.in_proj_weight") as layer:
+        u = layer.sum_svd()[0]  # (24, 16)
+        q, _ = torch.linalg.qr(torch.cat([u[:, :4], u[:, 4:6] + 0.5 * u[:, :1]], 1))  # leans on u_1
+        basis = torch.cat([u[:, :4], q[:, 4:]], 1)  # (24, 6): four sum vectors, then two others
+        flat = torch.full((6,), 0.3)
+        got, lead = _tie_ordered(basis, flat, layer)
+        want = order_ties(basis, flat, layer.total()).to(basis.dtype)
+        skewed = torch.cat([u[:, :4], u[:, 4:6] + 0.5 * u[:, :1]], 1)  # not orthonormal: no shortcut either
+        got_skewed, lead_skewed = _tie_ordered(skewed, flat, layer)
+        want_skewed = order_ties(skewed, flat, layer.total()).to(basis.dtype)
+    torch.testing.assert_close(got.abs(), want.abs(), rtol=0, atol=1e-5)  # signs are arbitrary
+    assert lead == 4  # q's columns are orthogonal to u[:, :4]: only they were rotated
+    torch.testing.assert_close(got_skewed.abs(), want_skewed.abs(), rtol=0, atol=1e-5)
+    assert lead_skewed == 0
