@@ -17,6 +17,7 @@ The fast kernels the spectral methods are built from:
 - ``gram``: AᵀA from its upper panels (5/8 of a GEMM's flops), exactly symmetric;
 - ``fast_svd``: a thin SVD from the Gram eigh when well conditioned (sums of task matrices);
 - ``top_svd``: the top-k triplets from the small-side Gram (TSV-M, CART, Iso-CTS tails);
+- ``largest_eigh``: top-k eigenpairs, by LAPACK's subset solver when k is a small share of n;
 - ``top_eigh``: top-s eigenpairs of a batch of PSD matrices by block Krylov (Golub & Van
   Loan, *Matrix Computations*, §10.3), warm-startable, with an eigh fallback;
 - ``polar_extended``: polar([orthonormal block | extra columns]) with one small eigh.
@@ -370,15 +371,58 @@ def polar(a: torch.Tensor) -> torch.Tensor:
     return polar_with_mean(a)[0]
 
 
+# Share of n up to which ``largest_eigh`` takes LAPACK's subset solver (syevr, through scipy) on
+# the CPU: on 768², k = 96, 37 ms against 62 ms for the full eigh in float32 (76 against 123 ms
+# in float64); at k = n/4 the two cost about the same, beyond it the full one is faster.
+SUBSET_EIGH_MAX_SHARE = 0.25
+
+
+def largest_eigh(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-``k`` eigenpairs of the symmetric ``a`` (n, n): λ (k,) descending, W (n, k), in
+    ``a``'s dtype; RuntimeError when LAPACK fails, as ``torch.linalg.eigh``. A small share of the
+    spectrum on the CPU comes from the subset solver (no full tridiagonal eigendecomposition), the
+    rest from ``torch.linalg.eigh``, which also answers whenever the subset solver's answer does not
+    check out (it can return nothing at all where a cluster of equal eigenvalues straddles k)."""
+    n = a.shape[-1]
+    k = max(0, min(k, n))
+    if a.device.type == "cpu" and 0 < k <= SUBSET_EIGH_MAX_SHARE * n and _all_finite(a):
+        got = _subset_eigh(a, k)
+        if got is not None:
+            return got
+    lam, w = torch.linalg.eigh(a)  # ascending (n,), (n, n)
+    return lam.flip(0)[:k], w.flip(1)[:, :k]
+
+
+def _subset_eigh(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``largest_eigh`` by scipy's syevr (CPU, finite ``a``), or None unless it returned k orthonormal
+    eigenpairs with residuals ‖AW − WΛ‖ within 1e-4 of λ_max (the full eigh then answers)."""
+    from scipy.linalg import LinAlgError, eigh
+
+    n = a.shape[-1]
+    try:
+        lam, w = eigh(a.detach().numpy(), subset_by_index=[n - k, n - 1], driver="evr", check_finite=False)
+    except (LinAlgError, ValueError):
+        return None
+    if lam.shape != (k,) or w.shape != (n, k):
+        return None
+    lam = torch.from_numpy(lam[::-1].copy()).to(a.dtype)  # (k,) descending
+    w = torch.from_numpy(w[:, ::-1].copy()).to(a.dtype)  # (n, k)
+    scale = float(lam.abs().max())
+    eye = torch.eye(k, dtype=a.dtype)
+    if not (_finite(lam, w) and float((a @ w - w * lam).abs().max()) <= 1e-4 * scale
+            and float((w.T @ w - eye).abs().max()) <= 1e-4):
+        return None
+    return lam, w
+
+
 def _gram_top(a: torch.Tensor, rank: int, dtype: torch.dtype, min_ratio: float) -> SVD | None:
     """Top-``rank`` triplets of a tall ``a`` from the eigh of its Gram in ``dtype``; None when
     σ_rank/σ_1 < ``min_ratio`` (the Gram would have lost those directions)."""
     x = a.to(dtype)  # (m, n)
     try:
-        lam, w = torch.linalg.eigh(gram(x))  # ascending (n,), (n, n)
+        lam, w = largest_eigh(gram(x), rank)  # (k,), (n, k), descending
     except RuntimeError:
         return None
-    lam, w = lam.flip(0)[:rank], w.flip(1)[:, :rank]  # (k,), (n, k)
     if not _finite(lam, w) or not gram_resolves(lam, min_ratio):
         return None
     s = lam.sqrt()  # (k,)
@@ -435,7 +479,8 @@ def top_eigh(m: torch.Tensor, s: int, start: torch.Tensor | None = None) -> tupl
     Block Krylov (block Lanczos with full reorthogonalization, then Rayleigh–Ritz), batched
     over the leading dimension, when the Krylov space stays under n/2; ``start`` (..., n, j)
     seeds the first block (a sweep passes the previous vectors, which then converge in a few
-    blocks). Matrices whose error estimate does not reach KRYLOV_TOL get a full eigh."""
+    blocks). Matrices whose error estimate does not reach KRYLOV_TOL are solved directly
+    (``largest_eigh``)."""
     batch = m.reshape(-1, *m.shape[-2:])  # (B, n, n)
     n = batch.shape[-1]
     s = max(0, min(s, n))
@@ -448,8 +493,7 @@ def top_eigh(m: torch.Tensor, s: int, start: torch.Tensor | None = None) -> tupl
         lam[ok], w[ok] = theta[ok], x[ok]
         todo = [i for i in todo if not bool(ok[i])]
     for i in todo:
-        full, vecs = torch.linalg.eigh(batch[i])  # ascending
-        lam[i], w[i] = full.flip(0)[:s], vecs.flip(1)[:, :s]
+        lam[i], w[i] = largest_eigh(batch[i], s)
     return lam.reshape(*m.shape[:-2], s), w.reshape(*m.shape[:-2], n, s)
 
 

@@ -155,6 +155,23 @@ def test_top_svd_equals_truncated_svd(shape: tuple[int, int], rank: int) -> None
     assert torch.allclose(((u * s) @ vh).double(), (ur[:, :rank] * sr[:rank]) @ vhr[:rank], atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [0, 3, 10, 11, 40])  # 10 = n/4: the subset solver; 11 and up: the full eigh
+def test_largest_eigh_equals_the_full_eigh(dtype: torch.dtype, k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(8)
+    a = decaying(120, 40, g, decay=0.9).to(dtype)
+    sym = a.T @ a  # (40, 40), distinct eigenvalues 0.81^i
+    full, vecs = torch.linalg.eigh(sym.double())
+    if 0 < k <= 10:  # the subset solver answers alone
+        monkeypatch.setattr(torch.linalg, "eigh", lambda *_: pytest.fail("the full eigh ran"))
+    lam, w = linalg.largest_eigh(sym, k)
+    monkeypatch.undo()
+    assert lam.dtype == w.dtype == dtype and lam.shape == (k,) and w.shape == (40, k)
+    assert torch.allclose(lam.double(), full.flip(0)[:k], rtol=1e-5, atol=1e-7)
+    assert torch.allclose((w.double() * vecs.flip(1)[:, :k]).sum(0).abs(), torch.ones(k, dtype=torch.float64),
+                          atol=1e-5)  # the same vectors, up to sign
+
+
 def test_polar_extended_equals_polar_of_the_stack() -> None:
     g = torch.Generator().manual_seed(6)
     q, _ = torch.linalg.qr(torch.randn(40, 12, generator=g))
