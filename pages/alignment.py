@@ -14,7 +14,7 @@ from ui.core import errors_in_place, timed
 from ui.models import current_evaluator, current_zoo
 from ui.page import header, link
 from ui.points import sar_averages, zoo_points
-from ui.state import alpha_choice, key, params_for, selection
+from ui.state import alpha_choice, key, method_choice, params_for, selection
 
 header(":material/explore: Alignment",
        "How much of each task survives the merge, measured by the <b>Subspace Alignment Ratio</b> (SAR): the share "
@@ -36,7 +36,7 @@ dec = ev.decompositions
 registry = all_methods()
 sel = selection()
 colors = palette(zoo.tasks)
-method = sel.method if sel.method in registry else next(iter(registry))
+method = method_choice(list(registry))
 
 
 RULE_HELP = ("How k_M, the number of the merged matrix's directions SAR projects on, is chosen. "

@@ -17,7 +17,7 @@ from merging.registry import get_method
 from ui.core import errors_in_place, progress_bar
 from ui.models import current_evaluator, current_zoo
 from ui.page import header, link
-from ui.state import alpha_choice, key, selection
+from ui.state import DEFAULT_METHOD, alpha_choice, key, selection
 
 header(":material/download: Merge & export",
        "Merge with the method, parameters and α chosen in the sidebar, check the result task by task against the "
@@ -30,7 +30,7 @@ sel = selection()
 zoo = current_zoo()
 ev = current_evaluator()
 with errors_in_place():
-    method = get_method(sel.method or "iso_cts")
+    method = get_method(sel.method or DEFAULT_METHOD)
 params = dict(sel.params)
 st.markdown(f"**{method.display_name}** · " + (", ".join(f"{k} = {v:g}" for k, v in params.items()) or "no parameters")
             + f" · [{method.paper_url}]({method.paper_url})")

@@ -11,6 +11,7 @@ PREFIX = "iso_"
 SELECTION_KEY = PREFIX + "selection"
 ZOO_ENV = "ISOSCOPE_ZOO"
 DEFAULT_ZOO = "digits"
+DEFAULT_METHOD = "iso_cts"  # the sidebar's first choice
 
 
 def key(name: str) -> str:
@@ -50,6 +51,15 @@ def store_selection(sel: Selection) -> None:
 def selection() -> Selection:
     """The sidebar's current selection (the embedded default before the sidebar has run)."""
     return st.session_state.get(SELECTION_KEY) or Selection(zoo_spec=default_zoo_spec())
+
+
+def method_choice(names: list[str], sel: Selection | None = None) -> str:
+    """The sidebar's method among ``names``; before the sidebar has run (a page opened on its own),
+    its default, DEFAULT_METHOD (else the first name)."""
+    sel = sel or selection()
+    if sel.method in names:
+        return sel.method
+    return DEFAULT_METHOD if DEFAULT_METHOD in names else names[0]
 
 
 def params_for(method: str, sel: Selection | None = None) -> tuple[tuple[str, float], ...]:
