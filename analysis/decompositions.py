@@ -170,14 +170,21 @@ def _padded_layer(s: np.ndarray, proj: np.ndarray, r: int) -> MergedLayer:
     return MergedLayer(s=_frozen(_padded(s, r)), proj=_frozen(np.pad(proj, ((0, 0), (0, r - proj.shape[1])))))
 
 
+# A leading column of a basis within this 2-norm of the sum's own vector counts as that vector:
+# Iso-CTS's common block is Uk itself, or Uk moved by rounding (~2e-7 through polar_extended),
+# and float32 factors are orthonormal to about this anyway. Reading the sum's rows for such
+# columns moves Σ_{i<k} ‖u_iᵀΔt‖² by at most 2·tol·√k of ‖Δt‖F².
+SUM_VECTOR_TOL = 1e-6
+
+
 def _sum_prefix(u: torch.Tensor, layer: Layer) -> int:
     """How many leading columns of ``u`` (m, r') are the Task Arithmetic sum's own top left singular
-    vectors, value for value (Iso-CTS's common block; 0 when the sum's SVD was never needed)."""
+    vectors (Iso-CTS's common block), up to SUM_VECTOR_TOL; 0 when the sum's SVD was never needed."""
     known = layer.cache.get("sum_svd")
     if known is None:
         return 0
     j = min(u.shape[1], known[0].shape[1])
-    same = (u[:, :j] == known[0][:, :j]).all(0)  # (j,)
+    same = torch.linalg.vector_norm(u[:, :j] - known[0][:, :j], dim=0) <= SUM_VECTOR_TOL  # (j,)
     return int(same.cumprod(0).sum())
 
 

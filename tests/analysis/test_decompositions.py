@@ -208,14 +208,19 @@ def test_projections_equal_the_plain_path_on_tall_wide_and_square_layers(order: 
             assert np.abs(got.proj[:, width:]).max(initial=0) == 0
 
 
-def test_iso_cts_ties_are_ordered_from_its_task_block_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("route", ["thin polar", "polar_extended"])
+def test_iso_cts_ties_are_ordered_from_its_task_block_alone(route: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Iso-CTS's flat basis is [Uk | task directions ⟂ Uk]: Uk carries σ1² … σk² of the sum and
     comes first as it is, so only the T·s task directions are rotated (one small eigenproblem, not
     an r×r one), with the plain path's result; the wide layer reads its projections from the left
-    Grams, the tall one the common block's from the sum's rows."""
+    Grams, the tall one the common block's from the sum's rows. Through ``polar_extended`` (real
+    task vectors' route on tall layers) the common block is Uk up to rounding, which counts."""
     import analysis.decompositions as decompositions
+    import merging.methods.iso as iso
     from tests.merging.conftest import make_models
 
+    if route == "polar_extended":
+        monkeypatch.setattr(iso, "LEFT_MAX_COND", 1.0)
     pre, fts = make_models(4, seed=5)
     dec = Decompositions(Merger(pre, fts))
     sizes = []
@@ -227,6 +232,10 @@ def test_iso_cts_ties_are_ordered_from_its_task_block_alone(monkeypatch: pytest.
         dec.merged_layer(key, "iso_cts", {"common_fraction": 0.5})
         k, s = common_rank(min(m, n), 4, 0.5)
         assert sizes == [4 * s] and k > 0
+        got = dec.merged_layer(key, "iso_cts", {"common_fraction": 0.5})
+        _, want = _plain_projections(Merger(pre, fts), key, "iso_cts", {"common_fraction": 0.5})
+        norms = torch.stack([dec.merger.task_matrix(key, t).double().square().sum() for t in range(4)]).numpy()
+        np.testing.assert_allclose(got.proj / norms[:, None], want / norms[:, None], rtol=0, atol=2e-6)
         with dec.merger.layer(key) as layer:
             assert ("left_grams" in layer.cache) == (m < n)
             assert ("top" in layer.cache) == (m > n) and (m < n or layer.cache["top"].shape[1] >= k)
