@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,7 @@ class PretrainConfig:
     shift: int = 3
     views: str = "domains"  # how the two views are made (zoo.digits.VIEWS)
     easy: float = 0.5  # "styles" views: share of easy (jittered-copy) positive pairs
+    domains: tuple[str, ...] | None = None  # "domains" views: the tasks whose renderings are pooled (None: all)
 
 
 @dataclass(frozen=True)
@@ -152,10 +154,35 @@ def finetune(encoder: VisionTransformer, images: torch.Tensor, labels: torch.Ten
     encoder.eval()
 
 
+@contextmanager
+def fixed_threads(count: int | None) -> Iterator[None]:
+    """Train with ``count`` torch CPU threads (None: as set), then restore the setting. A recipe
+    fixes it because the trained weights depend on it: the digits recipe built with 2 threads
+    instead of 1 lands on different weights and merges 3–10 points apart."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def state_of(encoder: VisionTransformer) -> dict[str, torch.Tensor]:
     """A detached float32 copy of the encoder's weights."""
     return {k: v.detach().float().clone() for k, v in encoder.state_dict().items()}
 
 
-def configs_from(recipe: Mapping) -> tuple[PretrainConfig, FinetuneConfig]:
-    return PretrainConfig(**recipe["pretrain"]), FinetuneConfig(**recipe["finetune"])
+def finetune_settings(recipe: Mapping, task: str) -> dict:
+    """One task's fine-tuning settings: the recipe's shared ``finetune`` dict updated with the
+    task's entry in ``task_finetune`` (tasks may train for different steps or rates, as the
+    task_vectors recipe trains each dataset for its own number of epochs)."""
+    return {**recipe["finetune"], **recipe.get("task_finetune", {}).get(task, {})}
+
+
+def pretrain_config(recipe: Mapping) -> PretrainConfig:
+    return PretrainConfig(**recipe["pretrain"])
+
+
+def finetune_config(recipe: Mapping, task: str) -> FinetuneConfig:
+    return FinetuneConfig(**finetune_settings(recipe, task))

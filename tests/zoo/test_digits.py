@@ -160,3 +160,34 @@ def test_unknown_names_raise_readable_errors(tiny: D.DigitsZoo) -> None:
         tiny.evaluate(tiny.pretrained(), "cifar")
     with pytest.raises(IsoscopeError):
         zoo.load_zoo("no-such-zoo")
+
+
+def test_a_task_override_retrains_that_task_alone(tiny: D.DigitsZoo, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``task_finetune`` changes one task's settings: only that task is fine-tuned again (the
+    others keep their cache keys) and it trains with its own steps."""
+    recipe = {**D.RECIPES[TINY], "task_finetune": {"parity": {"steps": 3, "lr": 1e-3}}}
+    assert train.finetune_config(recipe, "parity").steps == 3
+    assert train.finetune_config(recipe, "tinted") == train.finetune_config(D.RECIPES[TINY], "tinted")
+    real, trained = train.finetune, []
+
+    def recording(encoder, images, labels, head, cfg, *rest, **kwargs):  # noqa: ANN001, ANN202
+        trained.append((cfg.steps, cfg.lr))
+        return real(encoder, images, labels, head, cfg, *rest, **kwargs)
+
+    monkeypatch.setattr(train, "pretrain", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    monkeypatch.setattr(train, "finetune", recording)
+    D.build(recipe, tmp_path / "variant.safetensors")
+    assert trained == [(3, 1e-3)]
+
+
+def test_pretraining_pools_only_the_listed_domains(monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = D.RECIPES[TINY]
+    seen: list[str] = []
+    real = D.task_split
+    monkeypatch.setattr(D, "task_split", lambda r, task, split: (seen.append(task), real(r, task, split))[1])
+    D._domain_views(recipe, train.PretrainConfig(steps=1, batch=4, lr=1e-3, domains=("tinted", "noisy")))
+    assert seen == ["tinted", "noisy"]
+    seen.clear()
+    D._domain_views(recipe, train.pretrain_config(recipe))
+    assert seen == list(recipe["tasks"])
