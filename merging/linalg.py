@@ -314,18 +314,19 @@ def _newton_polar(a: torch.Tensor, max_cond: float = NEWTON_MAX_COND) -> tuple[t
         g = gram(q)  # (n, n) QᵀQ
         if _norm2_estimate(g - torch.eye(g.shape[0], dtype=g.dtype, device=g.device)) <= NEWTON_FLAT_TOL:
             break
-        q = q * 1.5 - (q @ g) * 0.5  # one more Newton–Schulz step
+        q = _newton_schulz(q, g)
     if not _finite(q):
         return None
     return q, (q * a).sum() / a.shape[0]
 
 
-def _newton_schulz(x: torch.Tensor) -> torch.Tensor:
+def _newton_schulz(x: torch.Tensor, xtx: torch.Tensor | None = None) -> torch.Tensor:
     """One Newton–Schulz step X(3I − XᵀX)/2 (rows for a wide X): singular values 1 + δ go to
-    1 − 3δ²/2 + O(δ³), with the same polar factor."""
+    1 − 3δ²/2 + O(δ³), with the same polar factor. ``xtx``: XᵀX when the caller has it (tall or
+    square X)."""
     if x.shape[0] < x.shape[1]:
         return _newton_schulz(x.T).T
-    return x * 1.5 - (x @ gram(x)) * 0.5  # (m, n)
+    return x * 1.5 - (x @ (gram(x) if xtx is None else xtx)) * 0.5  # (m, n)
 
 
 def _settle(spread: float) -> float:

@@ -14,7 +14,7 @@ from merging.paths import allowed_path
 from merging.registry import Method, Param, all_methods
 from ui.core import errors_in_place, progress_bar, show_error
 from ui.models import loaded_zoo
-from ui.state import DEFAULT_METHOD, Selection, default_zoo_spec, key, store_selection
+from ui.state import Selection, default_method, default_zoo_spec, key, store_selection
 from zoo.folders import convert_folder
 from zoo.layouts import detect_layout, find_layout
 
@@ -130,8 +130,7 @@ def _method_section(methods: dict[str, Method]) -> tuple[str | None, dict[str, A
         st.info("No merge method is registered yet (the engine is landing).", icon=":material/construction:")
         return None, {}
     names = list(methods)
-    default = names.index(DEFAULT_METHOD) if DEFAULT_METHOD in names else 0
-    name = st.selectbox("Method", names, index=default, key=key("method"),
+    name = st.selectbox("Method", names, index=names.index(default_method(names)), key=key("method"),
                         format_func=lambda n: methods[n].display_name)
     method = methods[name]
     st.caption(f"{method.summary} [paper]({method.paper_url})")

@@ -57,8 +57,11 @@ def method_choice(names: list[str], sel: Selection | None = None) -> str:
     """The sidebar's method among ``names``; before the sidebar has run (a page opened on its own),
     its default, DEFAULT_METHOD (else the first name)."""
     sel = sel or selection()
-    if sel.method in names:
-        return sel.method
+    return sel.method if sel.method in names else default_method(names)
+
+
+def default_method(names: list[str]) -> str:
+    """The sidebar's first choice among ``names``: DEFAULT_METHOD, else the first name."""
     return DEFAULT_METHOD if DEFAULT_METHOD in names else names[0]
 
 
