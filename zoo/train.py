@@ -9,7 +9,8 @@
   embeddings, ln_pre) may take a smaller learning rate (layer-wise learning-rate decay,
   Clark et al. 2020; Bao et al. 2022), as large pretrained ViTs barely move it.
 
-Both loops are deterministic given a seed (CPU, fixed thread count).
+Both loops are deterministic given a seed, a thread count and an attention kernel (``fixed_threads``
+and ``attention_kernel``, both fixed by the recipe).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from open_clip.transformer import VisionTransformer
 
 from merging.progress import Progress, silent
@@ -29,6 +31,11 @@ from merging.progress import Progress, silent
 log = logging.getLogger(__name__)
 
 STEM_PREFIXES = ("conv1.", "class_embedding", "positional_embedding", "ln_pre.")
+
+# CPU kernels for scaled dot-product attention. "flash" is PyTorch's CPU default; with the zoo's
+# 17-token sequences its backward pass costs ~11× its forward, and "math" (softmax(QKᵀ/√d)V
+# written out) makes a pretraining step ~1.5× faster at 1 thread (benchmarks/train_step.py).
+ATTENTION_KERNELS = {"flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,16 @@ def fixed_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def attention_kernel(name: str) -> Iterator[None]:
+    """Train with one of ``ATTENTION_KERNELS``. A recipe fixes it, as it fixes the thread count:
+    the kernels round differently, so the trained weights depend on the choice."""
+    if name not in ATTENTION_KERNELS:
+        raise ValueError(f"unknown attention kernel {name!r}; known: {', '.join(ATTENTION_KERNELS)}")
+    with sdpa_kernel(ATTENTION_KERNELS[name]):
+        yield
 
 
 def state_of(encoder: VisionTransformer) -> dict[str, torch.Tensor]:

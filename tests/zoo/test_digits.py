@@ -191,3 +191,28 @@ def test_pretraining_pools_only_the_listed_domains(monkeypatch: pytest.MonkeyPat
     seen.clear()
     D._domain_views(recipe, train.pretrain_config(recipe))
     assert seen == list(recipe["tasks"])
+
+
+def _attention_ops(kernel: str) -> set[str]:
+    """The aten attention ops a forward and backward pass of the tiny encoder runs under ``kernel``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    recipe = D.RECIPES[TINY]
+    encoder = build_encoder(VitConfig(**recipe["model"])).train()
+    images = dd.preprocess(D.task_split(recipe, "tinted", "train")[0][:8])
+    with train.attention_kernel(kernel), profile(activities=[ProfilerActivity.CPU]) as prof:
+        encoder(images).sum().backward()
+    return {e.key for e in prof.key_averages() if "attention" in e.key and e.key.startswith("aten::")}
+
+
+def test_the_recipe_chooses_the_attention_kernel() -> None:
+    """"math" runs attention written out (no flash kernel in forward or backward), "flash" the
+    CPU flash kernel; the choice enters the fingerprint (the weights depend on it), and an
+    unknown name is refused."""
+    assert not any("flash" in op for op in _attention_ops("math"))
+    assert any("flash" in op for op in _attention_ops("flash"))
+    recipe = D.RECIPES[TINY]
+    assert D._pretrain_part({**recipe, "attention": "math"}) != D._pretrain_part(recipe)
+    with pytest.raises(ValueError, match="unknown attention kernel"):
+        with train.attention_kernel("fast"):
+            pass
