@@ -28,7 +28,6 @@ from zoo.model import VitConfig, build_encoder
 log = logging.getLogger("benchmarks.train_step")
 
 
-
 def _timed_steps(run: Callable[[int], None], steps: int) -> float:
     """Median seconds of one step over ``steps`` single-step runs, after one warm-up run."""
     run(1)

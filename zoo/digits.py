@@ -195,7 +195,7 @@ def _task_vector(recipe: Mapping, task: str, theta0: StateDict, head: torch.Tens
 def build(recipe: Mapping, out: Path, progress: Progress | None = None) -> Path:
     """Build the zoo of ``recipe`` into the file ``out`` (atomic) and return ``out``."""
     progress = progress or silent
-    with train.fixed_threads(recipe.get("threads")), train.attention_kernel(recipe.get("attention", "flash")):
+    with train.fixed_threads(recipe.get("threads")), train.attention_kernel(recipe.get("attention")):
         return _build(recipe, out, progress)
 
 

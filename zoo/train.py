@@ -176,9 +176,11 @@ def fixed_threads(count: int | None) -> Iterator[None]:
 
 
 @contextmanager
-def attention_kernel(name: str) -> Iterator[None]:
-    """Train with one of ``ATTENTION_KERNELS``. A recipe fixes it, as it fixes the thread count:
-    the kernels round differently, so the trained weights depend on the choice."""
+def attention_kernel(name: str | None) -> Iterator[None]:
+    """Train with one of ``ATTENTION_KERNELS`` (None: "flash", PyTorch's CPU default, pinned so
+    that recipes trained before the choice existed rebuild the same). A recipe fixes it, as it
+    fixes the thread count: the kernels round differently, so the trained weights depend on it."""
+    name = name or "flash"
     if name not in ATTENTION_KERNELS:
         raise ValueError(f"unknown attention kernel {name!r}; known: {', '.join(ATTENTION_KERNELS)}")
     with sdpa_kernel(ATTENTION_KERNELS[name]):

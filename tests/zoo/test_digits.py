@@ -193,7 +193,7 @@ def test_pretraining_pools_only_the_listed_domains(monkeypatch: pytest.MonkeyPat
     assert seen == list(recipe["tasks"])
 
 
-def _attention_ops(kernel: str) -> set[str]:
+def _attention_ops(kernel: str | None) -> set[str]:
     """The aten attention ops a forward and backward pass of the tiny encoder runs under ``kernel``."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -206,11 +206,12 @@ def _attention_ops(kernel: str) -> set[str]:
 
 
 def test_the_recipe_chooses_the_attention_kernel() -> None:
-    """"math" runs attention written out (no flash kernel in forward or backward), "flash" the
-    CPU flash kernel; the choice enters the fingerprint (the weights depend on it), and an
+    """"math" runs attention written out (no flash kernel in forward or backward), "flash" (and no
+    choice) the CPU flash kernel; the choice enters the fingerprint (the weights depend on it), and an
     unknown name is refused."""
     assert not any("flash" in op for op in _attention_ops("math"))
     assert any("flash" in op for op in _attention_ops("flash"))
+    assert _attention_ops(None) == _attention_ops("flash")  # a recipe without the key: flash, pinned
     recipe = D.RECIPES[TINY]
     assert D._pretrain_part({**recipe, "attention": "math"}) != D._pretrain_part(recipe)
     with pytest.raises(ValueError, match="unknown attention kernel"):
