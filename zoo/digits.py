@@ -3,10 +3,11 @@ digit images, then fine-tuned per task with frozen class-embedding heads, on the
 ``zoo.digits_data``. A miniature of the 8-task ViT-B/32 setting of Ilharco et al. 2023 and of
 "No Task Left Behind" (Marczak et al., ICML 2025, §5).
 
-Heads are zero-shot style (CLIP, Radford et al. 2021, §3.1.4): one fixed embedding per digit,
-the mean pretrained feature of that digit in a neutral "prompt" rendering that no task uses;
-a label-map class (e.g. "even") embeds as the mean of its digits' embeddings. Heads are shared
-by all 10-class tasks and never trained.
+Heads are zero-shot style (CLIP, Radford et al. 2021, §3.1.4): one fixed embedding per digit
+and task, a prompt ensemble of the mean pretrained feature of that digit in a neutral "prompt"
+rendering that no task uses and in the task's palette prompt (its colours, the digit upright and
+centred), weighted by the recipe's ``palette_prompt``; a label-map class (e.g. "even") embeds as
+the mean of its digits' embeddings. Heads are never trained.
 
 Everything follows from a *recipe* (a dict); its hash is the fingerprint. Built zoos live in
 ``$ISOSCOPE_CACHE/zoo`` (default ``~/.cache/isoscope``); pretraining and each task's fine-tuning
@@ -53,7 +54,8 @@ RECIPES: dict[str, dict] = {
         "finetune": {"steps": 100, "batch": 64, "lr": 3e-4, "weight_decay": 0.0, "stem_lr_scale": 0.1,
                      "logit_scale": 30.0},
         # colour, texture and label-map tasks train longer and harder than the geometric ones
-        "task_finetune": {t: {"steps": 600, "lr": 4.5e-4} for t in ("tinted", "noisy", "parity", "magnitude")},
+        "task_finetune": {t: {"steps": 600, "lr": 5.5e-4} for t in ("tinted", "noisy", "parity", "magnitude")},
+        "palette_prompt": 0.35,  # each head ensembles the neutral prompt and the task's palette prompt
     },
     "digits-tiny": {
         "version": RECIPE_VERSION, "seed": 0, "tasks": list(dd.TASKS),
@@ -78,6 +80,11 @@ def _pretrain_part(recipe: Mapping) -> dict:
     return {k: recipe[k] for k in keys if k in recipe}
 
 
+def _head_part(recipe: Mapping) -> dict:
+    """What of the recipe shapes the heads beyond θ0 (a fine-tune depends on its frozen head)."""
+    return {k: recipe[k] for k in ("palette_prompt",) if k in recipe}
+
+
 def cache_dir() -> Path:
     """``$ISOSCOPE_CACHE/zoo`` (default ``~/.cache/isoscope/zoo``)."""
     return cache_root() / "zoo"
@@ -95,10 +102,16 @@ def task_split(recipe: Mapping, task: str, split: str) -> tuple[torch.Tensor, to
     return dd.render_split(dd.TASKS[task], indices, _seed(recipe, task, split))
 
 
-def _prompt_images(recipe: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+def _train_digits(recipe: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+    """The base images (N, 8, 8) and digits (N,) of the train split (prompts are rendered from them)."""
     images, digits = dd.base_digits()
     train_idx = dd.split_indices(recipe["data"], recipe["seed"])["train"]
-    return dd.render_prompt(images[train_idx]), digits[train_idx]
+    return images[train_idx], digits[train_idx]
+
+
+def _prompt_images(recipe: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+    images, digits = _train_digits(recipe)
+    return dd.render_prompt(images), digits
 
 
 def _domain_views(recipe: Mapping, cfg: train.PretrainConfig) -> train.Views:
@@ -137,12 +150,35 @@ VIEWS = {"domains": _domain_views, "styles": _style_views}
 
 # --- heads -----------------------------------------------------------------------------------
 
-def digit_embeddings(pretrained: StateDict, recipe: Mapping) -> torch.Tensor:
-    """One unit embedding per digit (10, D): the mean θ0 feature of its prompt renderings."""
-    images, digits = _prompt_images(recipe)
-    feats = encode(load_encoder(pretrained, VitConfig(**recipe["model"]), "cpu"), dd.preprocess(images))
+def _digit_means(encoder: torch.nn.Module, images: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:
+    """One unit embedding per digit (10, D): the mean feature of that digit's images."""
+    feats = encode(encoder, dd.preprocess(images))  # (N, D)
     means = torch.stack([feats[digits == d].mean(0) for d in range(10)])  # (10, D)
     return torch.nn.functional.normalize(means, dim=-1)
+
+
+def digit_embeddings(pretrained: StateDict, recipe: Mapping) -> torch.Tensor:
+    """One unit embedding per digit (10, D): the mean θ0 feature of its neutral prompt renderings."""
+    images, digits = _prompt_images(recipe)
+    return _digit_means(load_encoder(pretrained, VitConfig(**recipe["model"]), "cpu"), images, digits)
+
+
+def head_embeddings(pretrained: StateDict, recipe: Mapping) -> dict[str, torch.Tensor]:
+    """Each task's digit embeddings (10, D): a weighted prompt ensemble, as CLIP averages the
+    embeddings of several templates, of the neutral prompt and the task's palette prompt
+    (``DigitTask.prompt``) with the recipe's weight ``palette_prompt`` (absent: 0, every task
+    shares the neutral prompt's embeddings)."""
+    neutral = digit_embeddings(pretrained, recipe)  # (10, D)
+    weight = float(recipe.get("palette_prompt", 0.0))
+    if not weight:
+        return {task: neutral for task in recipe["tasks"]}
+    encoder = load_encoder(pretrained, VitConfig(**recipe["model"]), "cpu")
+    images, digits = _train_digits(recipe)
+    out = {}
+    for task in recipe["tasks"]:
+        palette = _digit_means(encoder, dd.TASKS[task].prompt(images), digits)  # (10, D)
+        out[task] = torch.nn.functional.normalize((1 - weight) * neutral + weight * palette, dim=-1)
+    return out
 
 
 def task_head(task: str, digit_emb: torch.Tensor) -> torch.Tensor:
@@ -177,7 +213,7 @@ def _task_vector(recipe: Mapping, task: str, theta0: StateDict, head: torch.Tens
                  progress: Progress) -> StateDict:
     """τt (fp16) from the fine-tuning cache or trained now from θ0 with the frozen head."""
     key = fingerprint_of({"pretrain": _pretrain_part(recipe), "finetune": train.finetune_settings(recipe, task),
-                          "task": task})
+                          "task": task, **_head_part(recipe)})
     path = cache_dir() / f"finetune-{task}-{key}.safetensors"
     if path.is_file():
         return load_state_dict(path)
@@ -201,11 +237,11 @@ def build(recipe: Mapping, out: Path, progress: Progress | None = None) -> Path:
 
 def _build(recipe: Mapping, out: Path, progress: Progress) -> Path:
     theta0 = _pretrained_state(recipe, scaled(progress, 0.0, 0.4))
-    emb = digit_embeddings({k: v.float() for k, v in theta0.items()}, recipe)
+    embeddings = head_embeddings({k: v.float() for k, v in theta0.items()}, recipe)
     tensors: StateDict = {f"pretrained.{k}": v for k, v in theta0.items()}
     tasks = list(recipe["tasks"])
     for i, task in enumerate(tasks):
-        head = task_head(task, emb)
+        head = task_head(task, embeddings[task])
         span = scaled(progress, 0.4 + 0.6 * i / len(tasks), 0.4 + 0.6 * (i + 1) / len(tasks))
         tau = _task_vector(recipe, task, theta0, head, span)
         tensors.update({f"task_vector.{task}.{k}": v for k, v in tau.items()})

@@ -20,16 +20,20 @@ import torch.nn.functional as F
 
 IMAGE_SIZE = 32
 DIGITS = tuple((d,) for d in range(10))
-Render = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (N, 8, 8) -> (N, 3, 32, 32)
+RGB = tuple[float, float, float]
+Shape = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (N, 8, 8) -> stroke mask (N, 1, 32, 32)
+Paper = Callable[[int], torch.Tensor]  # n -> background (n, 3, 32, 32)
 
 
 @dataclass(frozen=True)
 class DigitTask:
-    """One task: how its images look and which digits each of its classes holds."""
+    """One task: the stroke it draws, its ink and paper colours, and which digits each class holds."""
 
     name: str
     description: str
-    render: Render
+    shape: Shape
+    ink: RGB
+    paper: RGB | Paper
     classes: tuple[tuple[int, ...], ...] = DIGITS  # class c holds these digits
     class_names: tuple[str, ...] = tuple(str(d) for d in range(10))
 
@@ -39,6 +43,19 @@ class DigitTask:
         for c, members in enumerate(self.classes):
             table[list(members)] = c
         return table[digits]
+
+    def _background(self, n: int) -> torch.Tensor | RGB:
+        return self.paper(n) if callable(self.paper) else self.paper
+
+    def render(self, digits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The task's images (N, 3, 32, 32) of base digits (N, 8, 8)."""
+        return _paint(self.shape(digits, gen), self.ink, self._background(digits.shape[0]))
+
+    def prompt(self, digits: torch.Tensor) -> torch.Tensor:
+        """The task's palette prompt (N, 3, 32, 32): its ink on its paper, the digit upright and
+        centred, without the task's transformation, layout or noise (what a CLIP prompt naming the
+        domain, "a red digit on green", would say of it)."""
+        return _paint(_centred(digits), self.ink, self._background(digits.shape[0]))
 
 
 @lru_cache(maxsize=1)
@@ -75,16 +92,15 @@ def _centre(mask: torch.Tensor) -> torch.Tensor:
     return F.pad(mask, (pad, IMAGE_SIZE - mask.shape[-1] - pad) * 2)  # (N, 1, 32, 32)
 
 
-def _paint(mask: torch.Tensor, fg: tuple[float, float, float], bg: torch.Tensor | tuple[float, float, float]
-           ) -> torch.Tensor:
+def _paint(mask: torch.Tensor, fg: RGB, bg: torch.Tensor | RGB) -> torch.Tensor:
     """Colour a mask (N, 1, H, W): fg where the stroke is, bg elsewhere."""
     fg_t = torch.tensor(fg).view(1, 3, 1, 1)
     bg_t = bg if isinstance(bg, torch.Tensor) else torch.tensor(bg).view(1, 3, 1, 1)
     return (bg_t * (1 - mask) + fg_t * mask).clamp(0, 1)  # (N, 3, H, W)
 
 
-def _centred(digits: torch.Tensor) -> torch.Tensor:
-    return _centre(_upsample(digits, 24))
+def _centred(digits: torch.Tensor, _g: torch.Generator | None = None) -> torch.Tensor:
+    return _centre(_upsample(digits, 24))  # (N, 1, 32, 32)
 
 
 def render_prompt(digits: torch.Tensor, _gen: torch.Generator | None = None) -> torch.Tensor:
@@ -92,20 +108,12 @@ def render_prompt(digits: torch.Tensor, _gen: torch.Generator | None = None) -> 
     return _paint(_centred(digits), (1, 1, 1), (0, 0, 0))
 
 
-def _inverted(d: torch.Tensor, _g: torch.Generator) -> torch.Tensor:
-    return _paint(_centred(d), (0.05, 0.05, 0.1), (0.95, 0.93, 0.88))
-
-
-def _tinted(d: torch.Tensor, _g: torch.Generator) -> torch.Tensor:
-    return _paint(_centred(d), (0.95, 0.2, 0.1), (0.1, 0.45, 0.15))
-
-
 def _rotated(d: torch.Tensor, _g: torch.Generator) -> torch.Tensor:
-    return _paint(torch.rot90(_centred(d), 1, dims=(-2, -1)), (1.0, 0.9, 0.1), (0.05, 0.1, 0.5))
+    return torch.rot90(_centred(d), 1, dims=(-2, -1))
 
 
 def _mirrored(d: torch.Tensor, _g: torch.Generator) -> torch.Tensor:
-    return _paint(torch.flip(_centred(d), dims=(-1,)), (0.95, 0.95, 0.95), (0.45, 0.1, 0.45))
+    return torch.flip(_centred(d), dims=(-1,))
 
 
 def _corner(d: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -116,12 +124,12 @@ def _corner(d: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     for q in range(4):
         rows, cols = (q // 2) * 16, (q % 2) * 16
         canvas[quadrant == q, :, rows:rows + 16, cols:cols + 16] = small[quadrant == q]
-    return _paint(canvas, (0.2, 0.95, 0.95), (0.0, 0.0, 0.0))
+    return canvas
 
 
 def _noisy(d: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     noise = 0.3 * torch.rand(d.shape[0], 1, IMAGE_SIZE, IMAGE_SIZE, generator=g)
-    return _paint((_centred(d) + noise).clamp(0, 1), (1.0, 0.55, 0.1), (0.1, 0.1, 0.1))
+    return (_centred(d) + noise).clamp(0, 1)
 
 
 def _stripes(n: int) -> torch.Tensor:
@@ -130,15 +138,11 @@ def _stripes(n: int) -> torch.Tensor:
     return bg  # (n, 3, 32, 32) vertical grey stripes
 
 
-def _parity(d: torch.Tensor, _g: torch.Generator) -> torch.Tensor:
-    return _paint(_centred(d), (0.0, 0.35, 0.0), _stripes(d.shape[0]))
-
-
-def _magnitude(d: torch.Tensor, _g: torch.Generator) -> torch.Tensor:
-    """A thick, blurred digit (large upsample, then cropped) in pale blue on dark red."""
+def _thick(d: torch.Tensor, _g: torch.Generator) -> torch.Tensor:
+    """A thick, blurred digit (large upsample, then cropped)."""
     big = _upsample(d, 40)[:, :, 4:36, 4:36]  # (N, 1, 32, 32)
     blurred = F.avg_pool2d(big, 3, stride=1, padding=1, count_include_pad=False)
-    return _paint((1.5 * blurred).clamp(0, 1), (0.7, 0.8, 1.0), (0.4, 0.05, 0.05))
+    return (1.5 * blurred).clamp(0, 1)
 
 
 def random_style(digits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -166,16 +170,20 @@ def random_style(digits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 TASKS: dict[str, DigitTask] = {t.name: t for t in (
-    DigitTask("inverted", "Dark ink on white paper; which digit (10 classes).", _inverted),
-    DigitTask("tinted", "Red digits on a green background; which digit.", _tinted),
-    DigitTask("rotated", "Digits rotated 90° counter-clockwise, yellow on blue; which digit.", _rotated),
-    DigitTask("mirrored", "Mirror-image digits, white on purple; which digit.", _mirrored),
-    DigitTask("corner", "A half-size digit in a random quadrant, cyan on black; which digit.", _corner),
-    DigitTask("noisy", "Orange digits in heavy pixel noise; which digit.", _noisy),
-    DigitTask("parity", "Green digits on grey stripes; even or odd (label map).", _parity,
+    DigitTask("inverted", "Dark ink on white paper; which digit (10 classes).", _centred,
+              (0.05, 0.05, 0.1), (0.95, 0.93, 0.88)),
+    DigitTask("tinted", "Red digits on a green background; which digit.", _centred, (0.95, 0.2, 0.1), (0.1, 0.45, 0.15)),
+    DigitTask("rotated", "Digits rotated 90° counter-clockwise, yellow on blue; which digit.", _rotated,
+              (1.0, 0.9, 0.1), (0.05, 0.1, 0.5)),
+    DigitTask("mirrored", "Mirror-image digits, white on purple; which digit.", _mirrored,
+              (0.95, 0.95, 0.95), (0.45, 0.1, 0.45)),
+    DigitTask("corner", "A half-size digit in a random quadrant, cyan on black; which digit.", _corner,
+              (0.2, 0.95, 0.95), (0.0, 0.0, 0.0)),
+    DigitTask("noisy", "Orange digits in heavy pixel noise; which digit.", _noisy, (1.0, 0.55, 0.1), (0.1, 0.1, 0.1)),
+    DigitTask("parity", "Green digits on grey stripes; even or odd (label map).", _centred, (0.0, 0.35, 0.0), _stripes,
               ((0, 2, 4, 6, 8), (1, 3, 5, 7, 9)), ("even", "odd")),
-    DigitTask("magnitude", "Thick blurred digits, blue on dark red; 0-4 or 5-9 (label map).", _magnitude,
-              ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9)), ("0-4", "5-9")),
+    DigitTask("magnitude", "Thick blurred digits, blue on dark red; 0-4 or 5-9 (label map).", _thick,
+              (0.7, 0.8, 1.0), (0.4, 0.05, 0.05), ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9)), ("0-4", "5-9")),
 )}
 
 

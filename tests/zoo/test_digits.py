@@ -181,6 +181,58 @@ def test_a_task_override_retrains_that_task_alone(tiny: D.DigitsZoo, tmp_path: P
     assert trained == [(3, 1e-3)]
 
 
+def test_a_palette_prompt_is_the_task_rendered_upright_and_centred() -> None:
+    digits = dd.base_digits()[0][:12]  # (12, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    for name in ("inverted", "tinted", "parity"):  # these tasks draw the digit upright and centred
+        assert torch.equal(dd.TASKS[name].prompt(digits), dd.TASKS[name].render(digits, gen)), name
+    rotated = dd.TASKS["rotated"]
+    assert torch.equal(torch.rot90(rotated.prompt(digits), 1, dims=(-2, -1)), rotated.render(digits, gen))
+    noisy = dd.TASKS["noisy"]
+    assert not torch.equal(noisy.prompt(digits), noisy.render(digits, gen))  # the noise is not in the prompt
+    assert torch.equal(noisy.prompt(digits)[:, :, 0, 0], torch.tensor([noisy.paper] * 12))
+
+
+def test_palette_prompt_heads_are_a_weighted_prompt_ensemble(tiny: D.DigitsZoo) -> None:
+    """Each task's digit embeddings are normalize((1 − w)·neutral + w·palette), the palette
+    embeddings computed here by a plain forward pass over the task's prompt renderings."""
+    recipe, theta0 = {**D.RECIPES[TINY], "palette_prompt": 0.4}, tiny.pretrained()
+    encoder = build_encoder(tiny.config)
+    encoder.load_state_dict(theta0)
+    images, digits = D._train_digits(recipe)
+    neutral = D.digit_embeddings(theta0, recipe)  # (10, D)
+    got = D.head_embeddings(theta0, recipe)
+    for task in ("tinted", "rotated", "parity"):
+        with torch.no_grad():
+            feats = torch.nn.functional.normalize(encoder.eval()(dd.preprocess(dd.TASKS[task].prompt(images))), dim=-1)
+        palette = torch.nn.functional.normalize(torch.stack([feats[digits == d].mean(0) for d in range(10)]), dim=-1)
+        expected = torch.nn.functional.normalize(0.6 * neutral + 0.4 * palette, dim=-1)
+        torch.testing.assert_close(got[task], expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got["tinted"], got["rotated"], atol=1e-3)  # heads now differ by task
+    shared = D.head_embeddings(theta0, D.RECIPES[TINY])
+    assert all(torch.equal(shared[t], neutral) for t in tiny.tasks)
+
+
+def test_a_palette_prompt_retrains_every_task_against_its_own_head(tiny: D.DigitsZoo, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heads enter the fine-tuning cache key: a recipe that only adds ``palette_prompt``
+    keeps θ0 but fine-tunes every task again, each against the head the built zoo stores."""
+    recipe = {**D.RECIPES[TINY], "palette_prompt": 0.5}
+    real, heads = train.finetune, []
+
+    def recording(encoder, images, labels, head, cfg, *rest, **kwargs):  # noqa: ANN001, ANN202
+        heads.append(head.clone())
+        return real(encoder, images, labels, head, cfg, *rest, **kwargs)
+
+    monkeypatch.setattr(train, "pretrain", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    monkeypatch.setattr(train, "finetune", recording)
+    built = D.DigitsZoo(D.build(recipe, tmp_path / "palette.safetensors"))
+    assert len(heads) == len(recipe["tasks"])
+    for task, head in zip(recipe["tasks"], heads):
+        torch.testing.assert_close(built.heads[task], head)
+    assert not torch.allclose(built.heads["tinted"], tiny.heads["tinted"], atol=1e-3)
+
+
 def test_pretraining_pools_only_the_listed_domains(monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = D.RECIPES[TINY]
     seen: list[str] = []
