@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -157,10 +157,16 @@ def _digit_means(encoder: torch.nn.Module, images: torch.Tensor, digits: torch.T
     return torch.nn.functional.normalize(means, dim=-1)
 
 
+def _prompt_embeddings(encoder: torch.nn.Module, recipe: Mapping, render: Callable[[torch.Tensor], torch.Tensor]
+                       ) -> torch.Tensor:
+    """One unit embedding per digit (10, D): the mean feature of the train digits drawn by ``render``."""
+    images, digits = _train_digits(recipe)
+    return _digit_means(encoder, render(images), digits)
+
+
 def digit_embeddings(pretrained: StateDict, recipe: Mapping) -> torch.Tensor:
     """One unit embedding per digit (10, D): the mean θ0 feature of its neutral prompt renderings."""
-    images, digits = _prompt_images(recipe)
-    return _digit_means(load_encoder(pretrained, VitConfig(**recipe["model"]), "cpu"), images, digits)
+    return _prompt_embeddings(load_encoder(pretrained, VitConfig(**recipe["model"]), "cpu"), recipe, dd.render_prompt)
 
 
 def head_embeddings(pretrained: StateDict, recipe: Mapping) -> dict[str, torch.Tensor]:
@@ -168,15 +174,14 @@ def head_embeddings(pretrained: StateDict, recipe: Mapping) -> dict[str, torch.T
     embeddings of several templates, of the neutral prompt and the task's palette prompt
     (``DigitTask.prompt``) with the recipe's weight ``palette_prompt`` (absent: 0, every task
     shares the neutral prompt's embeddings)."""
-    neutral = digit_embeddings(pretrained, recipe)  # (10, D)
+    encoder = load_encoder(pretrained, VitConfig(**recipe["model"]), "cpu")
+    neutral = _prompt_embeddings(encoder, recipe, dd.render_prompt)  # (10, D)
     weight = float(recipe.get("palette_prompt", 0.0))
     if not weight:
         return {task: neutral for task in recipe["tasks"]}
-    encoder = load_encoder(pretrained, VitConfig(**recipe["model"]), "cpu")
-    images, digits = _train_digits(recipe)
     out = {}
     for task in recipe["tasks"]:
-        palette = _digit_means(encoder, dd.TASKS[task].prompt(images), digits)  # (10, D)
+        palette = _prompt_embeddings(encoder, recipe, dd.TASKS[task].prompt)  # (10, D)
         out[task] = torch.nn.functional.normalize((1 - weight) * neutral + weight * palette, dim=-1)
     return out
 
