@@ -242,11 +242,11 @@ def sweep(data: dict[str, list[torch.Tensor]]) -> tuple[float, float, list[float
 
 # -- streaming ----------------------------------------------------------------------------------
 
-def vit_l14_state(gen: torch.Generator, base: dict[str, torch.Tensor] | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Every tensor of an open_clip ViT-L/14 visual tower (304M parameters), random."""
-    width, layers, grid = 1024, 24, 16
+def visual_tower_spec(width: int, layers: int, patch: int, grid: int, out: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(key, shape) of every tensor of an open_clip visual tower (ViT-B/32: 768, 12, 32, 7, 512;
+    ViT-L/14: 1024, 24, 14, 16, 768)."""
     spec: list[tuple[str, tuple[int, ...]]] = [
-        ("conv1.weight", (width, 3, 14, 14)), ("class_embedding", (width,)),
+        ("conv1.weight", (width, 3, patch, patch)), ("class_embedding", (width,)),
         ("positional_embedding", (grid * grid + 1, width)), ("ln_pre.weight", (width,)), ("ln_pre.bias", (width,))]
     for b in range(layers):
         p = f"transformer.resblocks.{b}."
@@ -256,9 +256,13 @@ def vit_l14_state(gen: torch.Generator, base: dict[str, torch.Tensor] | None, dt
                  (p + "ln_2.weight", (width,)), (p + "ln_2.bias", (width,)),
                  (p + "mlp.c_fc.weight", (4 * width, width)), (p + "mlp.c_fc.bias", (4 * width,)),
                  (p + "mlp.c_proj.weight", (width, 4 * width)), (p + "mlp.c_proj.bias", (width,))]
-    spec += [("ln_post.weight", (width,)), ("ln_post.bias", (width,)), ("proj", (width, 768))]
+    return spec + [("ln_post.weight", (width,)), ("ln_post.bias", (width,)), ("proj", (width, out))]
+
+
+def vit_l14_state(gen: torch.Generator, base: dict[str, torch.Tensor] | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor of an open_clip ViT-L/14 visual tower (304M parameters), random."""
     out = {}
-    for key, shape in spec:
+    for key, shape in visual_tower_spec(width=1024, layers=24, patch=14, grid=16, out=768):
         noise = torch.randn(*shape, generator=gen)
         out[key] = ((0.02 * noise) if base is None else (base[key].float() + 1e-3 * noise)).to(dtype)
     return out

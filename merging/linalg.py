@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 
+from merging import routes
 from merging.errors import NonFiniteError
 from merging.tensors import all_finite as _all_finite
 
@@ -123,6 +124,7 @@ def _tall_svd(a: torch.Tensor) -> SVD:
         if _finite(u, s, vh):
             if name != "lapack":
                 log.info("svd of %s %s succeeded with %s", tuple(a.shape), a.dtype, name)
+            routes.taken(routes.FULL_SVD if name == "lapack" else f"{routes.FULL_SVD} ({name})")
             return u.to(a.dtype), s.to(a.dtype), vh.to(a.dtype)
         log.info("svd %s returned non-finite values on %s; trying the next kernel", name, tuple(a.shape))
     raise NonFiniteError(f"SVD of a {tuple(a.shape)} matrix failed with every kernel")  # pragma: no cover
@@ -193,7 +195,9 @@ def _gram_eigh(tall: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     except RuntimeError:
         return None
     if not _finite(lam, w) or lam[-1] <= 0 or lam[0] < lam[-1] / max_cond ** 2:
+        routes.taken(f"{routes.GRAM_EIGH} refused")
         return None
+    routes.taken(routes.GRAM_EIGH)
     return lam, w
 
 
@@ -317,6 +321,7 @@ def _newton_polar(a: torch.Tensor, max_cond: float = NEWTON_MAX_COND) -> tuple[t
         q = _newton_schulz(q, g)
     if not _finite(q):
         return None
+    routes.taken(routes.NEWTON)
     return q, (q * a).sum() / a.shape[0]
 
 
@@ -398,8 +403,10 @@ def largest_eigh(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     if a.device.type == "cpu" and 0 < k <= SUBSET_EIGH_MAX_SHARE * n and _all_finite(a):
         got = _subset_eigh(a, k)
         if got is not None:
+            routes.taken(routes.SUBSET_EIGH)
             return got
     lam, w = torch.linalg.eigh(a)  # ascending (n,), (n, n)
+    routes.taken(routes.FULL_EIGH)
     return lam.flip(0)[:k], w.flip(1)[:, :k]
 
 
@@ -502,6 +509,8 @@ def top_eigh(m: torch.Tensor, s: int, start: torch.Tensor | None = None) -> tupl
         theta, x, ok = _krylov_top(batch, s, width, seed)
         lam[ok], w[ok] = theta[ok], x[ok]
         todo = [i for i in todo if not bool(ok[i])]
+        for _ in range(int(ok.sum())):
+            routes.taken(routes.KRYLOV)
     for i in todo:
         lam[i], w[i] = largest_eigh(batch[i], s)
     return lam.reshape(*m.shape[:-2], s), w.reshape(*m.shape[:-2], n, s)
@@ -636,6 +645,7 @@ def polar_extended(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     qc, phi, lam = _extended(c, r_perp)
     if not _finite(lam, phi) or lam[0] < 1e-10 * lam[-1]:
         return polar(torch.cat([q, x], 1))
+    routes.taken(routes.POLAR_EXTENDED)
     if lam[0] >= FLOAT32_APPLY_ABOVE * lam[-1]:
         return _apply_extended(q, q @ c + q_perp @ r_perp, qc, phi)
     q64 = q.double()  # the correction grows like κ: its float32 rounding would show as ~ε·κ

@@ -22,14 +22,15 @@ from typing import Any
 
 import torch
 
+from merging import routes
 from merging.device import pick_device
 from merging.errors import MismatchError
 from merging.io import open_checkpoint, safetensors_writer
 from merging.methods.common import Layer
 from merging.progress import Progress, scaled, silent
 from merging.registry import Method, get_method
-from merging.tensors import (COMPUTE_DTYPE, StateDict, check_compatible, check_finite, is_matrix, shape_of,
-                             task_vector)
+from merging.tensors import (COMPUTE_DTYPE, StateDict, all_finite, check_compatible, check_finite, is_matrix,
+                             shape_of, task_vector)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def effective_alpha(fixed: float | None, alpha: float | None) -> float:
 
 
 def _layer_delta(method: Method, params: Mapping[str, Any], layer: Layer) -> torch.Tensor:
-    delta = method.fn(layer, params)
+    with routes.layer(layer.taus[0].shape):
+        delta = method.fn(layer, params)
     if delta.shape != layer.taus[0].shape:  # pragma: no cover - a method bug, not user input
         raise RuntimeError(f"{method.name} returned {tuple(delta.shape)} for {layer.key}")
     return delta
@@ -220,11 +222,34 @@ class Merger:
                 self._shared[name] = prepare(self.task_vector, self.num_tasks, values)
             return self._shared[name]
 
+    def _streamed_sum(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(θ0[key], Σt τt[key]) for a key not in the cache, without keeping its task vectors: each
+        τt = θt − θ0 goes through one scratch buffer into the sum, in the order ``Layer.total``
+        adds them (so the sum is bitwise the same). None when the sum is not finite: the regular
+        path then reads every τt and names the one holding NaN/Inf."""
+        with self._lock:
+            if key in self._entries:
+                return None
+        pre = self._read_pretrained(key)
+        fts = self._sources[1]
+        total = task_vector(pre, fts[0][key].to(self.device))
+        scratch = torch.empty_like(total) if self.num_tasks > 1 else None
+        for ft in fts[1:]:
+            torch.sub(ft[key].to(self.device, COMPUTE_DTYPE), pre, out=scratch)
+            total += scratch
+        return (pre, total) if all_finite(total) else None
+
     def layer_update(self, key: str, method: str | Method, params: Mapping[str, float] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(base, Δ) of ``method`` for one key: equal to that key of the whole-model ``update``."""
+        """(base, Δ) of ``method`` for one key: equal to that key of the whole-model ``update``.
+        Δ is the caller's own tensor (never one the cache holds)."""
         spec = _method(method)
         values = spec.resolve(params)
+        if spec.sum_only and key in self.shapes:
+            with self._key_lock(key):
+                streamed = self._streamed_sum(key)
+            if streamed is not None:
+                return streamed
         shared = self.shared(spec, values)
         with self._locked(key, shared) as (entry, layer):
             delta = _layer_delta(spec, values, layer)
@@ -263,7 +288,7 @@ class Merger:
         report = progress or silent
         for i, key in enumerate(self.keys):
             base, delta = self.layer_update(key, spec, values)
-            yield key, (base + a * delta).cpu()
+            yield key, delta.mul_(a).add_(base).cpu()  # = base + a·Δ, in Δ's own buffer
             report((i + 1) / len(self.keys), f"{spec.display_name}: {key}")
 
     def merged(self, method: str, params: Mapping[str, float] | None = None,

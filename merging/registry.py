@@ -75,7 +75,9 @@ class Method:
     method's own order (the analysis reads spectra and SAR from them instead of an SVD of Δ; on a
     flat spectrum that order is the deterministic basis SAR uses). ``spectrum``: optional; Δ's
     singular values alone, cheaper than the factors (no polar factor), for views that draw σ.
-    ``color``: the method's colour in every figure of the app and the report."""
+    ``color``: the method's colour in every figure of the app and the report. ``sum_only``: Δ is
+    Σt τt on every key (Task Arithmetic, weight averaging), so a merge may stream the sum from the
+    checkpoints without holding the T task vectors of a key."""
 
     name: str
     display_name: str
@@ -90,6 +92,7 @@ class Method:
     base: Base = "pretrained"
     factors: Factors | None = None
     spectrum: Spectrum | None = None
+    sum_only: bool = False
 
     def alpha_for(self, num_tasks: int) -> float | None:
         """The α this method fixes for ``num_tasks`` tasks, or None when α is free."""

@@ -19,4 +19,5 @@ METHOD = register(Method(
     fn=task_arithmetic,  # Δ = Σt τt; the merge applies α = 1/T
     color="#868E96",
     fixed_alpha=FixedAlpha(rule=lambda num_tasks: 1.0 / num_tasks, label="1/T"),
+    sum_only=True,
 ))
