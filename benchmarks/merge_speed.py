@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -36,9 +37,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from merging import routes
 from merging.methods.common import Layer
 from merging.registry import get_method
-from merging.runtime import use_huge_pages
+from merging.runtime import HUGE_PAGES_ENV, use_huge_pages
 from tests.merging import reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,8 +121,15 @@ def engine_key(name: str, key: str, taus: list[torch.Tensor], cache: dict | None
                params: dict | None = None) -> torch.Tensor:
     """The engine's per-layer method function on one key; a fresh cache unless one is given."""
     spec = get_method(name)
-    return spec.fn(Layer(key=key, taus=taus, matrix=True, cache={} if cache is None else cache),
-                   spec.resolve(params))
+    with routes.layer(taus[0].shape):
+        return spec.fn(Layer(key=key, taus=taus, matrix=True, cache={} if cache is None else cache),
+                       spec.resolve(params))
+
+
+def route_lines(name: str, summary: dict[str, dict[str, int]]) -> list[str]:
+    """One line per layer shape: the routes ``name`` took there and how often."""
+    return [f"  {name:9s} {shape:>10s}: " + ", ".join(f"{route} ×{n}" for route, n in counts.items())
+            for shape, counts in summary.items()]
 
 
 def run_reference(name: str, data: dict[str, list[torch.Tensor]]) -> tuple[dict[str, torch.Tensor | None], float, int]:
@@ -209,15 +218,19 @@ def arbitrate(name: str, key: str, taus: list[torch.Tensor], eng: torch.Tensor, 
 
 def compare(data: dict[str, list[torch.Tensor]], methods: Sequence[str], with_reference: bool,
             repeat: int = 1) -> list[tuple]:
-    rows, all_notes = [], []
+    rows, all_notes, taken = [], [], []
     for name in methods:
-        got = interleaved(name, data, repeat, with_reference)
+        with routes.recording() as log_:
+            got = interleaved(name, data, repeat, with_reference)
+        taken += route_lines(name, log_.summary())
         rows.append((name, got["ref_s"], got["eng_s"], got["ref_s"] / got["eng_s"], got["diff"], got["fails"],
                      got["ref_rss"], got["eng_rss"]))
         print_row(rows[-1])
         all_notes.extend(got["notes"])
     for line in all_notes:
         print(line)
+    print("Routes the engine took per layer shape (calls, summed over tasks, layers and repeats):")
+    print("\n".join(taken))
     return rows
 
 
@@ -298,6 +311,65 @@ def streaming(tasks: int, method: str, folder: Path, dtype: torch.dtype = torch.
     return size, wall, rss
 
 
+# -- the CLI end to end ---------------------------------------------------------------------------
+
+def write_checkpoints(data: dict[str, list[torch.Tensor]], folder: Path, seed: int = 0) -> tuple[Path, list[Path]]:
+    """θ0 (random) and θt = θ0 + τt as float32 safetensors files in ``folder``."""
+    gen = torch.Generator().manual_seed(seed)
+    pre = {key: 0.02 * torch.randn(*taus[0].shape, generator=gen) for key, taus in data.items()}
+    save_file(pre, str(folder / "pre.safetensors"))
+    fts = []
+    for t in range(len(next(iter(data.values())))):
+        fts.append(folder / f"ft{t}.safetensors")
+        save_file({key: pre[key] + taus[t] for key, taus in data.items()}, str(fts[-1]))
+    return folder / "pre.safetensors", fts
+
+
+def cli_seconds(pre: Path, fts: list[Path], method: str, out: Path, huge_pages: str | None) -> float:
+    """Wall seconds of ``python -m merging merge`` in a new process (start, reading and writing
+    included); ``huge_pages`` forces THP_MEM_ALLOC_ENABLE, None lets the CLI decide."""
+    env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_ENV}
+    env.update({} if huge_pages is None else {HUGE_PAGES_ENV: huge_pages})
+    cmd = [sys.executable, "-m", "merging", "merge", "--pretrained", str(pre), "--finetuned", *map(str, fts),
+           "--method", method, "--device", "cpu", "--out", str(out)]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"CLI merge failed: {done.stderr.strip()}")
+    return time.perf_counter() - start
+
+
+def cli_end_to_end(blocks: int, tasks: int, repeat: int, method: str = "iso_cts") -> dict[str, float]:
+    """Best-of-``repeat`` seconds of the plain reference in this process, the engine in this
+    process, and the CLI end to end (huge pages as the CLI decides, and forced on), alternated."""
+    data = workload(blocks, tasks, smooth_task_matrix)
+    runs: dict[str, Callable[[], object]] = {
+        "reference": lambda: run_reference(method, data),
+        "engine": lambda: run_engine(method, data, keep=False),
+    }
+    with tempfile.TemporaryDirectory(prefix="isoscope-cli-") as tmp:
+        pre, fts = write_checkpoints(data, Path(tmp))
+        out = Path(tmp) / "merged.safetensors"
+        runs["cli"] = lambda: cli_seconds(pre, fts, method, out, None)
+        runs["cli, huge pages on"] = lambda: cli_seconds(pre, fts, method, out, "1")
+        best = dict.fromkeys(runs, float("inf"))
+        for rep in range(repeat):
+            for name in (list(runs) if rep % 2 == 0 else list(runs)[::-1]):
+                start = time.perf_counter()
+                runs[name]()
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def cli_lines(best: dict[str, float], blocks: int, tasks: int, method: str = "iso_cts") -> list[str]:
+    """The reference's time over each side's: the in-process and the end-to-end ratios."""
+    ref = best["reference"]
+    lines = [f"{method} on {blocks} ViT-B/32 blocks, T = {tasks}: plain reference in-process {ref:.2f} s"]
+    lines += [f"  {name:20s} {sec:6.2f} s = {ref / sec:.2f}× the reference" for name, sec in best.items()
+              if name != "reference"]
+    return lines
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -315,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stream-method", default="iso_c")
     parser.add_argument("--stream-only", action="store_true", help="only the streaming run")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cli-blocks", type=int, default=3, help="blocks of the CLI end-to-end run (0: skip it)")
     parser.add_argument("--repeat", type=int, default=2,
                         help="time every key this many times (reference and engine alternately), keep the best")
     args = parser.parse_args(argv)
@@ -324,6 +397,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     methods = [m for m in args.methods.split(",") if m]
     if not args.stream_only:
         engine_speed(args, blocks, methods)
+    if args.cli_blocks and not args.stream_only:
+        print(f"\nThe CLI end to end (process start, reading and writing included; huge pages "
+              f"{'asked for' if os.environ.get(HUGE_PAGES_ENV) == '1' else 'not asked for'} here):")
+        print("\n".join(cli_lines(cli_end_to_end(args.cli_blocks, args.tasks, args.repeat), args.cli_blocks,
+                                   args.tasks)))
     if not args.skip_stream:
         tasks = args.stream_tasks or (3 if args.quick else 20)
         with tempfile.TemporaryDirectory(prefix="isoscope-stream-") as tmp:

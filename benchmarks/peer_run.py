@@ -151,9 +151,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    loading = time.perf_counter()
     pre = load_file(str(args.dir / "pre.safetensors"))
     fts = [load_file(str(p)) for p in sorted(args.dir.glob("ft*.safetensors"), key=lambda p: int(p.stem[2:]))]
     start = time.perf_counter()
+    loading = start - loading
     try:
         merged, routes = IMPLS[args.impl](args.method, pre, fts)
     except (NotImplementedError, KeyError) as err:
@@ -161,7 +163,7 @@ def main() -> int:
         return UNSUPPORTED
     seconds = time.perf_counter() - start
     save_file({k: v.contiguous() for k, v in merged.items()}, str(args.out))
-    print(json.dumps({"seconds": seconds, "peak_rss_gb": peak_rss_gb(), "routes": routes}))
+    print(json.dumps({"seconds": seconds, "load_seconds": loading, "peak_rss_gb": peak_rss_gb(), "routes": routes}))
     return 0
 
 

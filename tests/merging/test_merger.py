@@ -134,3 +134,39 @@ def test_linalg_is_the_only_decomposition_entry_point() -> None:
                 assert node.value.value.id != "torch", (info.name, f"torch.linalg.{node.attr}")
             if isinstance(node, ast.ImportFrom) and node.module in ("torch.linalg", "torch"):
                 assert all(a.name != "linalg" for a in node.names) and node.module != "torch.linalg", info.name
+
+
+def test_summed_methods_stream_bitwise_the_same_sum_and_still_name_bad_tensors() -> None:
+    pre, fts = make_models(4)
+    merger = Merger(pre, fts, device="cpu")
+    for method, alpha in (("task_arithmetic", 0.37), ("weight_averaging", None)):
+        merged = merger.merged(method, alpha=alpha)
+        a = 0.25 if alpha is None else alpha
+        for key, base in pre.items():
+            taus = [ft[key] - base for ft in fts]
+            total = taus[0].clone()
+            for tau in taus[1:]:
+                total += tau
+            assert torch.equal(merged[key], base + a * total), (method, key)
+    assert merger.cached_bytes() == 0  # the sum was streamed: no key's task vectors were kept
+    with merger.layer("proj") as layer:  # now the key is cached, with its sum
+        cached = layer.total()
+    base, delta = merger.layer_update("proj", "task_arithmetic")  # from the cache: the same bits, a copy
+    assert torch.equal(delta, merged_sum(pre, fts, "proj")) and torch.equal(base, pre["proj"])
+    assert delta.data_ptr() != cached.data_ptr()
+    inf = dict(fts[2])
+    inf["proj"] = inf["proj"].clone()
+    inf["proj"][0, 0] = float("inf")
+    neg = dict(fts[3])
+    neg["proj"] = neg["proj"].clone()
+    neg["proj"][0, 0] = -float("inf")  # +Inf and −Inf in two tasks: the sum is NaN, each names itself
+    with pytest.raises(NonFiniteError, match="fine-tuned model 3: tensor 'proj'"):
+        Merger(pre, [fts[0], fts[1], inf, neg], device="cpu").merged("task_arithmetic")
+
+
+def merged_sum(pre: dict, fts: list, key: str) -> torch.Tensor:
+    """Σt τt in the engine's order: τ0, then each τt added."""
+    total = fts[0][key] - pre[key]
+    for ft in fts[1:]:
+        total = total + (ft[key] - pre[key])
+    return total
