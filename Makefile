@@ -32,6 +32,7 @@ test: venv
 
 bench: venv
 	$(PY) -m benchmarks.merge_speed
+	$(PY) -m benchmarks.peers  # FusionBench and mergekit, each in its own venv made on first use
 
 bench-real: venv
 	$(PY) -m benchmarks.real_scale

@@ -68,7 +68,7 @@ def _layer_delta(method: Method, params: Mapping[str, Any], layer: Layer) -> tor
 
 def _base(method: Method, pretrained: torch.Tensor, layer: Layer) -> torch.Tensor:
     """θ0[key] in fp32, or θavg[key] = θ0 + mean(τt) for methods merging around the average."""
-    base = pretrained.to(device=layer.taus[0].device, dtype=COMPUTE_DTYPE)
+    base = pretrained.to(dtype=COMPUTE_DTYPE)  # already on the layer's device
     return base + layer.mean() if method.base == "average" else base
 
 
@@ -249,7 +249,9 @@ class Merger:
             with self._key_lock(key):
                 streamed = self._streamed_sum(key)
             if streamed is not None:
-                return streamed
+                pre, total = streamed
+                layer = Layer.of_sum(key, total, self.num_tasks, key in self._matrix_set, self.shared(spec, values))
+                return _base(spec, pre, layer), _layer_delta(spec, values, layer)  # Δ is never cached here
         shared = self.shared(spec, values)
         with self._locked(key, shared) as (entry, layer):
             delta = _layer_delta(spec, values, layer)

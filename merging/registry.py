@@ -75,9 +75,10 @@ class Method:
     method's own order (the analysis reads spectra and SAR from them instead of an SVD of Δ; on a
     flat spectrum that order is the deterministic basis SAR uses). ``spectrum``: optional; Δ's
     singular values alone, cheaper than the factors (no polar factor), for views that draw σ.
-    ``color``: the method's colour in every figure of the app and the report. ``sum_only``: Δ is
-    Σt τt on every key (Task Arithmetic, weight averaging), so a merge may stream the sum from the
-    checkpoints without holding the T task vectors of a key."""
+    ``color``: the method's colour in every figure of the app and the report. ``sum_only``: Δ reads
+    nothing but Σt τt on every key (Task Arithmetic, weight averaging, Iso-C), so a merge may
+    stream the sum from the checkpoints without holding the T task vectors of a key
+    (``Layer.of_sum``)."""
 
     name: str
     display_name: str

@@ -89,6 +89,15 @@ class Layer:
         """mean of the τt (cached through ``total``)."""
         return self.total() / self.num_tasks
 
+    @classmethod
+    def of_sum(cls, key: str, total: torch.Tensor, num_tasks: int, matrix: bool,
+               shared: Mapping[str, Any] | None = None) -> Layer:
+        """A layer that holds Σt τt alone, for methods whose Δ reads nothing else
+        (``Method.sum_only``): its T ``taus`` are data-less meta tensors of the right shape, so
+        ``rank`` and ``num_tasks`` work and anything computed from a τt fails loudly."""
+        ghost = torch.empty(total.shape, dtype=total.dtype, device="meta")
+        return cls(key=key, taus=[ghost] * num_tasks, matrix=matrix, cache={"sum": total}, shared=shared or {})
+
 
 def matrix_only(fn: LayerFn) -> LayerFn:
     """Wrap a method defined on task matrices: every non-matrix parameter takes the mean of the

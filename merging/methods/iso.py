@@ -239,6 +239,7 @@ ISO_C = register(Method(
     fn=iso,
     color="#4C6EF5",
     spectral=True,
+    sum_only=True,  # common_fraction 1: Δ = σ̄ polar(Σt τt), the mean of the τt elsewhere
     factors=iso_factors,
     spectrum=iso_spectrum,
 ))

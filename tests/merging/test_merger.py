@@ -149,6 +149,13 @@ def test_summed_methods_stream_bitwise_the_same_sum_and_still_name_bad_tensors()
                 total += tau
             assert torch.equal(merged[key], base + a * total), (method, key)
     assert merger.cached_bytes() == 0  # the sum was streamed: no key's task vectors were kept
+    streamed = merger.merged("iso_c", alpha=1.3)  # Iso-C reads only the sum too
+    cached = Merger(pre, fts, device="cpu")
+    for key in cached.keys:
+        with cached.layer(key):  # every key read the regular way first
+            pass
+    assert all(torch.equal(streamed[k], v) for k, v in cached.merged("iso_c", alpha=1.3).items())
+    assert merger.cached_bytes() == 0
     with merger.layer("proj") as layer:  # now the key is cached, with its sum
         cached = layer.total()
     base, delta = merger.layer_update("proj", "task_arithmetic")  # from the cache: the same bits, a copy
