@@ -41,15 +41,17 @@ def thresholds(task_vector_of: Callable[[int], Mapping[str, torch.Tensor]], num_
 
 
 def ties(layer: Layer, _params: Params) -> torch.Tensor:
-    """Trim, elect, disjoint mean on one parameter (thresholds come from ``thresholds``)."""
+    """Trim, elect, disjoint mean on one parameter (thresholds come from ``thresholds``), in place
+    on one (T, …) stack: entry j of task t agrees when kept·sign_j > 0, which is
+    sign(kept) = sign_j with kept ≠ 0, so fewer passes give the same values."""
     cuts = layer.shared["thresholds"]
-    taus = torch.stack(list(layer.taus))  # (T, *shape)
-    cut = torch.tensor(cuts, dtype=taus.dtype, device=taus.device).view(-1, *([1] * (taus.dim() - 1)))
-    kept = torch.where(taus.abs() >= cut, taus, torch.zeros_like(taus))  # (T, *shape)
+    kept = torch.stack(list(layer.taus))  # (T, *shape), trimmed in place below
+    cut = torch.tensor(cuts, dtype=kept.dtype, device=kept.device).view(-1, *([1] * (kept.dim() - 1)))
+    kept.masked_fill_(kept.abs() < cut, 0.0)
     sign = torch.sign(kept.sum(0))  # (*shape,)
-    agree = (torch.sign(kept) == sign) & (kept != 0)  # (T, *shape)
+    agree = torch.mul(kept, sign) > 0  # (T, *shape)
     count = agree.sum(0)
-    total = (kept * agree).sum(0)
+    total = kept.masked_fill_(agree.logical_not_(), 0.0).sum(0)
     return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
 
 

@@ -9,6 +9,7 @@ import torch
 from merging.merge import Merger
 from merging.methods.common import Layer
 from merging.methods.iso import common_rank
+from merging.methods.ties import ties
 from merging.registry import all_methods, get_method
 from tests.merging import reference
 from tests.merging.conftest import make_models
@@ -104,6 +105,30 @@ def test_ties_keeps_only_agreeing_top_entries_closed_form() -> None:
     delta = Merger(pre, fts, device="cpu").update("ties", {"top_k": 40}).delta["w"]
     # task 1 keeps {3, 2}, task 2 keeps {-4, 2}; elected signs +, -, 0, +, 0
     assert delta.tolist() == [3.0, -4.0, 0.0, 2.0, 0.0]
+
+
+def plain_ties(taus: list[torch.Tensor], cuts: list[float]) -> torch.Tensor:
+    """TIES's trim, elect and disjoint mean spelled out with masks (docs/design.md, Methods)."""
+    stack = torch.stack(taus)
+    kept = torch.where(stack.abs() >= torch.tensor(cuts).view(-1, *([1] * taus[0].dim())), stack, 0.0)
+    sign = torch.sign(kept.sum(0))
+    agree = (torch.sign(kept) == sign) & (kept != 0)
+    count = agree.sum(0)
+    return torch.where(count > 0, (kept * agree).sum(0) / count.clamp_min(1), 0.0)
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_ties_in_place_passes_equal_the_plain_masks_bit_for_bit(trial: int) -> None:
+    gen = torch.Generator().manual_seed(trial)
+    shape = [(30, 17), (101,), (4, 3, 5, 5)][trial % 3]
+    taus = [torch.randn(*shape, generator=gen) for _ in range(3 + trial)]
+    taus[0].view(-1)[:3] = 0.0
+    taus[1] = -taus[0].clone() if trial % 2 else taus[1]  # exact cancellations: an elected sign of 0
+    cuts = [float(t.abs().flatten().kthvalue(t.numel() // 3).values) for t in taus]
+    cuts[-1] = float("inf")  # a task that keeps nothing
+    got = ties(Layer(key="k", taus=taus, matrix=False, shared={"thresholds": cuts}), {})
+    want = plain_ties(taus, cuts)
+    assert torch.equal(got, want) and torch.equal(got.signbit(), want.signbit())
 
 
 def test_unknown_method_and_bad_params_are_method_errors() -> None:
