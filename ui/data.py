@@ -57,7 +57,7 @@ def boundary(fingerprint: str, _dec: Any, fraction: float, keys: tuple[str, ...]
 
 
 @st.cache_data(**BOUNDS)
-def sar_table(fingerprint: str, _dec: Any, method: str, params: tuple, eps: float, rule: str = "eq6",
+def sar_table(fingerprint: str, _dec: Any, method: str, params: tuple, eps: float, rule: str,
               alpha: float | None = None) -> pd.DataFrame:
     """SAR per task × layer; ``eps`` is the value of the k_M ``rule`` (ε, or the figure threshold)."""
     from analysis.sar import sar_table as build

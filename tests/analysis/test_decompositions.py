@@ -78,7 +78,7 @@ def test_boundary_uses_common_rank(dec: Decompositions) -> None:
 
 
 def test_sar_table_matches_reference(dec: Decompositions) -> None:
-    table = sar_table(dec, "task_arithmetic", eps=0.05)
+    table = sar_table(dec, "task_arithmetic", eps=0.05, rule="eq6")
     assert len(table) == len(KEYS) * 3
     delta = dec.merger.update("task_arithmetic", {}).delta
     for key in KEYS:
