@@ -50,6 +50,7 @@ class Evaluator:
         self._updates: OrderedDict[tuple[str, str], MergeUpdate] = OrderedDict()
         self._updates_lock = threading.Lock()
         self.evaluations = 0  # model × task evaluations actually run (not served by the store)
+        self._count_lock = threading.Lock()
 
     @property
     def fingerprint(self) -> str:
@@ -67,7 +68,8 @@ class Evaluator:
         if missing:
             self._require_data()
             fresh = compute(missing)
-            self.evaluations += len(missing)
+            with self._count_lock:  # sessions share this evaluator
+                self.evaluations += len(missing)
             self.store.put(self.fingerprint, method, params, alpha, split, fresh)
             found.update(fresh)
         return {t: found[t] for t in self.tasks}

@@ -6,9 +6,7 @@ while they build; never mutated once stored)."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -16,6 +14,7 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from merging.errors import CheckpointError, IsoscopeError, MismatchError, MethodError, UntrustedPickleError
+from merging.once import OnceCache
 from merging.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -79,45 +78,9 @@ def progress_bar(label: str) -> Iterator[Progress]:
         slot.empty()
 
 
-class ResourceStore:
-    """A small LRU of heavy objects (zoos, Mergers) shared by every session; thread-safe."""
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._items: OrderedDict[Any, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self._building: dict[Any, threading.Lock] = {}
-
-    def get(self, key: Any, build: Callable[[], T]) -> T:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            gate = self._building.setdefault(key, threading.Lock())
-        with gate:  # one build per key; other sessions wait for it
-            with self._lock:
-                if key in self._items:
-                    return self._items[key]
-            value = build()
-            with self._lock:
-                self._items[key] = value
-                self._building.pop(key, None)
-                while len(self._items) > self.max_entries:
-                    self._items.popitem(last=False)
-            return value
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self._items
-
-    def peek(self, key: Any) -> Any | None:
-        """The value stored for ``key``, or None; never builds."""
-        with self._lock:
-            return self._items.get(key)
-
-
 @st.cache_resource(show_spinner=False)
-def _store(kind: str) -> ResourceStore:
-    return ResourceStore(max_entries=3)
+def _store(kind: str) -> OnceCache:
+    return OnceCache(max_entries=3)
 
 
 def cached(kind: str, key: Any, build: Callable[[], T]) -> T:
