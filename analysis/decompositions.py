@@ -47,6 +47,7 @@ from analysis.basis import block_order, tied_blocks
 from analysis.labels import layer_labels
 from analysis.similarity import key_gram
 from analysis.store import canonical_params
+from merging import settings
 from merging.linalg import singular_values, svd
 from merging.methods.common import Layer
 from merging.progress import Progress, silent
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESULT_CACHE_BYTES = 256 * 2 ** 20  # in-memory results (a ViT-B/32 layer's are ~50 KB)
 SUM_BASIS = "sum basis"  # pseudo-method under which the projections on Σt Δt's vectors are kept
 
 
@@ -269,7 +269,7 @@ class Decompositions:
     """Per-layer spectra and merged-update decompositions of one merger, computed on demand."""
 
     def __init__(self, merger: Merger, tasks: Sequence[str] | None = None, fingerprint: str | None = None,
-                 store: ResultStore | None = None, max_bytes: int = RESULT_CACHE_BYTES) -> None:
+                 store: ResultStore | None = None, max_bytes: int | None = None) -> None:
         self.merger = merger
         self.tasks = list(tasks) if tasks is not None else [f"task {i + 1}" for i in range(merger.num_tasks)]
         if len(self.tasks) != merger.num_tasks:
@@ -278,7 +278,7 @@ class Decompositions:
         self.labels: dict[str, str] = layer_labels(self.keys)
         self.fingerprint = fingerprint
         self.store = store if fingerprint is not None else None
-        self._results = _Results(max_bytes)
+        self._results = _Results(settings.value("result_cache") if max_bytes is None else max_bytes)
 
     def shape(self, key: str) -> tuple[int, int]:
         m, n = self.merger.shapes[key]

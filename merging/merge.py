@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from merging import settings
 from merging.device import pick_device
 from merging.errors import MismatchError
 from merging.io import open_checkpoint, safetensors_writer
@@ -34,8 +35,6 @@ from merging.tensors import (COMPUTE_DTYPE, StateDict, check_compatible, check_f
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-CACHE_ENV = "ISOSCOPE_LAYER_CACHE_MB"
-DEFAULT_CACHE_MB = 512  # a few of the largest layers of a ViT-B/32 or L/14 zoo, with their decompositions
 
 
 @dataclass(frozen=True)
@@ -283,11 +282,9 @@ class Merger:
 
 
 def layer_cache_bytes() -> int:
-    """The per-key cache budget: $ISOSCOPE_LAYER_CACHE_MB (default 512 MiB)."""
-    try:
-        return int(float(os.environ.get(CACHE_ENV, "") or DEFAULT_CACHE_MB) * 2 ** 20)
-    except ValueError:
-        return DEFAULT_CACHE_MB * 2 ** 20
+    """The per-key cache budget: $ISOSCOPE_LAYER_CACHE_MB (default 512 MiB: a few of the largest
+    layers of a ViT-B/32 or L/14 zoo, with their decompositions)."""
+    return settings.value("layer_cache")
 
 
 def _aliases(delta: torch.Tensor, layer: Layer) -> bool:
@@ -302,7 +299,6 @@ def _method(method: str | Method) -> Method:
 # ---------------------------------------------------------------------------------------------
 # Streaming merge from files.
 
-STREAM_CHUNK_ELEMENTS = 4 * 2 ** 20  # parameters read per pass over the files (bounds mapped pages)
 
 
 def _chunks(keys: Sequence[str], numel: Callable[[str], int], budget: int) -> Iterator[list[str]]:
@@ -392,7 +388,7 @@ def merge_files(pretrained: PathLike, finetuned: Sequence[PathLike], method: str
     done, total = 0, sum(files.numel(k) for k in files.keys)
     step = scaled(report, 0.0, 0.99)
     with safetensors_writer(out, layout, metadata) as write:
-        for chunk in _chunks(files.keys, files.numel, STREAM_CHUNK_ELEMENTS):
+        for chunk in _chunks(files.keys, files.numel, settings.value("stream_chunk")):
             ckpts = files.open()
             for key in chunk:
                 pre = _read(ckpts[0], key, files.names[0], dev)

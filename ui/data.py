@@ -11,9 +11,11 @@ import pandas as pd
 import streamlit as st
 
 from analysis.similarity import geometry_from_gram
+from merging import settings
 from ui.core import progress_bar
 
-BOUNDS = dict(max_entries=64, ttl=3600, show_spinner=False)
+BOUNDS = dict(max_entries=settings.value("view_cache_entries"), ttl=settings.value("view_cache_ttl"),
+              show_spinner=False)
 
 
 def _params(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:

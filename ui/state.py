@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import streamlit as st
 
+from merging import settings
+
 PREFIX = "iso_"
 SELECTION_KEY = PREFIX + "selection"
-ZOO_ENV = "ISOSCOPE_ZOO"
+ZOO_ENV = settings.SETTINGS["zoo"].env
 DEFAULT_ZOO = "digits"
 DEFAULT_METHOD = "iso_cts"  # the sidebar's first choice
 
@@ -21,7 +22,7 @@ def key(name: str) -> str:
 
 def default_zoo_spec() -> str:
     """The embedded zoo to open: $ISOSCOPE_ZOO (tests use ``digits-tiny``), else ``digits``."""
-    return os.environ.get(ZOO_ENV, "").strip() or DEFAULT_ZOO
+    return settings.value("zoo") or DEFAULT_ZOO
 
 
 @dataclass(frozen=True)
