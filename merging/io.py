@@ -3,8 +3,9 @@
 Public API (other rooms rely on it):
 - ``open_checkpoint(path, trust_pickle=False) -> Checkpoint``: a lazy read-only Mapping with
   ``keys()``, ``shape(key)``, ``dtype(key)``, ``get(key)``/``[key] -> Tensor`` (as stored) and
-  ``load() -> StateDict``. Tensors are read one key at a time (safetensors and torch zip files are
-  memory-mapped), so the engine can stream layer by layer.
+  ``load() -> StateDict``. Tensors are read one key at a time (safetensors tensors by positional
+  reads, no memory map; torch zip files through torch's memory map), so the engine can stream
+  layer by layer.
 - ``load_state_dict(path, trust_pickle=False) -> StateDict``.
 - ``save_safetensors(state, path, metadata=None)``: atomic (temp file, fsync, rename), and
   ``safetensors_writer(path, layout)`` for streaming one tensor at a time.
@@ -13,7 +14,7 @@ Public API (other rooms rely on it):
 
 What is read: the format is sniffed from the bytes, not the suffix.
 - safetensors: the header is validated *before* the library sees it (length within the file and
-  ≤ 16 MiB, JSON object without duplicate keys, known dtypes, shape × itemsize == byte span, spans
+  ≤ $ISOSCOPE_MAX_HEADER_MB, 16 MiB by default, JSON object without duplicate keys, known dtypes, shape × itemsize == byte span, spans
   inside the data area, contiguous, no overlaps), so a header declaring a 10^15-byte tensor is an
   error, not an allocation.
 - torch files (zip, legacy, or a plain pickle): the pickle is first replayed inertly

@@ -12,7 +12,7 @@ import streamlit as st
 
 from analysis.similarity import geometry_from_gram
 from merging import settings
-from ui.core import progress_bar
+from ui.core import progress_bar, timed
 
 BOUNDS = dict(max_entries=settings.value("view_cache_entries"), ttl=settings.value("view_cache_ttl"),
               show_spinner=False)
@@ -29,7 +29,7 @@ def prepare(dec: Any, methods: tuple[tuple[str, tuple], ...], keys: tuple[str, .
     progress bar, layer by layer (every method on one layer before the next, so each layer is
     read once and its decompositions are shared), so the cached table builders below only
     assemble."""
-    with progress_bar(label) as report:
+    with timed(f"per-layer results: {label}"), progress_bar(label) as report:
         for i, layer in enumerate(keys):
             report(i / len(keys), dec.labels.get(layer, layer))
             if spectra:  # the layer is read once here, for all the methods below
