@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import save_file
 
 from merging import routes
-from merging.methods.common import Layer
+from merging.methods.common import Layer, LayerCache
 from merging.registry import get_method
 from merging.runtime import HUGE_PAGES_ENV, use_huge_pages
 from tests.merging import reference
@@ -117,12 +117,12 @@ def reference_key(name: str, key: str, taus: list[torch.Tensor]) -> torch.Tensor
         return None
 
 
-def engine_key(name: str, key: str, taus: list[torch.Tensor], cache: dict | None = None,
+def engine_key(name: str, key: str, taus: list[torch.Tensor], cache: LayerCache | None = None,
                params: dict | None = None) -> torch.Tensor:
     """The engine's per-layer method function on one key; a fresh cache unless one is given."""
     spec = get_method(name)
     with routes.layer(taus[0].shape):
-        return spec.fn(Layer(key=key, taus=taus, matrix=True, cache={} if cache is None else cache),
+        return spec.fn(Layer(key=key, taus=taus, matrix=True, cache=LayerCache() if cache is None else cache),
                        spec.resolve(params))
 
 
@@ -138,7 +138,7 @@ def run_reference(name: str, data: dict[str, list[torch.Tensor]]) -> tuple[dict[
     return out, time.perf_counter() - start, sum(v is None for v in out.values())
 
 
-def run_engine(name: str, data: dict[str, list[torch.Tensor]], caches: dict[str, dict] | None = None,
+def run_engine(name: str, data: dict[str, list[torch.Tensor]], caches: dict[str, LayerCache] | None = None,
                params: dict | None = None, keep: bool = True) -> tuple[dict[str, torch.Tensor], float]:
     """One merge by the per-layer method functions. Without ``caches``, each key gets a fresh
     cache that is dropped after it, as in the streaming CLI merge; a sweep passes one shared
@@ -146,7 +146,7 @@ def run_engine(name: str, data: dict[str, list[torch.Tensor]], caches: dict[str,
     out = {}
     start = time.perf_counter()
     for key, taus in data.items():
-        delta = engine_key(name, key, taus, None if caches is None else caches.setdefault(key, {}), params)
+        delta = engine_key(name, key, taus, None if caches is None else caches.setdefault(key, LayerCache()), params)
         if keep:
             out[key] = delta
     return out, time.perf_counter() - start
@@ -247,7 +247,7 @@ def print_row(row: tuple) -> None:
 def sweep(data: dict[str, list[torch.Tensor]]) -> tuple[float, float, list[float]]:
     """(one fresh Iso-CTS merge s, 11-fraction sweep on one shared cache s, s per fraction)."""
     _, one = run_engine("iso_cts", data, keep=False)
-    caches: dict[str, dict] = {}
+    caches: dict[str, LayerCache] = {}
     start = time.perf_counter()
     points = [run_engine("iso_cts", data, caches, {"common_fraction": f}, keep=False)[1] for f in SWEEP]
     return one, time.perf_counter() - start, points
