@@ -26,15 +26,13 @@ Public API:
   ``stamp(task)`` (the paths whose size and time identify the task's data).
 - ``ImageFolderData(root)``: the ImageFolder source; ``task_dir(task)``.
 - ``Split``: images (N, 3, S, S) uint8, labels (N,), classes; ``batches(preprocess, size)``.
-- ``authors_val_indices(n)``, ``stratified_sample(labels, budget)``, ``task_key(name)``,
-  ``binomial_se(p, n)``.
+- ``authors_val_indices(n)``, ``stratified_sample(labels, budget)``, ``task_key(name)``.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -149,14 +147,6 @@ def stratified_sample(labels: torch.Tensor, budget: int, seed: int = SAMPLE_SEED
     picked = [torch.nonzero(labels == c).flatten()[torch.randperm(int(n), generator=generator)[:int(q)]]
               for c, n, q in zip(classes, counts, quota)]
     return torch.cat(picked).sort().values
-
-
-def binomial_se(accuracy: float, n: int | None) -> float:
-    """Standard error sqrt(p(1 − p)/n) of an accuracy p measured on n sampled images; NaN when
-    ``n`` is None (the full split: no sampling error)."""
-    if not n:
-        return math.nan
-    return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / n)
 
 
 class DataSource(abc.ABC):

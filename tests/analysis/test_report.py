@@ -26,7 +26,9 @@ def test_report_layout_and_html(tmp_path: Path) -> None:
     rep = build_report(ev, METHODS)
     json_path, html_path = write_report(rep, tmp_path / "out")
     results = json.loads(json_path.read_text())
-    assert set(results) == {"tasks", "zero_shot", "finetuned", "methods", "correlation", "k_m_rule", "points"}
+    assert set(results) == {"tasks", "zero_shot", "finetuned", "methods", "correlation", "k_m_rule", "points",
+                            "max_images", "sample_sizes"}
+    assert results["max_images"] is None and set(results["sample_sizes"].values()) == {None}  # full splits
     assert results["k_m_rule"] == {"rule": "figure", "value": 0.95}
     assert results["points"]["methods"] == ["task_arithmetic", "iso_c"]  # Fig. 3a's set, as the Alignment view
     assert results["tasks"] == ["A", "B", "C"] and list(results["methods"]) == METHODS
