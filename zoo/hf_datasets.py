@@ -45,6 +45,7 @@ def _offline() -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import datasets
 
+    datasets.disable_progress_bars()  # progress goes to the log, not to stderr bars
     return datasets
 
 

@@ -231,7 +231,7 @@ def _rows(rng: np.random.Generator, labels: list[int], expected: Expected, split
 
 def _card(classes: tuple[str, ...], splits: dict[str, int]) -> str:
     names = "\n".join(f"          '{i}': {name}" for i, name in enumerate(classes))
-    split_rows = "\n".join(f"  - name: {s}\n    num_examples: {n}" for s, n in splits.items())
+    split_rows = "\n".join(f"  - name: {s}\n    num_bytes: {100 * n}\n    num_examples: {n}" for s, n in splits.items())
     return ("---\ndataset_info:\n  features:\n  - name: image\n    dtype: image\n  - name: label\n    dtype:\n"
             f"      class_label:\n        names:\n{names}\n  splits:\n{split_rows}\n---\n# replica\n")
 
