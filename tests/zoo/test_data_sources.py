@@ -126,6 +126,14 @@ def test_image_folder_stays_the_default(tmp_path: Path) -> None:
 # --- the zoo over these sources ----------------------------------------------------------------
 
 def zoo_over(tmp_path: Path, tasks: dict[str, int], data: Path, **options: object) -> tuple:
+    """The zoo of ``write_folder(tmp_path, tasks)`` over ``data``, with its models and heads."""
+    models, heads = write_folder(tmp_path, tasks)
+    zoo = open_files(tmp_path / "pretrained.safetensors", {t: tmp_path / f"{t}.safetensors" for t in tasks},
+                     heads={t: tmp_path / f"head_{t}.safetensors" for t in tasks}, data=data, **options)
+    return zoo, models, heads
+
+
+def write_folder(tmp_path: Path, tasks: dict[str, int]) -> tuple[dict, dict]:
     """A plain checkpoint folder whose tasks are ``tasks`` (name -> class count), random heads."""
     base = tower(0)
     models = {t: finetune(base, i + 1) for i, t in enumerate(tasks)}
@@ -136,9 +144,7 @@ def zoo_over(tmp_path: Path, tasks: dict[str, int], data: Path, **options: objec
         heads[task] = {"weight": torch.randn(count, OUT, generator=gen), "bias": torch.randn(count, generator=gen)}
         save_safetensors({f"visual.{k}": v for k, v in models[task].state_dict().items()}, tmp_path / f"{task}.safetensors")
         save_safetensors(heads[task], tmp_path / f"head_{task}.safetensors")
-    zoo = open_files(tmp_path / "pretrained.safetensors", {t: tmp_path / f"{t}.safetensors" for t in tasks},
-                     heads={t: tmp_path / f"head_{t}.safetensors" for t in tasks}, data=data, **options)
-    return zoo, models, heads
+    return {"": base, **models}, heads
 
 
 def direct(model: torch.nn.Module, head: dict[str, torch.Tensor], images: list) -> torch.Tensor:
