@@ -23,6 +23,7 @@ from zoo.data import ImageFolderData, Preprocess, authors_val_indices, stratifie
 from zoo.data_sources import open_data
 from zoo.folders import open_files
 from zoo.hf_datasets import HFData
+from zoo.text_heads import templates_for
 
 PREP = Preprocess(32)
 OWN_VAL = {"EuroSAT"}  # the only dataset the authors validate on a split of its own
@@ -163,6 +164,7 @@ def test_predictions_equal_a_direct_forward_pass(authors: tuple, hf: tuple, tmp_
         zoo, models, heads = zoo_over(folder, tasks, root)
         assert zoo.has_data, zoo.missing()
         for task, want in expected.items():
+            assert zoo.class_names(task) == list(want.classes)  # the head's row order (and zero-shot prompts)
             predicted = zoo.predictions(zoo.finetuned(task), task, "test")
             reference = direct(models[task], heads[task], want.images["test"])
             assert torch.equal(predicted, reference), (source, task)
@@ -212,3 +214,12 @@ def test_quick_mode_scores_the_sample(authors: tuple, tmp_path: Path) -> None:
     (tmp_path / "zero").mkdir()
     with pytest.raises(IsoscopeError, match="at least 1"):
         zoo_over(tmp_path / "zero", {"MNIST": 10}, root, max_images=0)
+
+
+def test_zero_shot_templates_are_the_authors_sets() -> None:
+    sizes = {"MNISTVal": 1, "svhn": 1, "EuroSAT": 3, "DTD": 8, "SUN397Val": 2, "RESISC45": 18, "GTSRB": 3,
+             "stanford_cars": 8, "CarsVal": 8}
+    for task, size in sizes.items():
+        templates = templates_for(task)
+        assert len(templates) == len(set(templates)) == size and all("{}" in t for t in templates), task
+    assert "satellite view of the {}." in templates_for("resisc45") and "a photo of the {} object." in templates_for("dtd")
