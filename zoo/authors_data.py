@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from torchvision import datasets as tv
 
+from merging.once import OnceCache
 from zoo.data import Catalogue, DataError, DataSource, authors_val_indices, task_key
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class AuthorsData(DataSource):
 
     def __init__(self, root: str | Path) -> None:
         super().__init__(root)
-        self._datasets: dict[tuple[str, str], torch.utils.data.Dataset] = {}
+        self._datasets: OnceCache[tuple[str, str], torch.utils.data.Dataset] = OnceCache()  # shared by sessions
 
     def _spec(self, task: str) -> AuthorsTask | None:
         return TASKS.get(task_key(task))
@@ -207,13 +208,13 @@ class AuthorsData(DataSource):
         return list(self.classes(task) or ()) or None
 
     def _dataset(self, task: str, split: str) -> torch.utils.data.Dataset:
-        key = (task_key(task), split)
-        if key not in self._datasets:
-            try:
-                self._datasets[key] = self._spec(task).open(self.root, split)
-            except (RuntimeError, OSError, ValueError, KeyError) as err:
-                raise DataError(f"task {task}: cannot read its {split} data under {self.root} ({err})") from err
-        return self._datasets[key]
+        return self._datasets.get((task_key(task), split), lambda: self._open(task, split))
+
+    def _open(self, task: str, split: str) -> torch.utils.data.Dataset:
+        try:
+            return self._spec(task).open(self.root, split)
+        except (RuntimeError, OSError, ValueError, KeyError) as err:
+            raise DataError(f"task {task}: cannot read its {split} data under {self.root} ({err})") from err
 
     def _catalogue(self, task: str, split: str) -> Catalogue:
         spec = self._spec(task)

@@ -44,6 +44,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from merging.errors import IsoscopeError
+from merging.once import OnceCache
 from merging.paths import allowed_path
 from zoo.base import SPLITS
 
@@ -156,8 +157,9 @@ class DataSource(abc.ABC):
 
     def __init__(self, root: str | Path) -> None:
         self.root = allowed_path(root)
-        self._catalogues: dict[tuple[str, str], Catalogue] = {}
-        self._cache: dict[tuple[str, str, Preprocess, int | None], Split] = {}
+        # every session shares a zoo's data: each catalogue and decoded split is built once
+        self._catalogues: OnceCache[tuple[str, str], Catalogue] = OnceCache()
+        self._cache: OnceCache[tuple[str, str, Preprocess, int | None], Split] = OnceCache()
 
     @abc.abstractmethod
     def splits(self, task: str) -> list[str]:
@@ -189,10 +191,7 @@ class DataSource(abc.ABC):
             raise DataError(f"unknown split {split!r} (use one of {', '.join(SPLITS)})")
         if split not in self.splits(task):
             raise DataError(f"no {split} data for task {task}: expected {self.expected(task)}")
-        key = (task, split)
-        if key not in self._catalogues:
-            self._catalogues[key] = self._catalogue(task, split)
-        return self._catalogues[key]
+        return self._catalogues.get((task, split), lambda: self._catalogue(task, split))
 
     def size(self, task: str, split: str) -> int:
         """Images in ``task``'s full ``split``."""
@@ -206,17 +205,18 @@ class DataSource(abc.ABC):
     def load(self, task: str, split: str, preprocess: Preprocess, max_images: int | None = None) -> Split:
         """The decoded ``split`` of ``task``: every image, or a stratified sample of at most
         ``max_images`` (cached per task, split, preprocessing and budget)."""
-        key = (task, split, preprocess, max_images)
-        if key not in self._cache:
-            items = self.catalogue(task, split)
-            if max_images is not None:
-                items = items.subset(stratified_sample(items.labels, max_images))
-            if not len(items):
-                raise DataError(f"{self.expected(task)} holds no {split} images for task {task}")
-            log.info("decoding %d images of %s/%s", len(items), task, split)
-            images = torch.stack([_crop(items.read, i, preprocess) for i in range(len(items))])  # (N, 3, S, S)
-            self._cache[key] = Split(images=images, labels=items.labels.long(), classes=items.classes)
-        return self._cache[key]
+        return self._cache.get((task, split, preprocess, max_images),
+                               lambda: self._decode(task, split, preprocess, max_images))
+
+    def _decode(self, task: str, split: str, preprocess: Preprocess, max_images: int | None) -> Split:
+        items = self.catalogue(task, split)
+        if max_images is not None:
+            items = items.subset(stratified_sample(items.labels, max_images))
+        if not len(items):
+            raise DataError(f"{self.expected(task)} holds no {split} images for task {task}")
+        log.info("decoding %d images of %s/%s", len(items), task, split)
+        images = torch.stack([_crop(items.read, i, preprocess) for i in range(len(items))])  # (N, 3, S, S)
+        return Split(images=images, labels=items.labels.long(), classes=items.classes)
 
 
 class ImageFolderData(DataSource):

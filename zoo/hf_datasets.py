@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from merging.once import OnceCache
 from merging.paths import cache_root
 from zoo.data import Catalogue, DataError, DataSource, authors_val_indices, task_key
 
@@ -106,19 +107,19 @@ class HFData(DataSource):
     def __init__(self, root: str | Path) -> None:
         super().__init__(root)
         self._found = _saved(self.root) | _hub_repos(self.root)
-        self._loaded: dict[str, Any] = {}
+        self._loaded: OnceCache[str, dict[str, Any]] = OnceCache()  # shared by sessions
 
     def _splits_of(self, task: str) -> dict[str, Any]:
         """HF split name -> Dataset of ``task`` (loaded once)."""
-        key = task_key(task)
-        if key not in self._loaded:
-            name, _, load = self._found[key]
-            try:
-                loaded = load()
-            except Exception as err:  # the datasets library raises many kinds: name the dataset
-                raise DataError(f"task {task}: cannot read the dataset {name} under {self.root} ({err})") from err
-            self._loaded[key] = dict(loaded) if hasattr(loaded, "keys") else {"train": loaded}
-        return self._loaded[key]
+        return self._loaded.get(task_key(task), lambda: self._load(task))
+
+    def _load(self, task: str) -> dict[str, Any]:
+        name, _, load = self._found[task_key(task)]
+        try:
+            loaded = load()
+        except Exception as err:  # the datasets library raises many kinds: name the dataset
+            raise DataError(f"task {task}: cannot read the dataset {name} under {self.root} ({err})") from err
+        return dict(loaded) if hasattr(loaded, "keys") else {"train": loaded}
 
     def _source(self, task: str, split: str) -> tuple[str | None, bool]:
         """(HF split to read, whether the authors' rule applies to it) for our ``split``."""
