@@ -39,7 +39,7 @@ def sweep(method: str) -> pd.DataFrame:
 
     param, values = SWEEPS[method].name, SWEEPS[method].sweep
     memo = st.session_state.setdefault(key("sweeps"), {})
-    memo_key = (zoo.fingerprint, method, params_for(method), alpha)
+    memo_key = (zoo.fingerprint, zoo.max_images, method, params_for(method), alpha)  # a budget scores apart
     if memo_key not in memo:
         with progress_bar(f"{registry[method].display_name} sweep over {param} ({alpha_text})") as report:
             with errors_in_place():

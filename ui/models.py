@@ -81,7 +81,8 @@ def current_evaluator(sel: Selection | None = None) -> Evaluator:
     zoo = current_zoo(sel)
     merger = current_merger(sel)
     with errors_in_place():
-        return cached("evaluator", (zoo.fingerprint, sel.device),
+        # the budget is part of the key: a sampled and a full zoo share weights and fingerprint, not scores
+        return cached("evaluator", (zoo.fingerprint, zoo.max_images, sel.device),
                       lambda: Evaluator(zoo, merger=merger, store=ResultStore(), device=sel.device))
 
 
