@@ -19,9 +19,12 @@ Public API: ``HFData(root)`` (a ``zoo.data.DataSource``), ``is_hf_location(root)
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +64,32 @@ def _snapshot(repo: Path) -> Path | None:
     return snapshots[-1] if snapshots else None
 
 
-Found = tuple[str, Path, Callable[[], Any]]  # (dataset name, its folder, loader)
+@dataclass(frozen=True)
+class Found:
+    """One dataset found on disk: its name, folder, split names (read without loading) and loader."""
+
+    name: str
+    folder: Path
+    splits: tuple[str, ...]
+    load: Callable[[], Any]
+
+
+def _parquet_splits(snapshot: Path) -> tuple[str, ...]:
+    """Split names of a snapshot's parquet shards: ``<split>-00000-of-00002.parquet`` (``push_to_hub``)
+    or ``<config>/<split>/0000.parquet`` (the Hub's parquet conversion)."""
+    names = set()
+    for shard in snapshot.rglob("*.parquet"):
+        match = re.match(r"([A-Za-z_]+)-\d+-of-\d+$", shard.stem) or re.match(r"([A-Za-z_]+)$", shard.stem)
+        names.add(match.group(1) if match else shard.parent.name)
+    return tuple(sorted(names))
+
+
+def _saved_splits(folder: Path) -> tuple[str, ...]:
+    """Split names of a ``save_to_disk`` folder (its ``dataset_dict.json``; one Dataset is ``train``)."""
+    listing = folder / SAVED_MARKERS[0]
+    if listing.is_file():
+        return tuple(json.loads(listing.read_text(encoding="utf-8")).get("splits", ()))
+    return ("train",)
 
 
 def _hub_repos(root: Path) -> dict[str, Found]:
@@ -73,14 +101,16 @@ def _hub_repos(root: Path) -> dict[str, Found]:
             snapshot = _snapshot(repo)
             name = repo.name.split("--")[-1]
             if snapshot is not None:
-                found.setdefault(task_key(name), (name, repo, lambda s=snapshot: _load_snapshot(s)))
+                found.setdefault(task_key(name), Found(name, repo, _parquet_splits(snapshot),
+                                                       lambda s=snapshot: _load_snapshot(s)))
     return found
 
 
 def _saved(root: Path) -> dict[str, Found]:
     """task key -> (folder name, folder, loader) for every ``save_to_disk`` folder directly under ``root``."""
     folders = [d for d in sorted(root.iterdir()) if d.is_dir() and any((d / m).is_file() for m in SAVED_MARKERS)]
-    return {task_key(d.name): (d.name, d, lambda d=d: _offline().load_from_disk(str(d))) for d in folders}
+    return {task_key(d.name): Found(d.name, d, _saved_splits(d), lambda d=d: _offline().load_from_disk(str(d)))
+            for d in folders}
 
 
 def _load_snapshot(snapshot: Path) -> Any:
@@ -114,16 +144,16 @@ class HFData(DataSource):
         return self._loaded.get(task_key(task), lambda: self._load(task))
 
     def _load(self, task: str) -> dict[str, Any]:
-        name, _, load = self._found[task_key(task)]
+        found = self._found[task_key(task)]
         try:
-            loaded = load()
+            loaded = found.load()
         except Exception as err:  # the datasets library raises many kinds: name the dataset
-            raise DataError(f"task {task}: cannot read the dataset {name} under {self.root} ({err})") from err
+            raise DataError(f"task {task}: cannot read the dataset {found.name} under {self.root} ({err})") from err
         return dict(loaded) if hasattr(loaded, "keys") else {"train": loaded}
 
     def _source(self, task: str, split: str) -> tuple[str | None, bool]:
         """(HF split to read, whether the authors' rule applies to it) for our ``split``."""
-        available = self._splits_of(task)
+        available = self._found[task_key(task)].splits  # known without loading the dataset
         own = next((s for s in OUR_SPLITS[split] if s in available), None)
         if own is not None:
             return own, False
@@ -136,13 +166,13 @@ class HFData(DataSource):
 
     def expected(self, task: str) -> str:
         return (f"a dataset named {task} under {self.root} ({REPO_PREFIX}<org>--{task} in the hub cache, or a "
-                f"save_to_disk folder {task}/) with a test split; found: {', '.join(n for n, _, _ in self._found.values())}")
+                f"save_to_disk folder {task}/) with a test split; found: {', '.join(f.name for f in self._found.values())}")
 
     def stamp(self, task: str) -> list[Path]:
         key = task_key(task)
         if key not in self._found:
             return []
-        return sorted(p for p in self._found[key][1].rglob("*") if not p.is_dir())
+        return sorted(p for p in self._found[key].folder.rglob("*") if not p.is_dir())
 
     def head_classes(self, task: str) -> list[str] | None:
         return list(self.classes(task) or ()) or None

@@ -105,6 +105,8 @@ def test_hugging_face_datasets(hf: tuple) -> None:
     for where in (root, root / "hub"):  # HF_HOME-like or the hub folder itself
         assert isinstance(open_data(where), HFData)
     data = open_data(root)
+    assert data.splits("Cars") == data.splits("SUN397") == ["test", "val"] and data.splits("MNIST") == []
+    assert "cars" not in data._loaded and "sun397" not in data._loaded  # split names come from the files alone
     assert data.classes("Cars") == ("volvo", "audi", "fiat")  # the card's ClassLabel order, not sorted
     assert data.classes("sun397") == ("abbey", "badlands")
     for task, own_val in (("Cars", False), ("SUN397", True)):
