@@ -58,7 +58,7 @@ TASK_ALIASES = {"stanfordcars": "cars"}  # task keys that name the same dataset
 
 
 class DataError(IsoscopeError):
-    """Evaluation data is missing or not in ImageFolder layout."""
+    """Evaluation data is missing or cannot be read."""
 
 
 @dataclass(frozen=True)
