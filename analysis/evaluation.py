@@ -24,6 +24,7 @@ import torch
 from analysis.alpha import ALPHA_GRID, AlphaSearch, fixed_alpha, search_alpha
 from analysis.decompositions import Decompositions, resolve
 from analysis.metrics import accuracy_table, mean_normalized
+from analysis.seed import seed_store
 from analysis.store import FULL, ResultStore, canonical_params
 from merging import settings
 from merging.errors import IsoscopeError
@@ -46,6 +47,8 @@ class Evaluator:
         self.tasks: list[str] = list(zoo.tasks)
         self.merger = merger if merger is not None else Merger(zoo.pretrained(), zoo.all_finetuned(), device=device)
         self.store = store if store is not None else ResultStore()
+        if settings.value("seed_results"):  # the embedded zoo ships its results: a first visit reads them
+            seed_store(self.store, zoo.fingerprint, getattr(zoo, "results_asset", None))
         self.decompositions = Decompositions(self.merger, self.tasks, fingerprint=zoo.fingerprint, store=self.store)
         self._updates: OrderedDict[tuple[str, str], MergeUpdate] = OrderedDict()
         self._updates_lock = threading.Lock()

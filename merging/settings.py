@@ -83,6 +83,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "largest safetensors header read (real ones are under ~1 MB; parsing costs ~10× the size)"),
     Setting("max_pickle", "ISOSCOPE_MAX_PICKLE_MB", 4 * MIB, _mib, "4",
             "largest pickle part of a torch file read without running code (real ones: ~100 KB)"),
+    Setting("seed_results", "ISOSCOPE_SEED_RESULTS", True, lambda t: t.strip().lower() not in ("0", "false", "no"),
+            "1", "whether a store meeting the embedded zoo first copies its shipped results (0: compute everything)"),
     Setting("view_cache_entries", "ISOSCOPE_VIEW_CACHE_ENTRIES", 64, _positive_int, "64",
             "entries each of the app's derived-table caches keeps (st.cache_data max_entries)"),
     Setting("view_cache_ttl", "ISOSCOPE_VIEW_CACHE_TTL_S", 3600, _positive_int, "3600",

@@ -309,6 +309,12 @@ class DigitsZoo(Zoo):
         return self._fingerprint
 
     @property
+    def results_asset(self) -> Path | None:
+        """The shipped results of this zoo (``analysis.seed``), when this is the shipped zoo."""
+        shipped = ASSETS / f"{self.name}-results.sqlite"
+        return shipped if self.path.parent == ASSETS and shipped.is_file() else None
+
+    @property
     def device(self) -> torch.device:
         return self._device
 
