@@ -19,8 +19,11 @@ from __future__ import annotations
 import _compat_pickle
 import io
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from merging.budgets import BudgetExceeded, exceeded, limit
 
 
 class Record:
@@ -80,33 +83,147 @@ class PickleScan:
     values: list[Any] = field(default_factory=list)  # the top-level value of each pickle read
     error: str | None = None
     end: int = 0  # offset just past the last complete pickle
+    spent: dict[str, int] = field(default_factory=dict)  # budget name -> amount used (merging.budgets)
 
 
 class _InertUnpickler(pickle._Unpickler):  # noqa: SLF001
     # The pure-Python unpickler keeps its memo in a dict: the C one allocates a list as long as
-    # the largest memo index a file names (LONG_BINPUT 2**31 would mean gigabytes).
+    # the largest memo index a file names (LONG_BINPUT 2**31 would mean gigabytes). Its
+    # ``dispatch`` is replaced by ``_GUARDED``: every opcode is counted against the budgets, dict
+    # keys and set items are checked before Python hashes them, BUILD reaches only records.
 
-    def __init__(self, stream: io.BytesIO, scan: PickleScan, classes: dict[str, type]) -> None:
+    def __init__(self, stream: io.BytesIO, scan: PickleScan, classes: dict[str, type], nbytes: int) -> None:
         super().__init__(stream)
-        self._scan = scan
-        self._classes = classes
+        self._scan, self._classes, self._nbytes = scan, classes, nbytes
+        self._limits = {name: limit(name, nbytes) for name in COUNTED}
+
+    def spend(self, name: str, amount: int = 1) -> None:
+        used = self._scan.spent.get(name, 0) + amount
+        self._scan.spent[name] = used
+        if used > self._limits[name]:
+            raise exceeded(name, self._nbytes)
 
     def find_class(self, module: str, name: str) -> type:
+        if len(module) + len(name) > limit("name chars"):
+            raise exceeded("name chars")
         module, name = _modern_name(module, name)
         qualname = f"{module}.{name}"
-        self._scan.globals.append(qualname)
         if qualname not in self._classes:
+            self.spend("globals")
+            self._scan.globals.append(qualname)
             self._classes[qualname] = type("Record", (Record,), {"qualname": qualname})
         return self._classes[qualname]
 
     def persistent_load(self, pid: Any) -> Any:
         ref = _storage_ref(pid)
         if ref is not None:
+            self.spend("tensors")
             self._scan.storages.append(ref)
             return ref
         if isinstance(pid, tuple) and len(pid) > 1 and isinstance(pid[1], type) and issubclass(pid[1], Record):
             return pid[1]  # legacy ('module', cls, file, source): the class, a global already recorded
         return Record
+
+
+# ---------------------------------------------------------------- budgets per opcode
+
+COUNTED = ("opcodes", "objects", "container", "keys", "memo", "globals", "tensors")
+_OP = {name: getattr(pickle, name)[0] for name in dir(pickle) if name.isupper() and isinstance(
+    getattr(pickle, name), bytes) and len(getattr(pickle, name)) == 1}
+# Opcodes that push no new object (markers, memo and stack moves, mutations of an existing object).
+_NO_NEW_OBJECT = {_OP[n] for n in ("MARK", "STOP", "POP", "POP_MARK", "DUP", "GET", "BINGET", "LONG_BINGET", "PUT",
+                                   "BINPUT", "LONG_BINPUT", "MEMOIZE", "APPEND", "APPENDS", "SETITEM", "SETITEMS",
+                                   "ADDITEMS", "BUILD", "FRAME", "PROTO")}
+_LEAVES = (str, bytes, int, float, bool, type(None), frozenset, Record, type, StorageRef)
+
+
+def check_key(key: object) -> None:
+    """A dict key or set item must be cheap to hash: scalars, records, or tuples of them with at
+    most ``key nodes`` nodes in all (a tuple DAG or a 10**6-deep tuple is refused before Python
+    hashes it: hashing those takes 2**64 steps or overflows the C stack)."""
+    budget, todo = limit("key nodes"), [key]
+    while todo:
+        item = todo.pop()
+        budget -= 1
+        if budget < 0:
+            raise exceeded("key nodes")
+        if isinstance(item, tuple):
+            todo.extend(item)
+        elif not isinstance(item, _LEAVES):
+            raise pickle.UnpicklingError(f"an unhashable {type(item).__name__} used as a dict key or set item")
+
+
+def _size(obj: object) -> int:
+    if isinstance(obj, Record):
+        return len(obj.items) + len(obj.list)
+    return len(obj) if isinstance(obj, (list, tuple, dict, set, frozenset)) else 0
+
+
+def _keys(u: _InertUnpickler, keys: list) -> None:
+    u.spend("keys", len(keys))
+    for key in keys:
+        check_key(key)
+
+
+def _build_target(u: _InertUnpickler) -> None:
+    if len(u.stack) < 2 or not isinstance(u.stack[-2], Record):
+        raise pickle.UnpicklingError("BUILD aimed at something other than a recorded object")
+
+
+def _marks(u: _InertUnpickler) -> None:
+    if len(u.metastack) >= limit("depth") * 4:
+        raise exceeded("depth")
+
+
+def _container(u: _InertUnpickler) -> None:
+    if u.stack and _size(u.stack[-1]) > u._limits["container"]:  # noqa: SLF001
+        raise exceeded("container", u._nbytes)  # noqa: SLF001
+
+
+def _memo(u: _InertUnpickler) -> None:
+    if len(u.memo) > u._limits["memo"]:  # noqa: SLF001
+        raise exceeded("memo", u._nbytes)  # noqa: SLF001
+
+
+def _int(u: _InertUnpickler) -> None:
+    value = u.stack[-1] if u.stack else 0
+    if isinstance(value, int) and value.bit_length() > 8 * limit("int bytes"):
+        raise exceeded("int bytes")
+
+
+_PRE: dict[int, Callable[[_InertUnpickler], None]] = {
+    _OP["SETITEM"]: lambda u: _keys(u, u.stack[-2:-1]),
+    _OP["SETITEMS"]: lambda u: _keys(u, u.stack[0::2]),  # after a MARK, ``stack`` holds only the items
+    _OP["DICT"]: lambda u: _keys(u, u.stack[0::2]),
+    _OP["ADDITEMS"]: lambda u: _keys(u, u.stack),
+    _OP["FROZENSET"]: lambda u: _keys(u, u.stack),
+    _OP["BUILD"]: _build_target,
+    _OP["MARK"]: _marks,
+}
+_POST: dict[int, Callable[[_InertUnpickler], None]] = {
+    **{_OP[n]: _container for n in ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "TUPLE", "LIST", "DICT",
+                                     "FROZENSET")},
+    **{_OP[n]: _memo for n in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE")},
+    **{_OP[n]: _int for n in ("INT", "LONG", "LONG1", "LONG4")},
+}
+
+
+def _guard(code: int, handler: Callable[[Any], None]) -> Callable[[_InertUnpickler], None]:
+    pre, post, new = _PRE.get(code), _POST.get(code), code not in _NO_NEW_OBJECT
+
+    def run(u: _InertUnpickler) -> None:
+        u.spend("opcodes")
+        if pre is not None:
+            pre(u)
+        handler(u)
+        if post is not None:
+            post(u)
+        if new:
+            u.spend("objects")
+    return run
+
+
+_InertUnpickler.dispatch = {code: _guard(code, handler) for code, handler in pickle._Unpickler.dispatch.items()}  # noqa: SLF001
 
 
 def _modern_name(module: str, name: str) -> tuple[str, str]:
@@ -123,7 +240,7 @@ def _storage_ref(pid: Any) -> StorageRef | None:
     storage_type, key, numel = pid[1], pid[2], pid[4]
     if not (isinstance(storage_type, type) and issubclass(storage_type, Record)):
         return None
-    if not isinstance(key, str) or not _is_count(numel):
+    if not isinstance(key, str) or len(key) > limit("name chars") or not _is_count(numel):
         return None
     view = pid[5] if len(pid) == 6 else None
     if view is not None and not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[0], str)
@@ -133,13 +250,15 @@ def _storage_ref(pid: Any) -> StorageRef | None:
 
 
 def _is_count(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**62
 
 
 def scan_pickles(data: bytes, max_pickles: int = 1) -> PickleScan:
-    """Replay up to ``max_pickles`` consecutive pickles in ``data`` without executing them.
+    """Replay up to ``max_pickles`` consecutive pickles in ``data`` without executing them, under
+    the budgets of ``merging.budgets`` (proportional to ``len(data)``).
 
-    Stops quietly at the end of ``data``; a malformed or truncated pickle sets ``error``.
+    Stops quietly at the end of ``data``; a malformed or truncated pickle sets ``error``; a budget
+    exceeded raises ``BudgetExceeded``.
     """
     scan, classes = PickleScan(), {}
     stream = io.BytesIO(data)
@@ -147,8 +266,10 @@ def scan_pickles(data: bytes, max_pickles: int = 1) -> PickleScan:
         if stream.tell() >= len(data):
             break
         try:
-            scan.values.append(_InertUnpickler(stream, scan, classes).load())
-        except Exception as err:  # noqa: BLE001 - any failure (incl. RecursionError) means "not a pickle"
+            scan.values.append(_InertUnpickler(stream, scan, classes, len(data)).load())
+        except BudgetExceeded:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure means "not a pickle"
             scan.error = f"{type(err).__name__}: {err}"[:200]
             break
         scan.end = stream.tell()
