@@ -96,6 +96,17 @@ class _InertUnpickler(pickle._Unpickler):  # noqa: SLF001
         super().__init__(stream)
         self._scan, self._classes, self._nbytes = scan, classes, nbytes
         self._limits = {name: limit(name, nbytes) for name in COUNTED}
+        self.ops_left = self._limits["opcodes"] - scan.spent.get("opcodes", 0)
+        self.objects_left = self._limits["objects"] - scan.spent.get("objects", 0)
+
+    def overspent(self) -> None:
+        self.settle()
+        raise exceeded("opcodes" if self.ops_left < 0 else "objects", self._nbytes)
+
+    def settle(self) -> None:
+        """Write the hot-loop counters back into ``scan.spent``."""
+        self._scan.spent["opcodes"] = self._limits["opcodes"] - self.ops_left
+        self._scan.spent["objects"] = self._limits["objects"] - self.objects_left
 
     def spend(self, name: str, amount: int = 1) -> None:
         used = self._scan.spent.get(name, 0) + amount
@@ -209,17 +220,18 @@ _POST: dict[int, Callable[[_InertUnpickler], None]] = {
 
 
 def _guard(code: int, handler: Callable[[Any], None]) -> Callable[[_InertUnpickler], None]:
-    pre, post, new = _PRE.get(code), _POST.get(code), code not in _NO_NEW_OBJECT
+    pre, post, new = _PRE.get(code), _POST.get(code), int(code not in _NO_NEW_OBJECT)
 
-    def run(u: _InertUnpickler) -> None:
-        u.spend("opcodes")
+    def run(u: _InertUnpickler) -> None:  # the hot loop: two counters, checked together
+        u.ops_left -= 1
+        u.objects_left -= new
+        if u.ops_left < 0 or u.objects_left < 0:
+            u.overspent()
         if pre is not None:
             pre(u)
         handler(u)
         if post is not None:
             post(u)
-        if new:
-            u.spend("objects")
     return run
 
 
@@ -266,11 +278,14 @@ def scan_pickles(data: bytes, max_pickles: int = 1) -> PickleScan:
         if stream.tell() >= len(data):
             break
         try:
-            scan.values.append(_InertUnpickler(stream, scan, classes, len(data)).load())
+            unpickler = _InertUnpickler(stream, scan, classes, len(data))
+            scan.values.append(unpickler.load())
         except BudgetExceeded:
             raise
         except Exception as err:  # noqa: BLE001 - any failure means "not a pickle"
             scan.error = f"{type(err).__name__}: {err}"[:200]
             break
+        finally:
+            unpickler.settle()
         scan.end = stream.tell()
     return scan

@@ -1,0 +1,80 @@
+"""Hostile files that need no code to hurt a server (tests/merging/hostile_corpus.py) each end
+in a named CheckpointError within a second, with the reading process's peak memory within a few
+hundred MB of where it started, and the process alive. Every case runs in a subprocess with a
+timeout, so a regression that hangs or crashes fails this test instead of killing pytest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from merging import budgets
+from tests.merging.hostile_corpus import CORPUS, write_corpus
+
+ROOT = Path(__file__).resolve().parents[2]
+SECONDS, RSS_MB = 1.0, 300
+
+# Opens and fully reads each file; prints name -> [error class, message, seconds, peak RSS growth MB].
+SCRIPT = textwrap.dedent("""
+    import json, re, sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from merging.io import open_checkpoint
+    from merging.parse_worker import parse_isolated
+    parse_isolated("/dev/null", 0, "unknown")  # start the helper before timing
+    status, clear = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+    def mb(field):
+        return int(re.search(field + r":\\s+(\\d+) kB", status.read_text()).group(1)) / 1024
+    out = {}
+    for name, path in json.loads(sys.stdin.read()).items():
+        clear.write_text("5")
+        start, t = mb("VmRSS"), time.perf_counter()
+        try:
+            open_checkpoint(path).load()
+            kind, message = "loaded", ""
+        except Exception as err:
+            kind, message = type(err).__name__, str(err)
+        out[name] = [kind, message, time.perf_counter() - t, mb("VmHWM") - start]
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+    paths = write_corpus(tmp_path_factory.mktemp("hostile"))
+    run = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT)], input=json.dumps({k: str(v) for k, v in paths.items()}),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return {name: [*row, str(paths[name])] for name, row in json.loads(run.stdout.splitlines()[-1]).items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CORPUS))
+def test_hostile_file_ends_in_a_named_error_quickly_and_small(results: dict[str, list], case: str) -> None:
+    kind, message, seconds, grown, path = results[case]
+    words = CORPUS[case][2]
+    assert kind in {"CheckpointError", "BudgetExceeded"}, (kind, message)
+    assert message.startswith(path) and "\n" not in message and message.isprintable(), message
+    assert words in message, message
+    assert "unexpected" not in message, message  # a raw exception reached the boundary: a bug
+    assert seconds < SECONDS, f"{case}: {seconds:.2f} s"
+    assert grown < RSS_MB, f"{case}: peak RSS grew {grown:.0f} MB"
+
+
+def test_budgets_table_in_the_docs_matches_the_code() -> None:
+    text = (ROOT / "docs" / "safety.md").read_text()
+    assert budgets.docs_table() in text
+
+
+def test_a_budget_is_a_floor_plus_a_share_of_the_bytes() -> None:
+    objects = budgets.BUDGETS["objects"]
+    assert budgets.limit("objects", 0) == objects.floor
+    assert budgets.limit("objects", 4_000_000) == objects.floor + int(objects.per_byte * 4_000_000)
+    assert budgets.limit("depth", 10**9) == budgets.limit("depth", 0)  # fixed caps do not grow
+    with pytest.raises(budgets.BudgetExceeded, match="'objects' budget"):
+        raise budgets.exceeded("objects", 100)
