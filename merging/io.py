@@ -16,15 +16,16 @@ What is read: the format is sniffed from the bytes, not the suffix.
   ≤ 16 MiB, JSON object without duplicate keys, known dtypes, shape × itemsize == byte span, spans
   inside the data area, contiguous, no overlaps), so a header declaring a 10^15-byte tensor is an
   error, not an allocation.
-- torch files (zip, legacy, or a plain pickle): the pickle is first replayed inertly
-  (``merging.pickle_scan``); storages declared larger than the bytes they point at are errors.
-  Files whose pickle needs globals outside torch's weights-only allowlist (whole pickled modules
-  such as the task_vectors layout) and legacy-format files are read by the code-free reader
-  (``merging.pickle_reader``: nothing imported or called, tensors read lazily from the file).
-  What it cannot interpret (``__reduce__`` payloads in place of tensors, self-rebuilding objects)
-  raises ``UntrustedPickleError`` unless ``trust_pickle=True``. Zip state dicts load with
-  ``torch.load(weights_only=True)``, memory-mapped.
-Every failure is a ``CheckpointError`` whose one-line message starts with the file's path.
+- torch files (zip, legacy, or a plain pickle): parsed in a short-lived child process with
+  resource limits (``merging.parse_worker``), which replays the pickle inertly under budgets
+  (``merging.pickle_scan``, ``merging.budgets``) and interprets it with the code-free reader
+  (``merging.pickle_reader``: state dicts and whole pickled modules such as the task_vectors
+  layout; nothing imported or called). It returns only names, dtypes, sizes, strides and byte
+  spans; this process re-validates them and reads each tensor's bytes itself, lazily. What the
+  reader cannot interpret (``__reduce__`` payloads in place of tensors, self-rebuilding objects)
+  raises ``UntrustedPickleError`` unless ``trust_pickle=True`` (then ``torch.load`` runs here).
+Every failure is a ``CheckpointError`` whose one-line message starts with the file's path
+(``error_boundary``).
 """
 
 from __future__ import annotations

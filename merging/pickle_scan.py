@@ -5,13 +5,20 @@ Unpickling a file runs whatever callables its ``GLOBAL``/``REDUCE`` opcodes name
 ``__reduce__`` payload calls ``os.system``). ``scan_pickles`` replays the opcodes with an
 unpickler whose ``find_class`` never imports anything: every global becomes an inert stand-in
 class (``Record``) that carries its dotted name, and every call, ``BUILD`` or item assignment on
-it is only written down (arguments, state, items), never executed. Nothing from the file is executed, and memory stays proportional to the pickle's size (callers
-cap that size).
+it is only written down (arguments, state, items), never executed. Nothing from the file is executed.
 
-The result lets ``merging.io`` (1) refuse files that need non-allowlisted globals (whole-module
-checkpoints, hostile payloads) with a message that names them, and (2) check the storage sizes a
-torch checkpoint declares against the bytes it actually holds, before torch allocates anything;
-(3) hand the recorded objects to ``merging.pickle_reader``, which finds the tensors in them.
+Work and memory are bounded by the budgets of ``merging.budgets`` (proportional to the pickle's
+size): every opcode goes through a guard that counts opcodes and new objects, container sizes,
+dict/set insertions, memo entries, open MARKs, distinct globals, name lengths and integer sizes.
+Dict keys and set items are checked (``check_key``: scalars, records, or tuples of at most 64
+nodes) before Python hashes them, since hashing a tuple DAG takes 2**64 steps and hashing a
+10**6-deep tuple overflows the C stack. ``BUILD`` may only reach ``Record`` instances: the
+storage records (``StorageRef``) cannot be rewritten after they were checked.
+
+The result lets the isolated parser (``merging.parse_worker``) (1) name the globals a file
+imports, for the refusal of files the code-free reader cannot interpret, (2) check the storage
+sizes a torch checkpoint declares against the bytes it actually holds, and (3) hand the recorded
+objects to ``merging.pickle_reader``, which finds the tensors in them. Torch-free on purpose.
 """
 
 from __future__ import annotations
