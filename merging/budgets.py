@@ -31,8 +31,8 @@ class Budget:
 MiB = 2**20
 # name -> budget. docs/safety.md carries the same table (a test keeps them equal).
 BUDGETS: dict[str, Budget] = {
-    "opcodes": Budget(4096, 1.0, "pickle", "pickle opcodes executed"),
-    "objects": Budget(16384, 0.25, "pickle", "objects a pickle creates (containers, strings, numbers, records)"),
+    "opcodes": Budget(0, 1.0, "pickle", "pickle opcodes executed (each is at least a byte: bounded by 'pickle bytes')"),
+    "objects": Budget(16384, 0.25, "pickle", "objects that cost more than their bytes (containers, records, calls)"),
     "container": Budget(4096, 0.125, "pickle", "items in one list, tuple, dict or set"),
     "keys": Budget(4096, 0.125, "pickle", "dict and set insertions, all containers together"),
     "memo": Budget(4096, 0.25, "pickle", "memo entries"),

@@ -103,16 +103,15 @@ class _InertUnpickler(pickle._Unpickler):  # noqa: SLF001
         super().__init__(stream)
         self._scan, self._classes, self._nbytes = scan, classes, nbytes
         self._limits = {name: limit(name, nbytes) for name in COUNTED}
-        self.ops_left = self._limits["opcodes"] - scan.spent.get("opcodes", 0)
         self.objects_left = self._limits["objects"] - scan.spent.get("objects", 0)
+        self.memo_limit = self._limits["memo"]
 
     def overspent(self) -> None:
         self.settle()
-        raise exceeded("opcodes" if self.ops_left < 0 else "objects", self._nbytes)
+        raise exceeded("objects" if self.objects_left < 0 else "memo", self._nbytes)
 
     def settle(self) -> None:
-        """Write the hot-loop counters back into ``scan.spent``."""
-        self._scan.spent["opcodes"] = self._limits["opcodes"] - self.ops_left
+        """Write the hot-loop counter back into ``scan.spent``."""
         self._scan.spent["objects"] = self._limits["objects"] - self.objects_left
 
     def spend(self, name: str, amount: int = 1) -> None:
@@ -145,13 +144,16 @@ class _InertUnpickler(pickle._Unpickler):  # noqa: SLF001
 
 # ---------------------------------------------------------------- budgets per opcode
 
-COUNTED = ("opcodes", "objects", "container", "keys", "memo", "globals", "tensors")
+COUNTED = ("objects", "container", "keys", "memo", "globals", "tensors")
 _OP = {name: getattr(pickle, name)[0] for name in dir(pickle) if name.isupper() and isinstance(
     getattr(pickle, name), bytes) and len(getattr(pickle, name)) == 1}
-# Opcodes that push no new object (markers, memo and stack moves, mutations of an existing object).
-_NO_NEW_OBJECT = {_OP[n] for n in ("MARK", "STOP", "POP", "POP_MARK", "DUP", "GET", "BINGET", "LONG_BINGET", "PUT",
-                                   "BINPUT", "LONG_BINPUT", "MEMOIZE", "APPEND", "APPENDS", "SETITEM", "SETITEMS",
-                                   "ADDITEMS", "BUILD", "FRAME", "PROTO")}
+# Opcodes whose new object costs far more memory than their bytes (a 1-byte EMPTY_SET is a 216-byte
+# set; a REDUCE on a record builds an instance with its own dict and list): only these count as
+# "objects". Every opcode is at least one byte, so "opcodes" is bounded by "pickle bytes" itself
+# and needs no counter; strings, numbers and memo lookups cost about what their bytes do.
+_AMPLIFIERS = {_OP[n] for n in ("EMPTY_SET", "EMPTY_DICT", "EMPTY_LIST", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3",
+                                "LIST", "DICT", "FROZENSET", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "BINPERSID",
+                                "PERSID", "GLOBAL", "STACK_GLOBAL", "BUILD", "DUP")}
 _LEAVES = (str, bytes, int, float, bool, type(None), frozenset, Record, type, StorageRef)
 
 
@@ -180,7 +182,8 @@ def _size(obj: object) -> int:
 def _keys(u: _InertUnpickler, keys: list) -> None:
     u.spend("keys", len(keys))
     for key in keys:
-        check_key(key)
+        if type(key) is not str:  # names, the common case, hash in time linear in their bytes
+            check_key(key)
 
 
 def _build_target(u: _InertUnpickler) -> None:
@@ -217,23 +220,27 @@ _PRE: dict[int, Callable[[_InertUnpickler], None]] = {
     _OP["FROZENSET"]: lambda u: _keys(u, u.stack),
     _OP["BUILD"]: _build_target,
     _OP["MARK"]: _marks,
+    _OP["STOP"]: _memo,  # the memo is also checked at every amplifying opcode (``_guard``); between
+    # those it grows by at most one entry per byte
 }
 _POST: dict[int, Callable[[_InertUnpickler], None]] = {
     **{_OP[n]: _container for n in ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "TUPLE", "LIST", "DICT",
                                      "FROZENSET")},
-    **{_OP[n]: _memo for n in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE")},
     **{_OP[n]: _int for n in ("INT", "LONG", "LONG1", "LONG4")},
 }
 
 
 def _guard(code: int, handler: Callable[[Any], None]) -> Callable[[_InertUnpickler], None]:
-    pre, post, new = _PRE.get(code), _POST.get(code), int(code not in _NO_NEW_OBJECT)
+    """``handler`` with the checks of ``code``; opcodes with none keep their plain handler (speed)."""
+    pre, post, new = _PRE.get(code), _POST.get(code), code in _AMPLIFIERS
+    if pre is None and post is None and not new:
+        return handler
 
-    def run(u: _InertUnpickler) -> None:  # the hot loop: two counters, checked together
-        u.ops_left -= 1
-        u.objects_left -= new
-        if u.ops_left < 0 or u.objects_left < 0:
-            u.overspent()
+    def run(u: _InertUnpickler) -> None:
+        if new:
+            u.objects_left -= 1
+            if u.objects_left < 0 or len(u.memo) > u.memo_limit:
+                u.overspent()
         if pre is not None:
             pre(u)
         handler(u)

@@ -151,9 +151,9 @@ CORPUS: dict[str, tuple[str, Callable[[], bytes], str]] = {
     "400k distinct class names": ("classes.pt", lambda: many_classes(400_000), "budget"),
     "zip claiming 65535 members": ("members.pt", lambda: central_directory_claim(65535), "'zip members' budget"),
     # our own
-    "memo flood": ("memo.pt", lambda: pkl(P.NONE + (P.MEMOIZE) * (2 * 2**20) + P.POP), "'memo' budget"),
+    "memo flood": ("memo.pt", lambda: pkl(P.NONE + P.MEMOIZE * 10**6 + P.POP), "'memo' budget"),
     "MARK flood": ("marks.pt", lambda: pkl(P.MARK * 100_000), "'depth' budget"),
-    "one list of 2**21 items": ("list.pt", lambda: pkl(P.EMPTY_LIST + P.MARK + P.NONE * 2**21 + P.APPENDS),
+    "one list of 2**20 items": ("list.pt", lambda: pkl(P.EMPTY_LIST + P.MARK + P.NONE * 2**20 + P.APPENDS),
                                 "budget"),
     "parameter of a parameter, 20k deep": ("param.pt", lambda: as_zip(state_dict({"w": g(
         "torch._utils", "_rebuild_parameter") * 20_000 + tensor(storage("0", 1), 0, (1,), (1,)) + (
