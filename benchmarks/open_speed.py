@@ -7,8 +7,9 @@
 legacy pickled modules, TALL-masks state dicts with pickled heads, a Hugging Face hub cache) and
 one real-size ViT-L/14 visual tower saved as task_vectors does (``torch.save`` of the module,
 1.2 GB). ``--dir`` times, for each code tree ``--root`` (e.g. the main checkout and a branch),
-opening every replica folder and reading all its tensors (median of 5), and opening the ViT-L/14
-file (parsing only: the cost a 20-file release pays 20 times). Each measurement runs in a fresh
+opening every replica folder and reading all its tensors (median of 5), opening the ViT-L/14
+file (parsing only), and opening a 20-file ViT-L/14 release (``vit_l14_x20``: hard links of that
+file; parsing and the header checks, no tensor read). Each measurement runs in a fresh
 process per root, alternating, so both see the same machine state.
 """
 
@@ -32,9 +33,9 @@ from merging.io import open_checkpoint
 target, kind = Path(sys.argv[2]), sys.argv[3]
 def once():
     t = time.perf_counter()
-    if kind == "folder":
+    if kind in ("folder", "open"):
         zoo = open_folder(target, pretrained=target / "theta0.safetensors" if (target / "theta0.safetensors").exists() else None)
-        for view in [zoo.pretrained(), *(zoo.finetuned(t) for t in zoo.tasks)]:
+        for view in [zoo.pretrained(), *(zoo.finetuned(t) for t in zoo.tasks)] if kind == "folder" else []:
             dict(view.items())
     else:
         open_checkpoint(target)
@@ -64,10 +65,22 @@ def write(out: Path) -> None:
     vitl = VisionTransformer(image_size=224, patch_size=14, width=1024, layers=24, heads=16, mlp_ratio=4.0,
                              output_dim=768)
     torch.save(vitl, out / "vit_l14_finetuned.pt")
+    link_release(out)
+
+
+def link_release(out: Path) -> None:
+    """A 20-file ViT-L/14 release in the plain layout, as hard links of the one real-size file
+    (opening parses each name; 24 GB of copies would measure the same)."""
+    folder = out / "vit_l14_x20"
+    folder.mkdir(exist_ok=True)
+    for name in ["pretrained", *(f"task{k:02d}" for k in range(19))]:
+        if not (folder / f"{name}.pt").exists():
+            (folder / f"{name}.pt").hardlink_to(out / "vit_l14_finetuned.pt")
 
 
 def measure(folder: Path, roots: list[str]) -> dict:
-    targets = {p.name: (p, "folder") for p in sorted(folder.iterdir()) if p.is_dir()}
+    targets = {p.name: (p, "open" if p.name == "vit_l14_x20" else "folder") for p in sorted(folder.iterdir())
+               if p.is_dir()}
     targets["ViT-L/14 file (open only)"] = (folder / "vit_l14_finetuned.pt", "file")
     results = {}
     for name, (path, kind) in targets.items():

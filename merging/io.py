@@ -38,7 +38,7 @@ import pickle
 import stat
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +48,7 @@ import torch
 
 from merging.budgets import BudgetExceeded, limit
 from merging.errors import CheckpointError, IsoscopeError, UntrustedPickleError, printable
-from merging.parse_worker import TORCH_LEGACY_MAGIC, parse_isolated  # noqa: F401 - the magic is re-exported
+from merging.parse_worker import TORCH_LEGACY_MAGIC, parse_isolated, prefetch  # noqa: F401 - the magic is re-exported
 from merging.pickle_reader import ITEMSIZE, STORAGE_TYPES, StorageLayout, TensorRef, check_refs
 from merging.pickle_scan import StorageRef
 from merging.tensors import StateDict
@@ -474,6 +474,22 @@ class Checkpoint(Mapping[str, torch.Tensor]):
 def open_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
     """Open ``path`` lazily; CheckpointError (or UntrustedPickleError) if it cannot be read safely."""
     return Checkpoint(path, trust_pickle=trust_pickle)
+
+
+def prefetch_checkpoints(paths: Iterable[str | Path]) -> None:
+    """Parse the pickles among ``paths`` together, in parallel isolated children, ahead of the
+    ``open_checkpoint`` calls that follow (a folder's files). Best effort: a file that cannot be
+    read here is reported by its own open."""
+    files = []
+    for path in map(Path, paths):
+        try:
+            size = _file_size(path)
+            kind = _sniff(path, _read_bytes(path, 0, 16))
+        except IsoscopeError:
+            continue
+        if kind != "safetensors":
+            files.append((path, size, kind))
+    prefetch(files)
 
 
 def load_state_dict(path: str | Path, trust_pickle: bool = False) -> StateDict:

@@ -224,29 +224,24 @@ _SIGNALS = {signal.SIGXCPU: "hit its CPU limit ({cpu} s)", signal.SIGKILL: "was 
             signal.SIGSEGV: "crashed (SIGSEGV)", signal.SIGABRT: "crashed (SIGABRT)", signal.SIGBUS: "crashed (SIGBUS)"}
 
 
-def _collect(pid: int, fd: int, wall: float) -> bytes | str:
-    """The child's bytes, or why there are none (a limit hit, a crash, a timeout)."""
-    chunks, deadline = [], time.monotonic() + wall
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return f"took longer than {limit('parser wall s')} s"
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            break
-        chunks.append(chunk)
+def _outcome(pid: int, chunks: list[bytes], timed_out: bool) -> dict:
+    """The answer of a finished (reaped here) or overdue (killed here) child."""
+    if timed_out:
+        os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
+    if timed_out:
+        why = f"took longer than {limit('parser wall s')} s"
+    elif os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        return _SIGNALS.get(sig, f"was killed by signal {sig}").format(cpu=limit("parser CPU s"))
-    if os.WEXITSTATUS(status) != 0 or not chunks:
-        return f"failed (exit status {os.WEXITSTATUS(status)}; memory limit {limit('parser memory MiB')} MiB)"
-    return b"".join(chunks)
+        why = _SIGNALS.get(sig, f"was killed by signal {sig}").format(cpu=limit("parser CPU s"))
+    elif os.WEXITSTATUS(status) != 0 or not chunks:
+        why = f"failed (exit status {os.WEXITSTATUS(status)}; memory limit {limit('parser memory MiB')} MiB)"
+    else:
+        return json.loads(b"".join(chunks))
+    return {"status": "error", "message": f"the isolated parser {why}", "crash": True}
 
 
-def _run_one(request: dict) -> dict:
+def _fork(request: dict) -> tuple[int, int]:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -256,23 +251,48 @@ def _run_one(request: dict) -> dict:
         finally:
             os._exit(3)
     os.close(w)
-    try:
-        got = _collect(pid, r, limit("parser wall s"))
-    finally:
-        os.close(r)
-    if isinstance(got, str):
-        return {"status": "error", "message": f"the isolated parser {got}", "crash": True}
-    return json.loads(got)
+    return pid, r
+
+
+def _run_batch(requests: list[dict], parallel: int) -> list[dict]:
+    """One child per request, at most ``parallel`` at a time (files of a folder parse on all
+    cores), each under its own limits and wall-clock deadline; answers in request order."""
+    answers: list[dict | None] = [None] * len(requests)
+    running: dict[int, tuple[int, int, float, list[bytes]]] = {}  # fd -> (index, pid, deadline, chunks)
+    todo = list(enumerate(requests))
+    while todo or running:
+        while todo and len(running) < parallel:
+            index, request = todo.pop(0)
+            pid, fd = _fork(request)
+            running[fd] = (index, pid, time.monotonic() + limit("parser wall s"), [])
+        wait = max(0.0, min(d for _, _, d, _ in running.values()) - time.monotonic())
+        ready = select.select(list(running), [], [], wait)[0]
+        for fd in list(running):
+            index, pid, deadline, chunks = running[fd]
+            chunk = os.read(fd, 1 << 20) if fd in ready else None
+            if chunk:
+                chunks.append(chunk)
+                continue
+            if chunk is None and time.monotonic() < deadline:
+                continue
+            answers[index] = _outcome(pid, chunks, timed_out=chunk is None)
+            os.close(fd)
+            del running[fd]
+    return answers
 
 
 def serve() -> None:
-    """The helper's loop: one JSON request per line on stdin, one JSON answer per line on stdout."""
+    """The helper's loop: one JSON request per line on stdin (a list of files), one JSON answer per
+    line on stdout (a list of answers)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the app's terminal: the app decides
+    parallel = max(1, len(os.sched_getaffinity(0)))
     for line in sys.stdin.buffer:
         try:
-            reply = _run_one(json.loads(line))
+            requests = json.loads(line)
+            reply = _run_batch(requests, parallel)
         except Exception as err:  # noqa: BLE001 - the helper must outlive any one request
-            reply = {"status": "error", "message": f"the isolated parser failed ({type(err).__name__})", "crash": True}
+            reply = [{"status": "error", "message": f"the isolated parser failed ({type(err).__name__})",
+                      "crash": True}] * max(1, len(requests) if isinstance(requests, list) else 1)
         sys.stdout.buffer.write(json.dumps(reply).encode() + b"\n")
         sys.stdout.buffer.flush()
 
@@ -294,20 +314,23 @@ class _Helper:
                                           start_new_session=True)
         return self._proc
 
-    def ask(self, request: dict) -> dict:
+    def ask(self, requests: list[dict]) -> list[dict]:
         with self._lock:
             proc = self._start()
+            rounds = -(-len(requests) // max(1, len(os.sched_getaffinity(0))))  # batches of parallel children
             try:
-                proc.stdin.write(json.dumps(request).encode() + b"\n")
+                proc.stdin.write(json.dumps(requests).encode() + b"\n")
                 proc.stdin.flush()
-                ready = select.select([proc.stdout], [], [], limit("parser wall s") + 10)[0]
+                ready = select.select([proc.stdout], [], [], rounds * limit("parser wall s") + 10)[0]
                 line = proc.stdout.readline() if ready else b""
-                if not line:
+                answers = json.loads(line) if line else None
+                if not (isinstance(answers, list) and len(answers) == len(requests)):
                     raise OSError("no answer")
-                return json.loads(line)
+                return answers
             except (OSError, ValueError):
                 self.stop()
-                return {"status": "error", "message": "the isolated parser did not answer", "crash": True}
+                return [{"status": "error", "message": "the isolated parser did not answer", "crash": True}] * len(
+                    requests)
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -319,10 +342,37 @@ class _Helper:
 _HELPER = _Helper()
 
 
+_PREFETCHED: dict[tuple, dict] = {}  # file identity -> answer, parsed ahead by ``prefetch``
+_PREFETCH_MAX = 256
+
+
+def _identity(path: str, size: int, kind: str) -> tuple | None:
+    """What must not change between a prefetch and the open that uses its answer."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, size, kind)
+
+
+def prefetch(files: list[tuple[str | os.PathLike, int, str]]) -> None:
+    """Parse several files at once (one child each, in parallel on the cores this process may
+    use); the next ``parse_isolated`` of each unchanged file takes its answer instead of forking."""
+    requests = [{"path": os.fspath(p), "size": size, "kind": kind} for p, size, kind in files]
+    if len(requests) < 2:
+        return
+    for request, answer in zip(requests, _HELPER.ask(requests)):
+        key = _identity(request["path"], request["size"], request["kind"])
+        if key is not None and not answer.get("crash") and len(_PREFETCHED) < _PREFETCH_MAX:
+            _PREFETCHED[key] = answer
+
+
 def parse_isolated(path: str | os.PathLike, size: int, kind: str) -> dict:
     """Parse ``path`` (``size`` bytes; kind ``torch-zip``, ``pickle`` or ``unknown``) in a limited
     child process; the answer as described in the module docstring."""
-    return _HELPER.ask({"path": os.fspath(path), "size": size, "kind": kind})
+    key = _identity(os.fspath(path), size, kind)
+    answer = _PREFETCHED.pop(key, None) if key is not None else None
+    return answer if answer is not None else _HELPER.ask([{"path": os.fspath(path), "size": size, "kind": kind}])[0]
 
 
 if __name__ == "__main__":  # pragma: no cover
