@@ -5,6 +5,7 @@ second's chart keeps answering, and the server is the same process afterwards.""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,16 @@ def _server_pid(url: str) -> int:
     raise AssertionError(f"no server process for {url}")
 
 
+_KEYS = itertools.cycle(["ArrowLeft", "ArrowRight"])
+
+
 def _move_slider(page, before: str) -> str:
+    """0.80 → 0.50 and back, alternately: the chart's boundary annotation (common k) moves each time."""
     thumb = page.locator("[data-testid='stSlider']", has_text="Common fraction of Iso-CTS").get_by_role("slider")
     thumb.focus()
-    page.keyboard.press("ArrowLeft")
+    key = next(_KEYS)
+    for _ in range(6):
+        page.keyboard.press(key)
     page.wait_for_function("before => document.querySelector('.js-plotly-plot').innerText !== before", arg=before,
                            timeout=60_000)
     return page.locator(".js-plotly-plot").first.inner_text()
@@ -57,7 +64,7 @@ def test_hostile_folder_in_one_session_leaves_the_server_and_other_sessions_work
     attacker = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
     attacker.goto(streamlit_server, wait_until="domcontentloaded")
     attacker.get_by_text("Folder of checkpoints").first.click()
-    box = attacker.get_by_label("Checkpoint folder")
+    box = attacker.get_by_role("textbox", name="Checkpoint folder")
     box.fill(str(folder))
     box.press("Enter")
     for _ in range(3):  # the other session keeps answering while the hostile folder is read
