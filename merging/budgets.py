@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from merging import settings
 from merging.errors import CheckpointError
 
 
@@ -23,9 +24,11 @@ class Budget:
     per_byte: float
     guards: str  # which bytes it is proportional to
     what: str  # what is counted, for the docs table and the message
+    setting: str | None = None  # a merging.settings name whose value replaces ``floor`` (deployments tune it)
 
     def limit(self, nbytes: int) -> int:
-        return self.floor + int(self.per_byte * max(nbytes, 0))
+        floor = settings.value(self.setting) if self.setting else self.floor
+        return floor + int(self.per_byte * max(nbytes, 0))
 
 
 MiB = 2**20
@@ -42,11 +45,11 @@ BUDGETS: dict[str, Budget] = {
     "name chars": Budget(512, 0.0, "-", "characters of one global's dotted name"),
     "globals": Budget(256, 1 / 1024, "pickle", "distinct globals a pickle names"),
     "tensors": Budget(4096, 1 / 64, "pickle", "tensors a pickle declares (module trees included)"),
-    "pickle bytes": Budget(2 * MiB, 0.0, "-", "bytes of the pickle in a torch file"),
+    "pickle bytes": Budget(4 * MiB, 0.0, "-", "bytes of the pickle in a torch file", "max_pickle"),
     "zip members": Budget(4096, 1 / 65536, "file", "records in a zip's central directory"),
     "zip directory bytes": Budget(1 * MiB, 1 / 1024, "file", "bytes of a zip's central directory"),
     "output bytes": Budget(1 * MiB, 4.0, "file", "bytes of all tensors a file yields (tied weights may repeat)"),
-    "header bytes": Budget(16 * MiB, 0.0, "-", "bytes of a safetensors JSON header"),
+    "header bytes": Budget(16 * MiB, 0.0, "-", "bytes of a safetensors JSON header", "max_header"),
     "parser memory MiB": Budget(1024, 0.0, "-", "address space of the parser process (RLIMIT_AS)"),
     "parser CPU s": Budget(5, 0.0, "-", "CPU seconds of the parser process (RLIMIT_CPU)"),
     "parser wall s": Budget(10, 0.0, "-", "wall-clock seconds before the parser process is killed"),
@@ -75,5 +78,6 @@ def docs_table() -> str:
     for name, b in BUDGETS.items():
         share = "nothing (fixed)" if not b.per_byte else f"{b.per_byte:g} per byte of the {b.guards}" \
             if b.per_byte >= 0.1 else f"1 per {round(1 / b.per_byte)} bytes of the {b.guards}"
-        rows.append(f"| {name} | {b.what} | {b.floor} | {share} |")
+        floor = f"{b.floor} (`{settings.SETTINGS[b.setting].env}`)" if b.setting else str(b.floor)
+        rows.append(f"| {name} | {b.what} | {floor} | {share} |")
     return "\n".join(rows)

@@ -3,8 +3,9 @@
 Public API (other rooms rely on it):
 - ``open_checkpoint(path, trust_pickle=False) -> Checkpoint``: a lazy read-only Mapping with
   ``keys()``, ``shape(key)``, ``dtype(key)``, ``get(key)``/``[key] -> Tensor`` (as stored) and
-  ``load() -> StateDict``. Tensors are read one key at a time (safetensors and torch zip files are
-  memory-mapped), so the engine can stream layer by layer.
+  ``load() -> StateDict``. Tensors are read one key at a time (safetensors tensors by positional
+  reads, no memory map; torch zip files through torch's memory map), so the engine can stream
+  layer by layer.
 - ``load_state_dict(path, trust_pickle=False) -> StateDict``.
 - ``save_safetensors(state, path, metadata=None)``: atomic (temp file, fsync, rename), and
   ``safetensors_writer(path, layout)`` for streaming one tensor at a time.
@@ -13,7 +14,7 @@ Public API (other rooms rely on it):
 
 What is read: the format is sniffed from the bytes, not the suffix.
 - safetensors: the header is validated *before* the library sees it (length within the file and
-  ≤ 16 MiB, JSON object without duplicate keys, known dtypes, shape × itemsize == byte span, spans
+  ≤ $ISOSCOPE_MAX_HEADER_MB, 16 MiB by default, JSON object without duplicate keys, known dtypes, shape × itemsize == byte span, spans
   inside the data area, contiguous, no overlaps), so a header declaring a 10^15-byte tensor is an
   error, not an allocation.
 - torch files (zip, legacy, or a plain pickle): parsed in a short-lived child process with
@@ -46,7 +47,8 @@ from typing import Any
 
 import torch
 
-from merging.budgets import BudgetExceeded, limit
+from merging import settings
+from merging.budgets import BudgetExceeded
 from merging.errors import CheckpointError, IsoscopeError, UntrustedPickleError, printable
 from merging.parse_worker import TORCH_LEGACY_MAGIC, parse_isolated, prefetch  # noqa: F401 - the magic is re-exported
 from merging.pickle_reader import ITEMSIZE, STORAGE_TYPES, StorageLayout, TensorRef, check_refs
@@ -55,7 +57,6 @@ from merging.tensors import StateDict
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = limit("header bytes")  # real headers are ≤ ~1 MB; parsing costs ~10× the size
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 PICKLE_PROTO = 0x80
 
@@ -234,7 +235,7 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
     if len(head) < 8:
         raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)")
     header_len = int.from_bytes(head, "little")
-    if header_len > min(size - 8, MAX_HEADER_BYTES):
+    if header_len > min(size - 8, settings.value("max_header")):
         raise CheckpointError(f"{path}: not a valid safetensors file (header length {header_len} "
                               f"exceeds the {size}-byte file or the 16 MiB limit)")
     try:
