@@ -54,6 +54,7 @@ def as_zip(data_pkl: bytes, storages: dict[str, bytes] | None = None, extra: int
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr("archive/data.pkl", data_pkl)
         zf.writestr("archive/byteorder", "little")
+        zf.writestr("archive/version", "3\n")  # torch.load checks it: without it the attack is never reached
         for key, data in (storages or {}).items():
             zf.writestr(f"archive/data/{key}", data)
         for n in range(extra):
