@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from merging.budgets import BudgetExceeded, exceeded, limit
+from merging.errors import printable
 from merging.pickle_reader import (ITEMSIZE, STORAGE_TYPES, StorageLayout, TensorRef, Uninterpretable, check_refs,
                                    legacy_layout, state_of, zip_layout)
 from merging.pickle_scan import PickleScan, StorageRef, scan_pickles
@@ -87,7 +88,7 @@ def _zip_scan(path: str, size: int) -> tuple[PickleScan, Callable[[StorageRef], 
                 raise ValueError("a zip file, but not a torch checkpoint (no data.pkl)")
             for info in infos.values():
                 if info.compress_type != zipfile.ZIP_STORED or info.header_offset + info.file_size > size:
-                    raise ValueError(f"corrupted torch checkpoint (record '{_short(info.filename)}' is "
+                    raise ValueError(f"corrupted torch checkpoint (record '{printable(info.filename)}' is "
                                      "compressed or lies outside the file)")
             if infos[pkl[0]].file_size > limit("pickle bytes"):
                 raise exceeded("pickle bytes")
@@ -111,11 +112,11 @@ def _check_storages(scan: PickleScan, available: Callable[[StorageRef], int], si
     for ref in {r.key: r for r in scan.storages}.values():
         dtype = STORAGE_TYPES.get(ref.type_name)
         if dtype is None:
-            raise ValueError(f"unsupported storage type '{_short(ref.type_name)}'")
+            raise ValueError(f"unsupported storage type '{printable(ref.type_name)}'")
         nbytes = ref.numel * ITEMSIZE[dtype]
         total += nbytes
         if nbytes > available(ref) or total > size:
-            raise ValueError(f"corrupted torch checkpoint (storage '{_short(ref.key)}' declares {nbytes} bytes, "
+            raise ValueError(f"corrupted torch checkpoint (storage '{printable(ref.key)}' declares {nbytes} bytes, "
                              "more than the file holds)")
 
 
@@ -164,17 +165,12 @@ def parse_file(path: str, size: int, kind: str) -> dict:
             "spans": {k: list(v) for k, v in layout.spans.items()}}
 
 
-def _short(text: object, n: int = 60) -> str:
-    s = "".join(c if c.isprintable() else "?" for c in str(text))
-    return s if len(s) <= n else s[:n] + "…"
-
-
 def _oneline(err: BaseException) -> str:
     try:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
     except Exception:  # noqa: BLE001 - str() of a hostile value can itself fail
         first = type(err).__name__
-    return _short(first, 160)
+    return printable(first, 160)
 
 
 def answer(path: str, size: int, kind: str) -> dict:

@@ -87,3 +87,51 @@ def test_a_budget_is_a_floor_plus_a_share_of_the_bytes() -> None:
     assert budgets.limit("depth", 10**9) == budgets.limit("depth", 0)  # fixed caps do not grow
     with pytest.raises(budgets.BudgetExceeded, match="'objects' budget"):
         raise budgets.exceeded("objects", 100)
+
+
+HELPER = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import merging.parse_worker as worker
+real = worker.parse_file
+def parse(path, size, kind):  # the parser's own failures, on demand
+    if path.endswith("segv"):
+        os.kill(os.getpid(), 11)
+    if path.endswith("spin"):
+        while True:
+            pass
+    if path.endswith("hog"):
+        hog = [bytearray(2**20) for _ in range(10**5)]
+    return real(path, size, kind)
+worker.parse_file = parse
+worker.serve()
+"""
+
+
+@pytest.mark.slow
+def test_a_crash_a_cpu_hog_or_a_memory_hog_in_the_parser_is_an_answer_and_the_helper_lives_on(tmp_path: Path) -> None:
+    """The parser's child dies by SIGSEGV, spins (RLIMIT_CPU, or the wall-clock limit on a loaded
+    machine), or hits RLIMIT_AS: each is one error answer, and the helper then parses a valid file."""
+    import torch
+
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(2)}, good)
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", HELPER, str(ROOT)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    try:
+        def ask(*paths: Path) -> list[dict]:
+            sizes = [p.stat().st_size if p.exists() else 1 for p in paths]
+            proc.stdin.write(json.dumps([{"path": str(p), "size": n, "kind": "torch-zip"}
+                                         for p, n in zip(paths, sizes)]).encode() + b"\n")
+            proc.stdin.flush()
+            return json.loads(proc.stdout.readline())
+
+        crashed, spun, hogged = ask(tmp_path / "segv", tmp_path / "spin", tmp_path / "hog")
+        assert crashed["status"] == "error" and "crashed (SIGSEGV)" in crashed["message"], crashed
+        assert spun["status"] == "error" and ("CPU limit" in spun["message"] or "took longer" in spun["message"]), spun
+        assert hogged["status"] == "error" and "memory" in hogged["message"], hogged
+        answer = ask(good)[0]
+        assert answer["status"] == "ok" and list(answer["tensors"]) == ["w"], answer
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
