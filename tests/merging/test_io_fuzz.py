@@ -211,7 +211,7 @@ def test_non_state_dict_payloads(tmp_path: Path, payload: object, zip_format: bo
 
 REGRESSIONS = Path(__file__).parent / "fuzz_regressions"
 LONG_RUN = int(os.environ.get("ISOSCOPE_FUZZ_LONG", "0"))  # e.g. 5000: a long opt-in run of the slow fuzzers
-OPCODE_FUZZ = settings(FUZZ, max_examples=100)
+OPCODE_FUZZ = settings(FUZZ, max_examples=300)
 LONG_FUZZ = settings(FUZZ, max_examples=max(LONG_RUN, 150))
 OPCODES = [bytes([c]) for c in sorted(pickle._Unpickler.dispatch) if bytes([c]) not in (pickle.STOP,)]  # noqa: SLF001
 ARGS = st.sampled_from([b"", b"\x00", b"\x01", b"\xff\xff\xff\x7f", b"\x08\x00\x00\x00abcdefgh", b"torch\nSize\n",
