@@ -46,7 +46,8 @@ import torch
 
 from merging.device import pick_device
 from merging.errors import CheckpointError, IsoscopeError
-from merging.io import Checkpoint, process_umask, load_state_dict, open_checkpoint, save_safetensors, write_text_atomic
+from merging.io import (Checkpoint, load_state_dict, open_checkpoint, prefetch_checkpoints, process_umask,
+                        save_safetensors, write_text_atomic)
 from merging.once import OnceCache
 from merging.paths import allowed_path, cache_root
 from merging.progress import Progress, silent
@@ -105,11 +106,16 @@ def visual_plan(source: Mapping[str, torch.Tensor]) -> Plan:
     return dict(sorted(plan.items(), key=lambda item: open_clip_rank(item[0])))  # safetensors sorts by name
 
 
+def _weights(path: Path) -> Path:
+    """The checkpoint file of ``path``: itself, or a Hugging Face folder's weights file."""
+    if path.is_dir():
+        return hf_weights_file(path) or path / HF_WEIGHTS[0]  # a missing file gets open_checkpoint's message
+    return path
+
+
 def open_visual(path: Path, trust_pickle: bool = False) -> MappedCheckpoint:
     """The visual tower stored at ``path`` (a checkpoint file or a Hugging Face folder), lazily."""
-    if path.is_dir():
-        path = hf_weights_file(path) or path / HF_WEIGHTS[0]  # a missing file gets open_checkpoint's message
-    source = open_checkpoint(path, trust_pickle=trust_pickle)
+    source = open_checkpoint(_weights(path), trust_pickle=trust_pickle)
     return MappedCheckpoint(source, visual_plan(source))
 
 
@@ -165,6 +171,7 @@ class FolderZoo(Zoo):
         self._trust, self._device = trust_pickle, device
         for path in self._files():  # served mode: no symlink inside the folder may lead outside
             allowed_path(path)
+        prefetch_checkpoints(_weights(p) for p in [files.pretrained, *files.tasks.values()])  # parsed in parallel
         self._base = open_visual(files.pretrained, trust_pickle)
         self._views = {t: self._task_view(t) for t in self.tasks}
         settings = self._settings()
