@@ -27,7 +27,7 @@ from merging import routes
 from merging.device import pick_device
 from merging.errors import MismatchError
 from merging.io import open_checkpoint, safetensors_writer
-from merging.methods.common import Layer, LayerCache
+from merging.methods.common import Layer, LayerCache, tensor_bytes
 from merging.progress import Progress, scaled, silent
 from merging.registry import Method, get_method
 from merging.tensors import (COMPUTE_DTYPE, StateDict, all_finite, check_compatible, check_finite, is_matrix,
@@ -69,17 +69,6 @@ def _base(method: Method, pretrained: torch.Tensor, layer: Layer) -> torch.Tenso
     """θ0[key] in fp32, or θavg[key] = θ0 + mean(τt) for methods merging around the average."""
     base = pretrained.to(dtype=COMPUTE_DTYPE)  # already on the layer's device
     return base + layer.mean() if method.base == "average" else base
-
-
-def _nbytes(value: Any) -> int:
-    """Bytes held by the tensors in ``value`` (nested tuples, lists and dicts)."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    return 0
 
 
 @dataclass
@@ -168,7 +157,7 @@ class Merger:
 
     def _account(self, key: str, entry: _Entry) -> None:
         """Re-measure ``entry`` and evict the least recently used others beyond the budget."""
-        entry.nbytes = _nbytes(entry.pretrained) + _nbytes(entry.taus) + entry.cache.nbytes()
+        entry.nbytes = tensor_bytes([entry.pretrained, entry.taus]) + entry.cache.nbytes()
         with self._lock:
             total = sum(e.nbytes for e in self._entries.values())
             for old in list(self._entries):

@@ -18,6 +18,7 @@ from merging.once import OnceCache
 from merging.progress import Progress
 
 log = logging.getLogger(__name__)
+timing_log = logging.getLogger("ui.timing")  # one line per timed section: the server log's "why is this slow"
 T = TypeVar("T")
 PROGRESS_DELAY_S = 0.15  # a progress bar appears only for work longer than this
 PROGRESS_INTERVAL_S = 0.1  # and is redrawn at most this often
@@ -109,9 +110,6 @@ def timed(name: str) -> Iterator[None]:
         elapsed = (time.perf_counter() - start) * 1000
         st.session_state.setdefault(TIMINGS_KEY, {})[name] = elapsed
         timing_log.info("%s %s: %.0f ms", _session_tag(), name, elapsed)
-
-
-timing_log = logging.getLogger("ui.timing")
 
 
 def _session_tag() -> str:

@@ -29,7 +29,7 @@ class LayerCache:
     """The intermediates of one key, owned by the engine and shared by every method and view that
     works on the key (always under the key's lock, ``Merger.layer``).
 
-    Most fields are written once. Three move with a parameter and are **changed in place**, so a
+    Most fields are written once. These move with a parameter and are **changed in place**, so a
     reader must hold the key's lock for as long as it uses them:
     - ``sum_rows`` grows along k (rows are appended, never rewritten);
     - ``tail_rows`` / ``tail_grams`` grow as Iso-CTS's k moves down (wide layers);
@@ -53,7 +53,12 @@ class LayerCache:
         yield from _tensors([getattr(self, f.name) for f in fields(self)])
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors())
+        return tensor_bytes(list(self.tensors()))
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes held by the tensors in ``value`` (a tensor, or nested tuples, lists and dicts of them)."""
+    return sum(t.numel() * t.element_size() for t in _tensors(value))
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
