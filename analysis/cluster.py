@@ -95,12 +95,13 @@ class ZooInfo:
     has_data: bool
     matrix_keys: tuple[str, ...]
     shapes: Mapping[str, tuple[int, ...]]
-    node: str = ""
+    node: str = ""  # the describing worker's node: its IP address and Ray's node id
+    node_id: str = ""
 
     @classmethod
-    def of(cls, ev: Evaluator, node: str = "") -> ZooInfo:
+    def of(cls, ev: Evaluator, node: str = "", node_id: str = "") -> ZooInfo:
         return cls(ev.zoo.name, ev.fingerprint, tuple(ev.tasks), bool(ev.zoo.has_data),
-                   tuple(ev.merger.matrix_keys), {k: tuple(v) for k, v in ev.merger.shapes.items()}, node)
+                   tuple(ev.merger.matrix_keys), {k: tuple(v) for k, v in ev.merger.shapes.items()}, node, node_id)
 
 
 def _not_stored(what: str) -> NotStored:
@@ -247,11 +248,12 @@ class Worker:
         import ray
 
         self.node = ray.util.get_node_ip_address()
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.error: str | None = None
         try:
             self.store = MemoryStore()
             self.ev = Evaluator(spec.open(), store=self.store, device=spec.device)  # type: ignore[arg-type]
-            self.info = ZooInfo.of(self.ev, self.node)
+            self.info = ZooInfo.of(self.ev, self.node, self.node_id)
         except (IsoscopeError, OSError, ValueError, RuntimeError) as err:
             self.error = f"cannot open zoo {spec.zoo!r} on node {self.node}: {err} (the zoo path must be the same on every node)"
 
@@ -340,6 +342,7 @@ class _Slot:
     actor: Any
     busy: Any = None  # the unit in flight, if any
     node: str = ""
+    node_id: str = ""
 
 
 @dataclass
@@ -354,6 +357,7 @@ class Cluster:
     _slots: list[_Slot] = field(default_factory=list)
     _pending: dict[Any, Any] = field(default_factory=dict)  # describe() ref -> actor not yet ready
     timings: list[tuple[str, float, float]] = field(default_factory=list)  # unit, submit→rows s, compute s
+    resubmitted: int = 0  # units whose worker died under them
     _owns_connection: bool = False
 
     # lifecycle ---------------------------------------------------------------------------------
@@ -430,11 +434,19 @@ class Cluster:
                                 f"{found.fingerprint}, not {self.info.fingerprint}): the zoo path must hold the "
                                 "same files on every node")
         self.info = self.info or found
-        self._slots.append(_Slot(actor, node=found.node))
+        self._slots.append(_Slot(actor, node=found.node, node_id=found.node_id))
 
     # resources ---------------------------------------------------------------------------------
     def resources(self) -> Resources:
         return resources(self.address)
+
+    @property
+    def workers_alive(self) -> int:
+        return len(self._slots)
+
+    def busy_nodes(self) -> list[str]:
+        """Ray node ids of the workers running a unit now."""
+        return [s.node_id for s in self._slots if s.busy is not None]
 
     # running units -----------------------------------------------------------------------------
     def stored(self, store: ResultStore) -> Evaluator:
@@ -447,52 +459,61 @@ class Cluster:
         ray = _ray()
         report = progress or silent
         todo = deque(missing(units, self.stored(store)))
-        total, done = len(todo), 0
+        total, done, flight = len(todo), 0, {}
         log.info("%d of %d unit(s) to run on %d worker(s)", total, len(units), len(self._slots))
-        flight: dict[Any, _Slot] = {}
-        submitted: dict[Any, float] = {}
         report(0.0, f"{total} units on {len(self._slots)} workers")
-        waiting_since: float | None = None
         while todo or flight:
-            for slot in self._slots:
-                if slot.busy is None and todo:
-                    slot.busy = todo.popleft()
-                    ref = slot.actor.run.remote(slot.busy)
-                    flight[ref], submitted[ref] = slot, time.perf_counter()
-            if not flight:  # units left, no live worker: wait for a replacement
-                waiting_since = waiting_since or time.monotonic()
-                left = REPLACEMENT_WAIT_S - (time.monotonic() - waiting_since)
-                if not self._pending or left <= 0 or not self._admit(timeout=left):
-                    raise IsoscopeError(f"no live worker left on the Ray cluster at {self.address} "
-                                        f"({len(todo)} unit(s) not run; rerun to resume)")
+            self._dispatch(todo, flight)
+            if not flight:
+                self._await_replacement(len(todo))
                 continue
-            waiting_since = None
-            ready, _ = ray.wait(list(flight) + list(self._pending), num_returns=1)
-            ref = ready[0]
+            ref = ray.wait(list(flight) + list(self._pending), num_returns=1)[0][0]
             if ref in self._pending:
                 self._admit(timeout=0)
                 continue
-            slot = flight.pop(ref)
+            slot, submitted = flight.pop(ref)
             unit, slot.busy = slot.busy, None
-            try:
-                rows = ray.get(ref)
-            except ray.exceptions.RayActorError as err:
-                log.warning("the worker on node %s died (%s): %s goes to another worker, and a replacement is "
-                            "requested", slot.node, type(err).__name__, unit.label)
-                self._slots.remove(slot)
-                todo.appendleft(unit)
-                self._spawn()
+            rows = self._collect(ref, slot, unit, todo)
+            if rows is None:
                 continue
-            except ray.exceptions.RayTaskError as err:
-                cause = err.as_instanceof_cause()
-                if isinstance(cause, IsoscopeError):
-                    raise IsoscopeError(f"on node {slot.node}: {str(cause).splitlines()[-1]}") from None
-                raise
             store.write(rows)
-            self.timings.append((unit.label, time.perf_counter() - submitted.pop(ref), rows.seconds))
+            self.timings.append((unit.label, time.perf_counter() - submitted, rows.seconds))
             done += 1
             report(done / total, f"{unit.label} ({slot.node})")
         return total
+
+    def _dispatch(self, todo: deque, flight: dict) -> None:
+        """One unit to every idle worker: flight[ref] = (slot, submission time)."""
+        for slot in self._slots:
+            if slot.busy is None and todo:
+                slot.busy = todo.popleft()
+                flight[slot.actor.run.remote(slot.busy)] = (slot, time.perf_counter())
+
+    def _await_replacement(self, left: int) -> None:
+        """Units left and no live worker: wait for a requested replacement, or give up with one line."""
+        if not self._pending or not self._admit(timeout=REPLACEMENT_WAIT_S) or not self._slots and not self._pending:
+            raise IsoscopeError(f"no live worker left on the Ray cluster at {self.address} ({left} unit(s) not run; "
+                                "rerun to resume)")
+
+    def _collect(self, ref: Any, slot: _Slot, unit: Unit, todo: deque) -> Rows | None:
+        """A finished unit's rows; None when its worker died (the unit is queued again, a
+        replacement requested); a unit's own IsoscopeError becomes one line naming the node."""
+        ray = _ray()
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as err:
+            log.warning("the worker on node %s died (%s): %s goes to another worker, and a replacement is requested",
+                        slot.node, type(err).__name__, unit.label)
+            self._slots.remove(slot)
+            todo.appendleft(unit)
+            self.resubmitted += 1
+            self._spawn()
+            return None
+        except ray.exceptions.RayTaskError as err:
+            cause = err.as_instanceof_cause()
+            if isinstance(cause, IsoscopeError):
+                raise IsoscopeError(f"on node {slot.node}: {str(cause).splitlines()[-1]}") from None
+            raise
 
 
 # -- driver-side commands -------------------------------------------------------------------------
@@ -521,6 +542,7 @@ def local_cluster(nodes: int = 2, object_store_mb: int = 80) -> Iterator[Any]:
     stores, no dashboard; shut down on exit. Yields ``ray.cluster_utils.Cluster``."""
     from ray.cluster_utils import Cluster as RayCluster
 
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")  # a busy machine starts raylets slowly
     cluster = RayCluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "object_store_memory": (object_store_mb + 20) * MB, "include_dashboard": False})
     try:
