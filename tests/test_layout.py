@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE_ALLOWED = {
     "merging": {"torch", "numpy", "scipy", "safetensors", "merging"},
     "zoo": {"torch", "numpy", "safetensors", "merging", "zoo", "open_clip", "sklearn", "PIL", "torchvision"},
-    "analysis": {"torch", "numpy", "safetensors", "merging", "zoo", "analysis", "pandas", "plotly", "scipy"},
+    "analysis": {"torch", "numpy", "safetensors", "merging", "zoo", "analysis", "pandas", "plotly", "scipy", "ray"},
 }
 
 
