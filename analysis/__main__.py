@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from analysis.k_rules import DEFAULT_RULE, K_RULES, rule_value
 from merging.errors import TRUST_PICKLE_HELP, IsoscopeError
 from merging.progress import Progress
 from merging.runtime import use_huge_pages
@@ -75,7 +76,7 @@ def _report(args: argparse.Namespace) -> int:
 def _write_report(args: argparse.Namespace, ev: Evaluator, methods: list[str] | None, start: float) -> int:
     from analysis.report import build_report, format_summary, write_report
 
-    value = args.eps if args.k_rule == "eq6" else args.threshold
+    value = _rule_arg(args)
     rep = build_report(ev, methods, eps=value, progress=_logging_progress("report"), rule=args.k_rule,
                        point_set=POINTS[args.points])
     json_path, html_path = write_report(rep, args.out)
@@ -137,7 +138,7 @@ def _precompute(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     methods = set_methods(POINTS[args.points])
-    value = args.eps if args.k_rule == "eq6" else args.threshold
+    value = _rule_arg(args)
     with _session(args) as (ev, run):
         units = layer_units(ev.decompositions.keys, methods)
         run(units)
@@ -150,28 +151,29 @@ def _precompute(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1)")
-    return value
-
-
-def _threshold(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
-    return value
+def _rule_value(rule: str) -> Callable[[str], float]:
+    """An argparse type for ``rule``'s value, checked against its range in ``K_RULES``."""
+    def parse(text: str) -> float:
+        try:
+            return rule_value(rule, float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text} is not in {K_RULES[rule].interval}") from None
+    return parse
 
 
 def _k_rule_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k-rule", choices=("figure", "eq6"), default="figure",
-                   help="how SAR picks k_M: 'figure', the authors' Fig. 3a script (cumulative norm above "
-                        "--threshold; default), or 'eq6', the paper's Eq. 6 with --eps")
-    p.add_argument("--eps", type=_fraction, default=0.05,
-                   help="Eq. 6's ε in [0, 1), a bound on the Frobenius norm left out (default 0.05)")
-    p.add_argument("--threshold", type=_threshold, default=0.95,
-                   help="the figure rule's cumulative-norm threshold in (0, 1] (default 0.95)")
+    p.add_argument("--k-rule", choices=tuple(K_RULES), default=DEFAULT_RULE,
+                   help="how SAR picks k_M: " + "; ".join(f"'{s.name}', {s.label} with {s.cli_flag}"
+                                                          for s in K_RULES.values()) + f" (default {DEFAULT_RULE})")
+    for spec in K_RULES.values():
+        p.add_argument(spec.cli_flag, type=_rule_value(spec.name), default=spec.default,
+                       help=f"the {spec.name} rule's value in {spec.interval}: {spec.value_label} "
+                            f"(default {spec.default:g})")
+
+
+def _rule_arg(args: argparse.Namespace) -> float:
+    """The value given for the chosen k_M rule (its own flag)."""
+    return getattr(args, K_RULES[args.k_rule].cli_flag.lstrip("-"))
 
 
 def _zoo_arguments(p: argparse.ArgumentParser) -> None:

@@ -26,7 +26,6 @@ Ray is imported only here, and only when a cluster is used.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from collections import deque
@@ -41,6 +40,7 @@ import torch
 
 from analysis.evaluation import Evaluator
 from analysis.store import MemoryStore, ResultStore, Rows
+from merging import settings
 from merging.errors import IsoscopeError
 from merging.progress import Progress, silent
 from merging.registry import get_method
@@ -49,8 +49,6 @@ from zoo.base import SPLITS, Zoo
 
 log = logging.getLogger(__name__)
 
-ADDRESS_ENV = "ISOSCOPE_RAY_ADDRESS"  # the app's cluster (make run RAY=…)
-SHIP_ENV = "ISOSCOPE_RAY_SHIP"  # "working_dir" (default): ship the project; "installed": already on every node
 PROJECT = Path(__file__).resolve().parents[1]
 # Left out of the shipped working_dir: the environment, caches, outputs and the repository.
 SHIP_EXCLUDES = [".venv", ".git", ".pytest_cache", "**/__pycache__", "reports", "docs", "tests", "*.sqlite"]
@@ -294,7 +292,7 @@ def _check_reachable(address: str) -> None:
 def runtime_env() -> dict[str, Any]:
     """How workers import Isoscope: the project shipped as Ray's working_dir (default), or
     nothing when it is installed on every node (``ISOSCOPE_RAY_SHIP=installed``)."""
-    if os.environ.get(SHIP_ENV, "working_dir") == "installed":
+    if settings.value("ray_ship") == "installed":
         return {}
     return {"working_dir": str(PROJECT), "excludes": SHIP_EXCLUDES}
 
@@ -542,7 +540,6 @@ def local_cluster(nodes: int = 2, object_store_mb: int = 80) -> Iterator[Any]:
     stores, no dashboard; shut down on exit. Yields ``ray.cluster_utils.Cluster``."""
     from ray.cluster_utils import Cluster as RayCluster
 
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")  # a busy machine starts raylets slowly
     cluster = RayCluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "object_store_memory": (object_store_mb + 20) * MB, "include_dashboard": False})
     try:

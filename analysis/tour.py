@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 
 from analysis import fig3a, figures, toy
 from analysis.correlation import correlation
-from analysis.sar import K_M_DEFAULTS, rank_by_rule, sar
+from analysis.sar import DEFAULT_RULE, K_RULES, rank_by_rule, sar
 from analysis.style import TASK_PALETTE, method_color, style_figure
 from merging.registry import get_method
 
@@ -37,8 +37,8 @@ class TourState:
     shared: float = toy.DEFAULT_SHARED
     weak: float = toy.DEFAULT_WEAK
     fraction: float = toy.DEFAULT_FRACTION
-    rule: str = "figure"
-    value: float = K_M_DEFAULTS["figure"]
+    rule: str = DEFAULT_RULE
+    value: float = K_RULES[DEFAULT_RULE].default
 
 
 @dataclass(frozen=True)

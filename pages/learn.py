@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis import tour
-from analysis.sar import K_M_DEFAULTS
+from analysis.sar import DEFAULT_RULE, K_RULES
 from ui.core import errors_in_place
 from ui.page import header, link
 from ui.points import zoo_points
@@ -52,7 +52,7 @@ def from_url() -> None:
         if isinstance(value, float) and not math.isfinite(value):
             value = default
         st.session_state[skey] = min(max(value, bounds[0]), bounds[1]) if bounds else value
-    if st.session_state[key("learn_rule")] not in K_M_DEFAULTS:
+    if st.session_state[key("learn_rule")] not in K_RULES:
         st.session_state[key("learn_rule")] = tour.TourState.rule
 
 
@@ -84,14 +84,14 @@ def controls() -> tour.TourState:
     fraction = c3.slider("Iso-CTS common fraction f", 0.0, 1.0, step=0.05, key=key("learn_fraction"),
                          help="Share of the rank r = 8 given to the common subspace; on the toy k is 2, 5 or 8.")
     with c4:
-        rule = st.radio("k_M rule for SAR", ["figure", "eq6"], horizontal=True, key=key("learn_rule"),
-                        format_func=lambda r: {"figure": "figure script", "eq6": "Eq. 6"}[r],
-                        on_change=lambda: st.session_state.update({key("learn_value"): K_M_DEFAULTS[
-                            st.session_state[key("learn_rule")]]}),
+        rule = st.radio("k_M rule for SAR", list(K_RULES), horizontal=True, key=key("learn_rule"),
+                        format_func=lambda r: K_RULES[r].label,
+                        on_change=lambda: st.session_state.update({key("learn_value"): K_RULES[
+                            st.session_state[key("learn_rule")]].default}),
                         help="Figure script (reproduces Fig. 3a): keep the directions before the cumulative norm "
                              "√(Σσi²/Σσ²) passes the threshold. Eq. 6: the fewest directions whose left-out "
                              "Frobenius norm is at most ε·‖ΔM‖F (so 1 − ε² of the energy is kept).")
-        label = "threshold (cumulative norm)" if rule == "figure" else "ε (bound on the norm left out)"
+        label = K_RULES[rule].value_label
         value = st.slider(label, 0.01, 0.99, step=0.01, key=key("learn_value"))
     return tour.TourState(shared=shared, weak=weak, fraction=fraction, rule=rule, value=value)
 
@@ -112,7 +112,7 @@ def show_step(step: tour.Step, large: bool = False) -> None:
 
 def points() -> pd.DataFrame | None:
     with errors_in_place(stop=False):
-        return zoo_points(("task_arithmetic", "iso_c"), "figure", K_M_DEFAULTS["figure"])
+        return zoo_points(("task_arithmetic", "iso_c"), DEFAULT_RULE, K_RULES[DEFAULT_RULE].default)
     return None
 
 

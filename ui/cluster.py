@@ -5,13 +5,13 @@ result store. One pool of workers per zoo, shared by every session (never mutate
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import streamlit as st
 import torch
 
-from analysis.cluster import ADDRESS_ENV, Cluster, Resources, ZooSpec, resources
+from analysis.cluster import Cluster, Resources, ZooSpec, resources
+from merging import settings
 from merging.errors import IsoscopeError
 from ui.core import cached, errors_in_place, progress_bar
 from ui.models import current_zoo
@@ -20,7 +20,7 @@ from ui.state import Selection, selection
 
 def cluster_address() -> str | None:
     """The cluster the app was started with, or None (everything runs in-process)."""
-    return os.environ.get(ADDRESS_ENV, "").strip() or None
+    return settings.value("ray_address") or None
 
 
 def _spec(sel: Selection) -> ZooSpec:
