@@ -90,7 +90,7 @@ def main() -> None:
     trips, computes = [t[1] for t in timings], [t[2] for t in timings]
     overheads = [a - b for a, b in zip(trips, computes)]
     overhead = statistics.median(overheads)
-    print(f"digits sweep, {len(units)} units, median per unit: in-process {statistics.median(local):.2f} s; "
+    print(f"{args.zoo} sweep, {len(units)} units, median per unit: in-process {statistics.median(local):.2f} s; "
           f"cluster round trip {statistics.median(trips):.2f} s, of which worker compute "
           f"{statistics.median(computes):.2f} s and scheduling + transfer + driver writes {overhead:.3f} s "
           f"({100 * overhead / statistics.median(trips):.1f}%); worker start-up {startup:.1f} s (once)")
