@@ -264,10 +264,11 @@ class FolderZoo(Zoo):
         return head
 
     @property
-    def notes(self) -> tuple[str, ...]:
-        """What the user should know about this zoo (shown by the app), as it stands now."""
+    def notes(self) -> list[str]:
+        """What the user should know about this zoo (shown by the app), as it stands now: a copy, so
+        a reader never sees the list change under it, nor changes the zoo's."""
         with self._notes_lock:
-            return tuple(self._notes)
+            return list(self._notes)
 
     def _note(self, message: str) -> None:
         """Add ``message`` to ``notes`` once (sessions share the zoo: the check and the append are one step)."""
