@@ -1,6 +1,7 @@
 # Two commands set everything up on a machine with only python3:
 #   make run    serve the app on http://127.0.0.1:8501 with the embedded digits zoo
 #   make test   run the whole test suite (unit, Streamlit AppTest, browser end-to-end)
+#   make run RAY=host:port   the same app, its sweeps and larger Alignment sets on a Ray cluster
 # Both create .venv and (re)install requirements.txt only when it changed.
 
 PYTHON ?= python3
@@ -8,6 +9,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements.sha256
 PORT   ?= 8501
+RAY    ?=
 
 .PHONY: run test venv bench bench-real report build-zoo clean
 
@@ -25,7 +27,7 @@ venv:
 	fi
 
 run: venv
-	$(PY) -m ui.serve --server.port $(PORT)  # streamlit run app.py on 127.0.0.1, heavy imports done first
+	ISOSCOPE_RAY_ADDRESS=$(RAY) $(PY) -m ui.serve --server.port $(PORT)  # on 127.0.0.1, heavy imports done first; RAY=host:port: sweeps on that Ray cluster
 
 test: venv
 	$(PY) -m pytest

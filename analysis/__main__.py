@@ -4,10 +4,16 @@
     python -m analysis report --zoo PATH --data DATA [--trust-pickle] --out DIR
     python -m analysis sweep --zoo Z --method iso_cts --param common_fraction=0:1:0.1 [--alpha A]
     python -m analysis sweep --zoo Z --method cart --param rank_ratio=0.02:0.5:0.02
+    python -m analysis precompute --zoo Z [--points fig3a|six|all] [--k-rule figure|eq6]
 
 A sweep writes every point into the same resumable result store the app's Common subspace view
 reads, so a GPU server can fill the store and the app then shows the curves at once (sweeps
-killed half way resume where they stopped).
+killed half way resume where they stopped). ``precompute`` fills the store's per-layer table
+(spectra, every method's merged-update decomposition) that the Spectra and Alignment views read.
+
+``--ray ADDRESS`` (auto, host:port, ray://host:10001) runs the same command's units on a Ray
+cluster (``analysis.cluster``, docs/cluster.md); the rows are those of the in-process run.
+Ctrl-C stops cleanly: committed rows stay, and the same command resumes.
 
 Progress is logged to stderr; the summary table goes to stdout. Input the user can fix
 (unknown zoo, unreadable checkpoint, bad method name, missing data) exits with status 2 and
@@ -21,7 +27,9 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analysis.k_rules import DEFAULT_RULE, K_RULES, rule_value
@@ -34,7 +42,9 @@ POINTS = {"fig3a": "Fig. 3a: Task Arithmetic and Iso-C", "six": "six methods: TA
           "all": "all registered methods (the six and weight averaging)"}
 
 if TYPE_CHECKING:
+    from analysis.cluster import Unit, ZooSpec
     from analysis.evaluation import Evaluator
+    from analysis.store import ResultStore
 
 log = logging.getLogger("analysis")
 
@@ -53,13 +63,21 @@ def _logging_progress(name: str, every: float = 5.0) -> Progress:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from analysis.report import build_report, format_summary, write_report
-    from merging.registry import get_method
+    from analysis.cluster import report_units
+    from merging.registry import all_methods, get_method
 
     methods = [get_method(m.strip()).name for m in args.methods.split(",")] if args.methods else None
     start = time.perf_counter()
-    ev = _evaluator(args)
-    value = getattr(args, K_RULES[args.k_rule].cli_flag.lstrip("-"))
+    with _session(args) as (ev, run):
+        if args.ray:  # in-process, build_report computes what it reads as it goes
+            run(report_units(ev.decompositions.keys, methods or list(all_methods())))
+        return _write_report(args, ev, methods, start)
+
+
+def _write_report(args: argparse.Namespace, ev: Evaluator, methods: list[str] | None, start: float) -> int:
+    from analysis.report import build_report, format_summary, write_report
+
+    value = _rule_arg(args)
     rep = build_report(ev, methods, eps=value, progress=_logging_progress("report"), rule=args.k_rule,
                        point_set=POINTS[args.points])
     json_path, html_path = write_report(rep, args.out)
@@ -89,6 +107,7 @@ def parse_values(spec: str) -> tuple[str, list[float]]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from analysis.cluster import sweep_units
     from analysis.sweeps import param_sweep, sweep_average
     from merging.registry import get_method
 
@@ -97,9 +116,11 @@ def _sweep(args: argparse.Namespace) -> int:
     for value in values:  # every value checked against the method's schema before any work
         method.resolve({param: value})
     start = time.perf_counter()
-    ev = _evaluator(args)
+    with _session(args) as (ev, run):
+        if args.ray:  # in-process, param_sweep computes its points as it goes
+            run(sweep_units(method.name, param, values, alpha=args.alpha))
+        table = param_sweep(ev, method.name, param, values, alpha=args.alpha, progress=_logging_progress("sweep"))
     zoo = ev.zoo
-    table = param_sweep(ev, method.name, param, values, alpha=args.alpha, progress=_logging_progress("sweep"))
     test = sweep_average(table)
     test = test[test["split"] == "test"]
     print(f"{method.display_name} on {zoo.name}: mean test accuracy per {param}")
@@ -126,6 +147,26 @@ def _budget(text: str) -> int:
     return value
 
 
+def _precompute(args: argparse.Namespace) -> int:
+    from analysis.cluster import layer_units
+    from analysis.correlation import set_methods
+    from analysis.sar import sar_average, sar_table
+
+    start = time.perf_counter()
+    methods = set_methods(POINTS[args.points])
+    value = _rule_arg(args)
+    with _session(args) as (ev, run):
+        units = layer_units(ev.decompositions.keys, methods)
+        run(units)
+        print(f"SAR_avg on {ev.zoo.name} ({args.k_rule} rule, {value:g}), mean over tasks:")
+        for m in methods:
+            table = sar_average(sar_table(ev.decompositions, m, None, value, args.k_rule))
+            print(f"  {m:<18} {table['sar_avg'].mean():.3f}")
+    log.info("%d layers × %d methods in the store %s in %.1f s", len(units), len(methods), ev.store.path,
+             time.perf_counter() - start)
+    return 0
+
+
 def _rule_value(rule: str) -> Callable[[str], float]:
     """An argparse type for ``rule``'s value, checked against its range in ``K_RULES``."""
     def parse(text: str) -> float:
@@ -134,6 +175,21 @@ def _rule_value(rule: str) -> Callable[[str], float]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text} is not in {K_RULES[rule].interval}") from None
     return parse
+
+
+def _k_rule_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k-rule", choices=tuple(K_RULES), default=DEFAULT_RULE,
+                   help="how SAR picks k_M: " + "; ".join(f"'{s.name}', {s.label} with {s.cli_flag}"
+                                                          for s in K_RULES.values()) + f" (default {DEFAULT_RULE})")
+    for spec in K_RULES.values():
+        p.add_argument(spec.cli_flag, type=_rule_value(spec.name), default=spec.default,
+                       help=f"the {spec.name} rule's value in {spec.interval}: {spec.value_label} "
+                            f"(default {spec.default:g})")
+
+
+def _rule_arg(args: argparse.Namespace) -> float:
+    """The value given for the chosen k_M rule (its own flag)."""
+    return getattr(args, K_RULES[args.k_rule].cli_flag.lstrip("-"))
 
 
 def _zoo_arguments(p: argparse.ArgumentParser) -> None:
@@ -145,26 +201,55 @@ def _zoo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
     p.add_argument("--store", default=None, help="result store file (default: $ISOSCOPE_CACHE/results.sqlite)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
     p.add_argument("--max-images", type=_budget, default=None, metavar="N",
                    help="quick mode: score a stratified sample (fixed seed) of at most N images per task and "
                         "split; accuracies then carry their binomial standard error (default: every image)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch, on every worker too (default 2)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run on the Ray cluster at ADDRESS (auto, host:port, ray://host:10001); the zoo path must "
+                        "be the same on every node (docs/cluster.md)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --ray: at most this many workers (default: one per GPU, else one per CPU)")
+
+
+def _spec(args: argparse.Namespace) -> ZooSpec:
+    from analysis.cluster import ZooSpec
+
+    return ZooSpec(zoo=str(Path(args.zoo).resolve()) if Path(args.zoo).is_dir() else args.zoo, data=args.data,
+                   pretrained=args.pretrained, trust_pickle=args.trust_pickle, device=args.device, threads=args.threads,
+                   max_images=args.max_images)
+
+
+def _store(args: argparse.Namespace) -> ResultStore:
+    from analysis.store import ResultStore
+
+    return ResultStore(args.store) if args.store else ResultStore()
+
+
+Run = Callable[[Sequence["Unit"]], object]
+
+
+@contextmanager
+def _session(args: argparse.Namespace) -> Iterator[tuple[Evaluator, Run]]:
+    """A command's Evaluator and how it runs work units: in-process, over the zoo opened here; with
+    --ray, the Evaluator reads the store only (the workers open the zoo) and units go to the cluster."""
+    from analysis.cluster import Cluster, run_local
+
+    if not args.ray:
+        ev = _evaluator(args)
+        yield ev, lambda units: run_local(units, ev, _logging_progress("units"))
+        return
+    store = _store(args)
+    with Cluster(args.ray, _spec(args), args.workers) as cluster:
+        yield cluster.stored(store), lambda units: cluster.run(units, store, _logging_progress("cluster"))
 
 
 def _evaluator(args: argparse.Namespace) -> Evaluator:
     """The Evaluator over the zoo the shared options name (torch threads set first)."""
-    import torch
-
     from analysis.evaluation import Evaluator
-    from analysis.store import ResultStore
-    from zoo import load_zoo
 
-    torch.set_num_threads(args.threads)
-    options = {"pretrained": args.pretrained} if args.pretrained else {}
-    options |= {"max_images": args.max_images} if args.max_images else {}
-    zoo = load_zoo(args.zoo, data=args.data, trust_pickle=args.trust_pickle, device=args.device,
-                   progress=_logging_progress("zoo"), **options)
-    return Evaluator(zoo, store=ResultStore(args.store) if args.store else None, device=args.device)
+    zoo = _spec(args).open(_logging_progress("zoo"))
+    return Evaluator(zoo, store=_store(args), device=args.device)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -173,13 +258,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="evaluate every registered method; write results.json and report.html")
     r.add_argument("--out", required=True, help="output folder for results.json and report.html")
     r.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
-    r.add_argument("--k-rule", choices=tuple(K_RULES), default=DEFAULT_RULE,
-                   help="how SAR picks k_M: " + "; ".join(f"'{s.name}', {s.label} with {s.cli_flag}"
-                                                          for s in K_RULES.values()) + f" (default {DEFAULT_RULE})")
-    for spec in K_RULES.values():
-        r.add_argument(spec.cli_flag, type=_rule_value(spec.name), default=spec.default,
-                       help=f"the {spec.name} rule's value in {spec.interval}: {spec.value_label} "
-                            f"(default {spec.default:g})")
+    _k_rule_arguments(r)
     r.add_argument("--points", choices=tuple(POINTS), default="fig3a",
                    help="methods pooled in the SAR–NAI correlation: fig3a (TA and Iso-C, default), six, or all "
                         "(every registered method)")
@@ -191,6 +270,13 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--alpha", type=float, default=None, help="fixed α (default: chosen on validation at every point)")
     _zoo_arguments(w)
     w.set_defaults(run=_sweep)
+    c = sub.add_parser("precompute", help="every layer's spectra and decompositions into the result store "
+                                          "(the Spectra and Alignment views then compute nothing)")
+    c.add_argument("--points", choices=tuple(POINTS), default="all",
+                   help="the method set: fig3a, six, or all (every registered method, default)")
+    _k_rule_arguments(c)
+    _zoo_arguments(c)
+    c.set_defaults(run=_precompute)
     return p
 
 
@@ -204,6 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IsoscopeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: every committed row is kept in the store; run the same command to resume",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -69,6 +69,17 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float] = ALPHA_
     return AlphaSearch(alpha=grid[best], score=scores[best], scores={grid[i]: v for i, v in scores.items()})
 
 
+def grid_alpha(score: Callable[[float], float], grid: Sequence[float] = ALPHA_GRID) -> AlphaSearch:
+    """The exhaustive argmax of ``score`` over ``grid`` (equal scores prefer the smaller α). It
+    scores every grid point, so the α it returns depends only on the point being searched: never
+    on which point ran before, in which process, or on which node of a cluster."""
+    if not grid:
+        raise ValueError("empty α grid")
+    scores = {float(a): float(score(a)) for a in grid}
+    best = max(scores, key=lambda a: (scores[a], -a))
+    return AlphaSearch(alpha=best, score=scores[best], scores=scores)
+
+
 def fixed_alpha(alpha: float, score: Callable[[float], float] | None = None) -> AlphaSearch:
     """An α given by the user or fixed by the method (scored when ``score`` is given)."""
     value = float(score(alpha)) if score is not None else float("nan")

@@ -293,13 +293,19 @@ class Decompositions:
 
     # -- caching ---------------------------------------------------------------------------------
 
-    def _cached(self, name: tuple, compute: Callable[[], Result]) -> Result:
-        """The result called ``name``: from memory, else the store, else ``compute()``."""
+    def _found(self, name: tuple) -> Result | None:
+        """The result called ``name`` from memory, else the store, else None (nothing computed)."""
         found = self._results.get(name)
         if found is None and self.store is not None:
             arrays = self.store.get_layer(self.fingerprint, *name)
             if arrays is not None:
                 found = RESULT_TYPES[name[0]](**{k: _frozen(v) for k, v in arrays.items()})
+                self._results.put(name, found)
+        return found
+
+    def _cached(self, name: tuple, compute: Callable[[], Result]) -> Result:
+        """The result called ``name``: from memory, else the store, else ``compute()``."""
+        found = self._found(name)
         if found is None:
             found = compute()
             if self.store is not None:
@@ -316,7 +322,7 @@ class Decompositions:
     def norms(self, key: str) -> np.ndarray:
         """‖Δt‖F for every task on one matrix key (T,): no decomposition, so the Alignment view
         does not pay for the task spectra it does not draw."""
-        found = self._results.get(("spectra", key, "", ""))
+        found = self._found(("spectra", key, "", ""))
         if found is not None:
             return found.norms
         return self._cached(("norms", key, "", ""), lambda: self._compute_norms(key)).norms
@@ -364,7 +370,7 @@ class Decompositions:
         spectrum (TA, WA, Iso-C), the method's own ``Method.spectrum`` (Iso-CTS, TSV-M: no polar
         factor) or factors, else singular values of ΔM. Equal to ``merged_layer(...).s``, which it reuses when that is cached."""
         spec, resolved, a, tail = self._variant(method, params, alpha)
-        full = self._results.get(("merged", key, spec.name, tail))
+        full = self._found(("merged", key, spec.name, tail))
         if full is not None:
             return full.s
         return self._cached(("mspec", key, spec.name, tail),

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from analysis.alpha import ALPHA_GRID, AlphaSearch, fixed_alpha, search_alpha
+from analysis.alpha import ALPHA_GRID, AlphaSearch, fixed_alpha, grid_alpha
 from analysis.decompositions import Decompositions, resolve
 from analysis.metrics import accuracy_table, mean_normalized
 from analysis.seed import seed_store
@@ -137,19 +137,20 @@ class Evaluator:
         return mean_normalized(self.accuracy(method, params, alpha, "val"), self.finetuned("val"))
 
     def choose_alpha(self, method: str, params: Mapping[str, Any] | None = None, alpha: float | None = None,
-                     grid: Sequence[float] = ALPHA_GRID, start: float | None = None) -> AlphaSearch:
+                     grid: Sequence[float] = ALPHA_GRID) -> AlphaSearch:
         """α fixed by the method (it wins, as in ``MergeUpdate.state``), else given by the user, else
-        chosen on validation (coarse-to-fine, or a hill-climb from ``start``; see ``analysis.alpha``)."""
+        chosen on validation: the argmax over the whole grid, so it depends on this point alone
+        (not on which point ran before, nor where: ``analysis.alpha.grid_alpha``)."""
         fixed = get_method(method).alpha_for(self.merger.num_tasks)
         fixed = alpha if fixed is None else fixed
         if fixed is not None:
             return fixed_alpha(fixed)
-        return search_alpha(lambda a: self.val_score(method, params, a), grid, start=start)
+        return grid_alpha(lambda a: self.val_score(method, params, a), grid)
 
     def table(self, method: str, params: Mapping[str, Any] | None = None, alpha: float | None = None,
-              splits: Sequence[str] = SPLITS, start: float | None = None) -> tuple[pd.DataFrame, AlphaSearch]:
+              splits: Sequence[str] = SPLITS) -> tuple[pd.DataFrame, AlphaSearch]:
         """Per task accuracy, normalized accuracy and NAI on ``splits`` at the chosen α."""
-        choice = self.choose_alpha(method, params, alpha, start=start)
+        choice = self.choose_alpha(method, params, alpha)
         frames = [accuracy_table(method, choice.alpha, split, self.accuracy(method, params, choice.alpha, split),
                                  self.zero_shot(split), self.finetuned(split), self.sample_sizes(split))
                   for split in splits]

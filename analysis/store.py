@@ -10,6 +10,10 @@ intact and resumes by skipping them. The journal is WAL (readers never block the
 the writer the readers) with ``synchronous=NORMAL``: a killed *process* loses nothing that was
 committed; only a power cut may roll back the last few commits, never corrupt the file.
 Connections are opened per call, so the store is safe to share across threads and processes.
+
+``MemoryStore`` has the same interface in memory and records what is put into it: a cluster
+worker (``analysis.cluster``) computes into one and returns the rows, which only the driver
+writes here (``ResultStore.write``), so a worker never opens the file.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +83,40 @@ def alpha_key(alpha: float) -> float:
     return round(float(alpha), ALPHA_DIGITS)
 
 
+PointKey = tuple[str, str, str, float, str, int]  # fingerprint, method, params JSON, α, split, budget
+_POINT_COLUMNS = "fingerprint, method, params, alpha, split, budget, task, accuracy, created"  # (*PointKey, task, …)
+
+
+def point_key(fingerprint: str, method: str, params: Mapping[str, Any] | None, alpha: float, split: str,
+              budget: int = FULL) -> PointKey:
+    """The key of one point's rows (every store builds it here, the table's primary key less the task)."""
+    return fingerprint, method, canonical_params(params), alpha_key(alpha), split, int(budget)
+
+
+def _blob(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _unblob(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as found:
+        return {name: found[name] for name in found.files}
+
+
+@dataclass
+class Rows:
+    """Rows produced away from the store, to be written by its one writer: points as
+    (*PointKey, task, accuracy) (the budget inside the key), per-layer results as (fingerprint, kind, key, method, params, blob)."""
+
+    points: list[tuple] = field(default_factory=list)
+    layers: list[tuple] = field(default_factory=list)
+    seconds: float = 0.0  # the time it took to compute them (a cluster unit's, for the overhead benchmark)
+
+    def __len__(self) -> int:
+        return len(self.points) + len(self.layers)
+
+
 class ResultStore:
     """Accuracy of every evaluated point, persisted in SQLite (see module docstring)."""
 
@@ -109,7 +148,7 @@ class ResultStore:
             rows = con.execute(
                 "SELECT task, accuracy FROM points WHERE fingerprint=? AND method=? AND params=? "
                 "AND alpha=? AND split=? AND budget=?",
-                (fingerprint, method, canonical_params(params), alpha_key(alpha), split, int(budget))).fetchall()
+                point_key(fingerprint, method, params, alpha, split, budget)).fetchall()
         found = dict(rows)
         return found if tasks is None else {t: found[t] for t in tasks if t in found}
 
@@ -117,18 +156,26 @@ class ResultStore:
             split: str, accuracies: Mapping[str, float], budget: int = FULL) -> None:
         """Commit one point's accuracies, measured with ``budget`` images per task, in one short
         transaction (first writer wins)."""
+        point = point_key(fingerprint, method, params, alpha, split, budget)
+        self._insert([(*point, task, float(acc)) for task, acc in accuracies.items()], [])
+        log.debug("stored %d row(s) for %s %s α=%s %s", len(accuracies), method, point[2], alpha, split)
+
+    def write(self, rows: Rows) -> None:
+        """Commit rows computed elsewhere (a cluster worker's) in one short transaction."""
+        self._insert(rows.points, rows.layers)
+
+    def _insert(self, points: list[tuple], layers: list[tuple]) -> None:
         now = time.time()
-        rows = [(fingerprint, method, canonical_params(params), alpha_key(alpha), split, task, float(acc), now,
-                 int(budget)) for task, acc in accuracies.items()]
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
-                con.executemany(f"INSERT OR IGNORE INTO points ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                con.executemany(f"INSERT OR IGNORE INTO points ({_POINT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                                [(*p, now) for p in points])
+                con.executemany("INSERT OR REPLACE INTO layers VALUES (?,?,?,?,?,?,?)", [(*r, now) for r in layers])
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        log.debug("stored %d row(s) for %s %s α=%s %s", len(rows), method, canonical_params(params), alpha, split)
 
     def get_layer(self, fingerprint: str, kind: str, key: str, method: str, params: str
                   ) -> dict[str, np.ndarray] | None:
@@ -140,8 +187,7 @@ class ResultStore:
         if row is None:
             return None
         try:
-            with np.load(io.BytesIO(row[0]), allow_pickle=False) as blob:
-                return {name: blob[name] for name in blob.files}
+            return _unblob(row[0])
         except (ValueError, OSError, EOFError) as err:
             log.warning("ignoring an unreadable stored layer result %s %s %s: %s", kind, key, method, err)
             return None
@@ -149,11 +195,7 @@ class ResultStore:
     def put_layer(self, fingerprint: str, kind: str, key: str, method: str, params: str,
                   arrays: Mapping[str, np.ndarray]) -> None:
         """Store one per-layer result (deterministic values: a second writer replaces the first)."""
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        with self._connect() as con:
-            con.execute("INSERT OR REPLACE INTO layers VALUES (?,?,?,?,?,?,?)",
-                        (fingerprint, kind, key, method, params, buffer.getvalue(), time.time()))
+        self._insert([], [(fingerprint, kind, key, method, params, _blob(arrays))])
 
     def rows(self, fingerprint: str | None = None) -> list[tuple]:
         """Every stored row (optionally of one zoo), oldest first: for inspection and tests."""
@@ -194,3 +236,44 @@ def _migrate(con: sqlite3.Connection) -> None:
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+class MemoryStore:
+    """The ``ResultStore`` interface in memory, recording every row put since the last ``drain``
+    (a cluster worker's store: the rows go back to the driver, never to a file)."""
+
+    def __init__(self) -> None:
+        self._points: dict[PointKey, dict[str, float]] = {}
+        self._layers: dict[tuple, bytes] = {}
+        self._fresh = Rows()
+        self.path = "memory"
+
+    def get(self, fingerprint: str, method: str, params: Mapping[str, Any] | None, alpha: float,
+            split: str, tasks: list[str] | None = None, budget: int = FULL) -> dict[str, float]:
+        found = dict(self._points.get(point_key(fingerprint, method, params, alpha, split, budget), {}))
+        return found if tasks is None else {t: found[t] for t in tasks if t in found}
+
+    def put(self, fingerprint: str, method: str, params: Mapping[str, Any] | None, alpha: float,
+            split: str, accuracies: Mapping[str, float], budget: int = FULL) -> None:
+        point = point_key(fingerprint, method, params, alpha, split, budget)
+        stored = self._points.setdefault(point, {})
+        for task, acc in accuracies.items():
+            if task not in stored:  # first writer wins, as in the file
+                stored[task] = float(acc)
+                self._fresh.points.append((*point, task, float(acc)))
+
+    def get_layer(self, fingerprint: str, kind: str, key: str, method: str, params: str
+                  ) -> dict[str, np.ndarray] | None:
+        blob = self._layers.get((fingerprint, kind, key, method, params))
+        return None if blob is None else _unblob(blob)
+
+    def put_layer(self, fingerprint: str, kind: str, key: str, method: str, params: str,
+                  arrays: Mapping[str, np.ndarray]) -> None:
+        name, blob = (fingerprint, kind, key, method, params), _blob(arrays)
+        self._layers[name] = blob
+        self._fresh.layers.append((*name, blob))
+
+    def drain(self) -> Rows:
+        """The rows put since the last call (and forget them as fresh)."""
+        fresh, self._fresh = self._fresh, Rows()
+        return fresh

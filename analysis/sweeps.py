@@ -36,31 +36,32 @@ def fractions(step: float = 0.1) -> list[float]:
     return [round(i * step, 6) for i in range(n + 1)]
 
 
+def point_params(params: Mapping[str, Any] | None, param: str, value: float) -> dict[str, Any]:
+    """The parameters of one sweep point: ``params`` with ``param`` set to ``value``."""
+    return {**(params or {}), param: value}
+
+
 def _point(ev: Evaluator, method: str, params: Mapping[str, Any], alpha: float | None,
-           param: str, value: float, splits: Sequence[str], start: float | None = None) -> tuple[pd.DataFrame, float]:
-    out, choice = ev.table(method, params, alpha, splits, start)
+           param: str, value: float, splits: Sequence[str]) -> pd.DataFrame:
+    out, _ = ev.table(method, params, alpha, splits)
     out.insert(1, "param", param)
     out.insert(2, "value", float(value))
-    return out, choice.alpha
+    return out
 
 
 def param_sweep(ev: Evaluator, method: str, param: str, values: Sequence[float],
                 params: Mapping[str, Any] | None = None, alpha: float | None = None,
-                progress: Progress | None = None, splits: Sequence[str] = SPLITS,
-                warm_start: bool = True) -> pd.DataFrame:
+                progress: Progress | None = None, splits: Sequence[str] = SPLITS) -> pd.DataFrame:
     """Accuracy of ``method`` as ``param`` takes each of ``values`` (others from ``params``);
-    α fixed when given (or by the method), else chosen on validation at every point (the first
-    point searches coarse-to-fine, the next ones hill-climb from the previous point's α when
-    ``warm_start``). Rows for each of ``splits`` (a fixed-α sweep plotting only test accuracy
-    may pass ("test",))."""
+    α fixed when given (or by the method), else chosen on validation at every point, over the
+    whole grid, so each point is the same whichever points ran before it and wherever it ran
+    (``analysis.cluster`` runs the points of one sweep on many machines). Rows for each of
+    ``splits`` (a fixed-α sweep plotting only test accuracy may pass ("test",))."""
     report = progress or silent
-    frames, previous = [], None
+    frames = []
     for i, value in enumerate(values):
         report(i / len(values), f"{method}: {param} = {value:g}")
-        frame, chosen = _point(ev, method, {**(params or {}), param: value}, alpha, param, value, splits,
-                               previous if warm_start else None)
-        frames.append(frame)
-        previous = chosen
+        frames.append(_point(ev, method, point_params(params, param, value), alpha, param, value, splits))
         log.info("%s %s=%g done (%d/%d)", method, param, value, i + 1, len(values))
     report(1.0, f"{method}: {len(values)} points")
     return pd.concat(frames, ignore_index=True)
@@ -81,7 +82,7 @@ def alpha_sweep(ev: Evaluator, method: str, params: Mapping[str, Any] | None = N
     frames = []
     for i, a in enumerate(alphas):
         report(i / len(alphas), f"{method}: α = {a:g}")
-        frames.append(_point(ev, method, dict(params or {}), a, ALPHA_PARAM, a, SPLITS)[0])
+        frames.append(_point(ev, method, dict(params or {}), a, ALPHA_PARAM, a, SPLITS))
     report(1.0, f"{method}: {len(alphas)} values of α")
     return pd.concat(frames, ignore_index=True)
 

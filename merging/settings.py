@@ -85,6 +85,12 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "largest pickle part of a torch file read without running code (real ones: ~100 KB)"),
     Setting("seed_results", "ISOSCOPE_SEED_RESULTS", True, lambda t: t.strip().lower() not in ("0", "false", "no"),
             "1", "whether a store meeting the embedded zoo first copies its shipped results (0: compute everything)"),
+    Setting("ray_address", "ISOSCOPE_RAY_ADDRESS", "", _text, "unset (in-process)",
+            "the Ray cluster the app runs its sweeps and larger Alignment sets on: auto, host:port or "
+            "ray://host:10001 (make run RAY=…)"),
+    Setting("ray_ship", "ISOSCOPE_RAY_SHIP", "working_dir", _text, "working_dir",
+            "how cluster workers import Isoscope: working_dir (the project is shipped with each job) or "
+            "installed (already on every node)"),
     Setting("view_cache_entries", "ISOSCOPE_VIEW_CACHE_ENTRIES", 64, _positive_int, "64",
             "entries each of the app's derived-table caches keeps (st.cache_data max_entries)"),
     Setting("view_cache_ttl", "ISOSCOPE_VIEW_CACHE_TTL_S", 3600, _positive_int, "3600",

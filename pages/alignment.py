@@ -6,11 +6,12 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis import figures
-from analysis.correlation import POINT_SETS, sar_nai_correlation, set_methods
+from analysis.correlation import DEFAULT_POINT_SET, POINT_SETS, sar_nai_correlation, set_methods
 from analysis.k_rules import K_RULES
 from analysis.style import palette, recolor, task_colors
 from merging.registry import all_methods
 from ui import data
+from ui.cluster import current_cluster
 from ui.core import errors_in_place, timed
 from ui.models import current_evaluator, current_zoo
 from ui.page import header, link
@@ -90,6 +91,9 @@ def _alignment_view() -> None:
     alpha = alpha_choice()
     with errors_in_place():
         methods = tuple((m, params_for(m)) for m in dict.fromkeys([method, *compared]))
+        cluster = current_cluster() if label != DEFAULT_POINT_SET else None
+        if cluster is not None:  # a larger set: its layers run on the cluster, then come from the store
+            data.on_cluster(cluster, ev.store, methods, tuple(dec.keys), alpha)
         data.prepare(dec, methods, tuple(dec.keys), "Subspace alignment, layer by layer", spectra=False, alpha=alpha)
         table = data.sar_table(zoo.fingerprint, dec, method, params_for(method), eps, rule, alpha)
     st.plotly_chart(figures.sar_heatmap(table.assign(method=registry[method].display_name)), key=key("align_heatmap"))

@@ -9,6 +9,7 @@ import streamlit as st
 from analysis import figures
 from analysis.style import palette, recolor
 from merging.registry import all_methods
+from ui.cluster import current_cluster
 from ui.core import errors_in_place, progress_bar
 from ui.models import current_evaluator, current_zoo, require_data
 from ui.page import header, link
@@ -20,8 +21,9 @@ header(":material/tune: Common subspace",
        "(1 is Iso-C; smaller values leave more of each layer's rank to task-specific directions). Right: CART "
        "against its <b>rank ratio</b> ρ (the rank kept for each centred task vector). Thin lines are tasks, the "
        "thick line their average; the ringed point is the value under the slider, and the table below gives its "
-       "numbers per task. α is chosen on validation at every point, or fixed in the sidebar. Each sweep is computed "
-       "once with a progress bar, stored on disk, and comes back instantly on the next visit.")
+       "numbers per task. α is chosen on validation at every point (over the whole grid), or fixed in the sidebar. "
+       "Each sweep is computed once with a progress bar (on the Ray cluster when the app was started with one), "
+       "stored on disk, and comes back instantly on the next visit.")
 
 zoo = current_zoo()
 require_data(zoo, "Accuracy against the subspace size")
@@ -35,16 +37,20 @@ alpha_text = "α chosen on validation at every point" if alpha is None else f"α
 
 def sweep(method: str) -> pd.DataFrame:
     """The stored sweep of ``method`` (computed with a progress bar the first time)."""
+    from analysis.cluster import sweep as on_cluster
     from analysis.sweeps import param_sweep
 
     param, values = SWEEPS[method].name, SWEEPS[method].sweep
     memo = st.session_state.setdefault(key("sweeps"), {})
     memo_key = (zoo.fingerprint, zoo.max_images, method, params_for(method), alpha)  # a budget scores apart
     if memo_key not in memo:
-        with progress_bar(f"{registry[method].display_name} sweep over {param} ({alpha_text})") as report:
+        cluster = current_cluster()
+        where = f" on the Ray cluster at {cluster.address}" if cluster else ""
+        with progress_bar(f"{registry[method].display_name} sweep over {param} ({alpha_text}){where}") as report:
             with errors_in_place():
                 others = {k: v for k, v in params_for(method) if k != param}
-                memo[memo_key] = param_sweep(ev, method, param, values, others, alpha, report)
+                memo[memo_key] = (on_cluster(cluster, ev.store, method, param, values, others, alpha, report)
+                                  if cluster else param_sweep(ev, method, param, values, others, alpha, report))
     return memo[memo_key]
 
 

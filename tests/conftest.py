@@ -44,6 +44,18 @@ def _torch_threads() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[object]:
+    """A real multi-node Ray cluster on this machine (a head without CPUs, two 1-CPU nodes), shared
+    by the cluster tests and shut down at the end of the session."""
+    from analysis.cluster import local_cluster
+    from zoo import load_zoo
+
+    load_zoo("digits-tiny")  # built once into the session's cache, which the workers inherit
+    with local_cluster(nodes=2) as cluster:
+        yield cluster
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

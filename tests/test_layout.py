@@ -12,7 +12,7 @@ CORE_ALLOWED = {
     "merging": {"torch", "numpy", "scipy", "safetensors", "merging"},
     "zoo": {"torch", "numpy", "safetensors", "merging", "zoo", "open_clip", "sklearn", "PIL", "torchvision",
             "datasets"},
-    "analysis": {"torch", "numpy", "safetensors", "merging", "zoo", "analysis", "pandas", "plotly", "scipy"},
+    "analysis": {"torch", "numpy", "safetensors", "merging", "zoo", "analysis", "pandas", "plotly", "scipy", "ray"},
 }
 
 

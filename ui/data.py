@@ -42,6 +42,18 @@ def prepare(dec: Any, methods: tuple[tuple[str, tuple], ...], keys: tuple[str, .
         report(1.0, "done")
 
 
+def on_cluster(cluster: Any, store: Any, methods: tuple[tuple[str, tuple], ...], keys: tuple[str, ...],
+               alpha: float | None = None) -> None:
+    """Run the per-layer units of ``keys`` × ``methods`` not stored yet on ``cluster`` (an
+    ``analysis.cluster.Cluster``) under a progress bar fed by completed layers; ``prepare`` then
+    reads them from the store."""
+    from analysis.cluster import layer_units
+
+    units = layer_units(keys, [m for m, _ in methods], {m: _params(p) for m, p in methods}, alpha)
+    with progress_bar(f"Layers on the Ray cluster at {cluster.address}") as report:
+        cluster.run(units, store, report)
+
+
 @st.cache_data(**BOUNDS)
 def spectra(fingerprint: str, _dec: Any, methods: tuple[tuple[str, tuple], ...], keys: tuple[str, ...],
             alpha: float | None = None) -> pd.DataFrame:

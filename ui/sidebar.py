@@ -12,6 +12,7 @@ from merging.device import available_devices
 from merging.errors import IsoscopeError
 from merging.paths import allowed_path
 from merging.registry import Method, Param, all_methods
+from ui.cluster import sidebar_line
 from ui.core import errors_in_place, progress_bar, show_error
 from ui.models import loaded_zoo
 from ui.state import Selection, default_method, default_zoo_spec, key, store_selection
@@ -172,6 +173,7 @@ def render() -> Selection:
         methods = all_methods()
         name, params = _method_section(methods)
         mode, alpha = _alpha_section(methods.get(name) if name else None, embedded or bool(data))
+        sidebar_line()
     sel = Selection(zoo_spec=spec or "", data_dir=data, trust_pickle=trust, pretrained=pretrained,
                     max_images=budget, device=device,
                     method=name,

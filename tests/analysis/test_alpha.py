@@ -1,4 +1,5 @@
-"""α selection: coarse-to-fine finds the grid argmax of a unimodal curve with fewer evaluations."""
+"""α selection: the exhaustive grid argmax the app uses (any curve, ties to the smaller α), and the
+coarse-to-fine search kept as the benchmark's reference, which finds it on a unimodal curve."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import pytest
 
-from analysis.alpha import ALPHA_GRID, fixed_alpha, search_alpha
+from analysis.alpha import ALPHA_GRID, fixed_alpha, grid_alpha, search_alpha
 
 
 def test_grid_is_point_one_to_three() -> None:
@@ -52,3 +53,23 @@ def test_nan_scores_rank_last_and_the_search_ends() -> None:
     assert search_alpha(lambda a: nan).alpha == ALPHA_GRID[0]  # all tied at -inf: the smallest α, as any tie
     peak = search_alpha(lambda a: nan if a > 1.0 else -abs(a - 0.7))
     assert peak.alpha == pytest.approx(0.7) and math.isfinite(peak.score)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_grid_alpha_is_the_argmax_of_any_curve_independent_of_history(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    curve = {a: rng.choice([0.1, 0.2, 0.3, 0.5]) for a in ALPHA_GRID}  # multimodal, with ties
+    best = max(ALPHA_GRID, key=lambda a: (curve[a], -a))  # the plain definition
+    result = grid_alpha(curve.__getitem__)
+    assert result.alpha == best and result.score == curve[best] and result.evaluations == len(ALPHA_GRID)
+    assert grid_alpha(curve.__getitem__, list(reversed(ALPHA_GRID))).alpha == best  # the grid's order is irrelevant
+
+
+def test_warm_started_hill_climb_depends_on_the_previous_point_and_the_grid_argmax_does_not() -> None:
+    def bimodal(a: float) -> float:  # a local peak at 0.5 (0.8) and the global one at 2.5 (0.9)
+        return max(0.8 - abs(a - 0.5), 0.9 - abs(a - 2.5))
+
+    assert search_alpha(bimodal, start=0.5).alpha == 0.5 and search_alpha(bimodal, start=2.4).alpha == 2.5
+    assert grid_alpha(bimodal).alpha == 2.5
