@@ -204,12 +204,25 @@ def toy_fraction_sweep(shared: float, weak: float) -> pd.DataFrame:
 
 # -- figure helpers ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class TourFigure:
+    """A titled, captioned figure, drawn on first use (``make``), so a step's text and claims cost no
+    plotting; pickling draws it (the page caches built steps)."""
+
     key: str
     title: str
     caption: str
-    figure: go.Figure
+    make: Callable[[], go.Figure] | None = field(repr=False)
+    drawn: go.Figure | None = field(default=None, repr=False)
+
+    @property
+    def figure(self) -> go.Figure:
+        if self.drawn is None:
+            self.drawn = self.make()
+        return self.drawn
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "drawn": self.figure, "make": None}
 
 
 @dataclass(frozen=True)
@@ -326,10 +339,10 @@ def step_fig1(r: ToyResults, zoo: ZooEvidence | None) -> Step:
     return Step("fig1", "1 · Fig. 1: one layer merged three ways", lead, detail, [
         TourFigure("fig1", "Spectra of α·Δ for TA, Iso-C and Iso-CTS", "Each merged update scaled by its tuned α; "
                    "log scale. TA's falls steeply; Iso-C's and Iso-CTS's are flat.",
-                   spectrum_lines(curves, "Singular values of the merged updates (α·Δ)", src, log=True)),
+                   lambda: spectrum_lines(curves, "Singular values of the merged updates (α·Δ)", src, log=True)),
         TourFigure("fig1_nai", "Toy NAI per task: TA, Iso-C and Iso-CTS", _alphas(r, toy.TOUR_METHODS)
                    + below_floor(r, toy.TOUR_METHODS),
-                   per_task_bars(r, toy.TOUR_METHODS, r.nai, "Who is left behind?", "toy NAI")),
+                   lambda: per_task_bars(r, toy.TOUR_METHODS, r.nai, "Who is left behind?", "toy NAI")),
     ], ("spectra", "The three spectra on every layer of a real zoo"), (left, lift, further))
 
 
@@ -368,7 +381,7 @@ def step_task_vectors(r: ToyResults) -> Step:
     return Step("task_vectors", "2 · Task matrices and their spectra", lead, detail, [
         TourFigure("spectrum", "Spectra of the task matrices and of their sum",
                    f"σ of each Δt and of Σt Δt; ‖τ1‖F = {float(r.deltas[0].norm()):.3f}.",
-                   spectrum_lines(curves, "Singular values of each Δt and of Σt Δt", r.state.describe())),
+                   lambda: spectrum_lines(curves, "Singular values of each Δt and of Σt Δt", r.state.describe())),
     ], ("spectra", "Spectra of a real zoo, layer by layer"), (ranks, overlap))
 
 
@@ -414,9 +427,9 @@ def step_flattening(r: ToyResults, zoo: ZooEvidence | None) -> Step:
     return Step("flattening", "3 · Fig. 2: flattening the spectrum (Iso-C)", lead, detail, [
         TourFigure("flat", "Before and after flattening",
                    "σ of the TA sum and of Iso-C's update (α = 1): every Iso-C σ equals the sum's mean σ̄.",
-                   spectrum_lines(curves, "Iso-C flattens the spectrum of the TA sum", r.state.describe())),
+                   lambda: spectrum_lines(curves, "Iso-C flattens the spectrum of the TA sum", r.state.describe())),
         TourFigure("flat_nai", "Toy NAI per task: TA vs Iso-C", _alphas(r, pair) + below_floor(r, pair),
-                   per_task_bars(r, pair, r.nai, "Toy NAI per task, TA and Iso-C", "toy NAI")),
+                   lambda: per_task_bars(r, pair, r.nai, "Toy NAI per task, TA and Iso-C", "toy NAI")),
     ], ("spectra", "Before and after flattening on a real zoo"), tuple(c for c in (lift, mean, real) if c))
 
 
@@ -472,11 +485,11 @@ def step_alignment(r: ToyResults, zoo: ZooEvidence | None) -> Step:
         figs.append(TourFigure("zoo_points", f"SAR_avg vs NAI on the {zoo.name} zoo, in Fig. 3a's layout",
                                f"Real merges, α chosen on validation; k_M by {zoo.rule} {zoo.value:g}. ★ TA, ▲ Iso-C, "
                                "one colour per task.",
-                               scatter_figure(zoo.points, f"The {zoo.name} zoo: SAR_avg vs NAI",
-                                              f"{zoo.name} zoo, k_M {zoo.rule} {zoo.value:g}")))
+                               lambda: scatter_figure(zoo.points, f"The {zoo.name} zoo: SAR_avg vs NAI",
+                                                      f"{zoo.name} zoo, k_M {zoo.rule} {zoo.value:g}")))
     figs.append(TourFigure("toy_points", "SAR vs toy NAI on the toy", "★ TA, ▲ Iso-C, one colour per task; one layer, "
-                           "so SAR_avg is that layer's SAR.", scatter_figure(tp, "The toy: SAR vs toy NAI",
-                                                                             r.state.describe())))
+                           "so SAR_avg is that layer's SAR.", lambda: scatter_figure(tp, "The toy: SAR vs toy NAI",
+                                                                                     r.state.describe())))
     return Step("alignment", "4 · Fig. 3a: does alignment predict accuracy?", lead, detail, figs,
                 ("alignment", "SAR heatmaps and the SAR–NAI correlation on a real zoo"), tuple(claims))
 
@@ -494,6 +507,15 @@ def step_interpolation(r: ToyResults) -> Step:
             f"with α tuned at every β. From β = 0 to 1 {rise.text}; {top.text}.")
     detail = ("The paper's Fig. 4 interpolates the same way between TA's spectrum and the flat one. Each β is one "
               "merge; its α is tuned like every method's.")
+    return Step("interpolation", "5 · Fig. 4: from Task Arithmetic to Iso-C", lead, detail, [
+        TourFigure("interp", "Toy NAI along TA → Iso-C", "α per β: " + ", ".join(
+            f"{b:g}: {a:g}" for b, a in zip(sweep["beta"], sweep["alpha"])) + ".",
+            lambda: interpolation_figure(r, sweep)),
+    ], ("spectra", "Spectra of a real zoo"), (rise, top))
+
+
+def interpolation_figure(r: ToyResults, sweep: pd.DataFrame) -> go.Figure:
+    """Toy NAI per task (thin) and on average (thick) against β."""
     fig = go.Figure()
     for i, t in enumerate(r.tasks):
         fig.add_trace(go.Scatter(x=sweep["beta"], y=sweep[t], name=t, mode="lines+markers",
@@ -502,17 +524,13 @@ def step_interpolation(r: ToyResults) -> Step:
                              line=dict(color="#212529", width=4)))
     fig.update_xaxes(title="β (0 = TA, 1 = Iso-C)")
     fig.update_yaxes(title="toy NAI (α tuned)")
-    return Step("interpolation", "5 · Fig. 4: from Task Arithmetic to Iso-C", lead, detail, [
-        TourFigure("interp", "Toy NAI along TA → Iso-C", "α per β: " + ", ".join(
-            f"{b:g}: {a:g}" for b, a in zip(sweep["beta"], sweep["alpha"])) + ".",
-            _titled(fig, "Flattening step by step: toy NAI against β", r.state.describe())),
-    ], ("spectra", "Spectra of a real zoo"), (rise, top))
+    return _titled(fig, "Flattening step by step: toy NAI against β", r.state.describe())
 
 
 # -- 6 · Iso-CTS ----------------------------------------------------------------------------------------
 
-def stacked_figure(r: ToyResults) -> tuple[go.Figure, int, int]:
-    """Iso-CTS's stacked σ before flattening, coloured by source; returns (figure, k, s)."""
+def stacked_figure(r: ToyResults) -> go.Figure:
+    """Iso-CTS's stacked σ before flattening, coloured by source."""
     blocks = toy.iso_cts_blocks(r.deltas, r.state.fraction)
     k, s = len(blocks[0][1]), len(blocks[1][1]) if len(blocks) > 1 else 0
     fig, start = go.Figure(), 1
@@ -527,11 +545,11 @@ def stacked_figure(r: ToyResults) -> tuple[go.Figure, int, int]:
     fig.update_xaxes(title="slot in the stacked basis", dtick=1)
     fig.update_yaxes(title="σ before flattening")
     return _titled(fig, f"Iso-CTS stacks k = {k} common + {toy.TASKS} × s = {s} task-specific directions",
-                   r.state.describe()), k, s
+                   r.state.describe())
 
 
 def step_iso_cts(r: ToyResults, zoo: ZooEvidence | None) -> Step:
-    fig, k, s = stacked_figure(r)
+    k, s = common_rank(toy.SIZE, toy.TASKS, r.state.fraction)
     w = r.weak
     weak = versus(r.nai("iso_cts")[w], r.nai("iso_c")[w], "the weak task gets {a} (Iso-C {b})",
                   "the weak task gets {a}, less than Iso-C's {b}", "the weak task gets {a}, as with Iso-C")
@@ -556,20 +574,28 @@ def step_iso_cts(r: ToyResults, zoo: ZooEvidence | None) -> Step:
     return Step("iso_cts", "6 · Iso-CTS: common and task-specific subspaces", lead, detail, [
         TourFigure("stacked", "Iso-CTS's stacked singular values, by source",
                    "The common block (top-k σ of the sum), then each task's top-s residual σ; flattening sets every "
-                   "slot to the dashed σ̄.", fig),
+                   "slot to the dashed σ̄.", lambda: stacked_figure(r)),
         TourFigure("cts_nai", "Toy NAI per task: TA, Iso-C and Iso-CTS",
                    _alphas(r, toy.TOUR_METHODS) + below_floor(r, toy.TOUR_METHODS),
-                   per_task_bars(r, toy.TOUR_METHODS, r.nai, "Toy NAI per task, three merges", "toy NAI")),
+                   lambda: per_task_bars(r, toy.TOUR_METHODS, r.nai, "Toy NAI per task, three merges", "toy NAI")),
     ], ("common", "Accuracy as the common fraction moves, on a real zoo"), claims)
 
 
 # -- 7 · Fig. 5: the common fraction ----------------------------------------------------------------------
 
+def curve_figure(x: Sequence[float], y: Sequence[float], name: str, y_title: str, title: str, source: str) -> go.Figure:
+    """One thick Iso-CTS-coloured line of ``y`` against the common fraction ``x``."""
+    fig = go.Figure(go.Scatter(x=list(x), y=list(y), name=name, mode="lines+markers", showlegend=True,
+                               line=dict(color=method_color("iso_cts"), width=4)))
+    fig.update_xaxes(title="common fraction f (1 = Iso-C)")
+    fig.update_yaxes(title=y_title)
+    return _titled(fig, title, source)
+
+
 def step_fraction(r: ToyResults, zoo: ZooEvidence | None) -> Step:
     toy_curve = toy_fraction_sweep(r.state.shared, r.state.weak)
     toy_best = best(dict(zip(toy_curve["fraction"], toy_curve["nai"])), "mean toy NAI", "f = ")
     claims = [toy_best]
-    fig = go.Figure()
     if zoo is not None and zoo.curve is not None and len(zoo.curve):
         curve = zoo.curve.set_index("fraction")["normalized"]
         real_best = best(curve.to_dict(), f"normalized accuracy on the {zoo.name} zoo", "f = ", places=1, unit="%")
@@ -578,24 +604,18 @@ def step_fraction(r: ToyResults, zoo: ZooEvidence | None) -> Step:
                       places=1)
         claims += [real_best, ends]
         lead_live = f"{real_best.text}; {ends.text}"
-        fig.add_trace(go.Scatter(x=curve.index, y=curve.to_numpy(), name=f"{zoo.name} zoo (normalized %)",
-                                 mode="lines+markers", line=dict(color=method_color("iso_cts"), width=4)))
-        fig.update_yaxes(title="normalized accuracy (%)")
-        title, source = f"The {zoo.name} zoo: Iso-CTS against f", f"{zoo.name} zoo, α on validation at every f"
+        draw = lambda: curve_figure(curve.index, curve.to_numpy(), f"{zoo.name} zoo", "normalized accuracy (%)",  # noqa: E731
+                                    f"The {zoo.name} zoo: Iso-CTS against f", f"{zoo.name} zoo, α on validation at every f")
     else:
         lead_live = "no zoo with evaluation data is open, so the toy's curve is drawn"
-        fig.add_trace(go.Scatter(x=toy_curve["fraction"], y=toy_curve["nai"], name="toy (mean toy NAI)",
-                                 mode="lines+markers", line=dict(color=method_color("iso_cts"), width=4)))
-        fig.update_yaxes(title="mean toy NAI")
-        title, source = "The toy: Iso-CTS against f", r.state.describe()
-    fig.update_xaxes(title="common fraction f (1 = Iso-C)")
+        draw = lambda: curve_figure(toy_curve["fraction"], toy_curve["nai"], "toy", "mean toy NAI",  # noqa: E731
+                                    "The toy: Iso-CTS against f", r.state.describe())
     lead = (f"How much of the rank should the common subspace get? The paper's Fig. 5 sweeps f. {lead_live[0].upper()}"
             f"{lead_live[1:]}.")
     ks = sorted(set(toy_curve["k"]))
     detail = f"On the toy f only takes k to {', '.join(map(str, ks))}, and {toy_best.text}. Every point tunes α again."
     return Step("fraction", "7 · Fig. 5: accuracy against the common fraction", lead, detail, [
-        TourFigure("fraction", "Iso-CTS against its common fraction", "Each point is a real merge with its own α.",
-                   _titled(fig, title, source)),
+        TourFigure("fraction", "Iso-CTS against its common fraction", "Each point is a merge with its own α.", draw),
     ], ("common", "The same sweep, per task, on a real zoo"), tuple(claims))
 
 
@@ -641,55 +661,67 @@ def step_others(r: ToyResults) -> Step:
             "centred task vectors to the weight average; **TIES** trims, elects signs and averages. "
             f"{winner.text}. {wins} (α re-tuned at each point).")
     detail = ("Mean toy NAI here: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()) + "." + cart_note)
+    return Step("others", "8 · The other methods, and where Task Arithmetic wins", lead, detail, [
+        TourFigure("others_nai", "Toy NAI per task for all six methods", _alphas(r, methods) + below_floor(r, methods),
+                   lambda: per_task_bars(r, methods, r.nai, "Six merges of the same toy", "toy NAI")),
+        TourFigure("sweep", "Mean toy NAI as the tasks share more",
+                   f"Weak task at {r.state.weak:g}, Iso-CTS at f = {r.state.fraction:g}; every point re-tunes α.",
+                   lambda: shared_figure(r, sweep)),
+    ], ("merge", "Merge a real zoo with any method"), (winner,))
+
+
+def shared_figure(r: ToyResults, sweep: pd.DataFrame) -> go.Figure:
+    """Mean toy NAI per method against how much the tasks share, the current setting marked."""
     fig = go.Figure([go.Scatter(x=part["shared"], y=part["nai"], name=_name(str(m)), mode="lines+markers",
                                 line=dict(color=method_color(str(m)), width=3))
                      for m, part in sweep.groupby("method", sort=False)])
     fig.add_vline(x=r.state.shared, line_dash="dot", line_color="#868E96", annotation_text="current")
     fig.update_xaxes(title="how much the tasks share")
     fig.update_yaxes(title="mean toy NAI (α tuned)")
-    return Step("others", "8 · The other methods, and where Task Arithmetic wins", lead, detail, [
-        TourFigure("others_nai", "Toy NAI per task for all six methods", _alphas(r, methods) + below_floor(r, methods),
-                   per_task_bars(r, methods, r.nai, "Six merges of the same toy", "toy NAI")),
-        TourFigure("sweep", "Mean toy NAI as the tasks share more",
-                   f"Weak task at {r.state.weak:g}, Iso-CTS at f = {r.state.fraction:g}; every point re-tunes α.",
-                   _titled(fig, "Mean toy NAI against how much the tasks share", r.state.describe())),
-    ], ("merge", "Merge a real zoo with any method"), (winner,))
+    return _titled(fig, "Mean toy NAI against how much the tasks share", r.state.describe())
 
 
 # -- 9 · Table 1 ------------------------------------------------------------------------------------------
 
+TABLE1_METHODS = ("task_arithmetic", "iso_c", "iso_cts")
+
+
+def table1_figure(zoo: ZooEvidence | None) -> go.Figure:
+    """Table 1's normalized accuracies (grey) beside the zoo's (house colours)."""
+    names, paper = [_name(m) for m in TABLE1_METHODS], [fig3a.TABLE1_NORMALIZED[m] for m in TABLE1_METHODS]
+    fig = go.Figure(go.Bar(x=names, y=paper, name="paper, Table 1 (ViT-B/32)", marker_color="#ADB5BD",
+                           text=[f"{v:.1f}" for v in paper], textposition="outside", cliponaxis=False))
+    if zoo is not None:
+        live = [zoo.normalized[m] for m in TABLE1_METHODS]
+        fig.add_trace(go.Bar(x=names, y=live, name=f"{zoo.name} zoo (live)", text=[f"{v:.1f}" for v in live],
+                             marker_color=[method_color(m) for m in TABLE1_METHODS], textposition="outside",
+                             cliponaxis=False))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title="normalized accuracy (%)", range=[0, 115])
+    return _titled(fig, "Normalized accuracy, paper vs live", f"{zoo.name} zoo" if zoo else "paper only")
+
+
 def step_table1(zoo: ZooEvidence | None) -> Step:
-    methods = ("task_arithmetic", "iso_c", "iso_cts")
-    paper = {m: fig3a.TABLE1_NORMALIZED[m] for m in methods}
-    fig = go.Figure([go.Bar(x=[_name(m) for m in methods], y=[paper[m] for m in methods],
-                            name="paper, Table 1 (ViT-B/32)", marker_color="#ADB5BD",
-                            text=[f"{paper[m]:.1f}" for m in methods], textposition="outside", cliponaxis=False)])
+    paper = fig3a.TABLE1_NORMALIZED
     claims: list[Claim] = []
     if zoo is not None:
-        fig.add_trace(go.Bar(x=[_name(m) for m in methods], y=[zoo.normalized[m] for m in methods],
-                             name=f"{zoo.name} zoo (live)", marker_color=[method_color(m) for m in methods],
-                             text=[f"{zoo.normalized[m]:.1f}" for m in methods], textposition="outside",
-                             cliponaxis=False))
-        order_live = sorted(methods, key=lambda m: -zoo.normalized[m])
-        top = Claim(f"on the {zoo.name} zoo {_name(order_live[0])} keeps the most ({zoo.normalized[order_live[0]]:.1f}%)",
-                    zoo.normalized[order_live[0]], ">=", max(zoo.normalized[m] for m in methods), 1)
+        first = max(TABLE1_METHODS, key=lambda m: zoo.normalized[m])
+        top = Claim(f"on the {zoo.name} zoo {_name(first)} keeps the most ({zoo.normalized[first]:.1f}%)",
+                    zoo.normalized[first], ">=", max(zoo.normalized[m] for m in TABLE1_METHODS), 1)
         cts_ta = versus(zoo.normalized["iso_cts"], zoo.normalized["task_arithmetic"],
                         "Iso-CTS keeps {a}% against TA's {b}%", "Iso-CTS keeps {a}%, below TA's {b}%",
                         "Iso-CTS and TA both keep {a}%", places=1)
         claims += [top, cts_ta]
-        live = gap_words(zoo, "iso_cts", "task_arithmetic")
-        live_short = f"{top.text[0].upper()}{top.text[1:]}; {cts_ta.text}."
+        live_short, detail = f"{top.text[0].upper()}{top.text[1:]}; {cts_ta.text}.", gap_words(zoo, "iso_cts",
+                                                                                                "task_arithmetic")
     else:
-        live = live_short = "No zoo with evaluation data is open, so only the paper's numbers are drawn."
+        live_short, detail = "No zoo with evaluation data is open, so only the paper's numbers are drawn.", ""
     lead = ("**Normalized accuracy** = acc(merged) / acc(fine-tuned), averaged over tasks. Table 1 of the paper "
             f"(ViT-B/32, 8 tasks): TA {paper['task_arithmetic']:.1f}%, Iso-C {paper['iso_c']:.1f}%, Iso-CTS "
             f"{paper['iso_cts']:.1f}%. {live_short}")
-    fig.update_layout(barmode="group")
-    fig.update_yaxes(title="normalized accuracy (%)", range=[0, 110])
-    return Step("table1", "9 · Table 1 beside a real zoo", lead, live if zoo is not None else "", [
+    return Step("table1", "9 · Table 1 beside a real zoo", lead, detail, [
         TourFigure("table1", "Normalized accuracy: the paper and the zoo", f"Source: {fig3a.TABLE1_SOURCE}; live "
-                   "numbers: real merges, α chosen on validation.",
-                   _titled(fig, "Normalized accuracy, paper vs live", f"{zoo.name} zoo" if zoo else "paper only")),
+                   "numbers: real merges, α chosen on validation.", lambda: table1_figure(zoo)),
     ], ("merge", "Every method's accuracy on a real zoo"), tuple(claims))
 
 

@@ -139,19 +139,25 @@ def weak_directions(zoo: ToyZoo) -> float:
 
 # -- scoring -------------------------------------------------------------------------------------
 
-def output_agreement(weight: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor) -> float:
-    """q: mean over the columns x of ``inputs`` (8, d) of cos(weight·x, target·x)."""
-    a, b = weight.double() @ inputs.double(), target.double() @ inputs.double()  # (8, d)
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=0).mean())
+def output_agreement(weight: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """q: mean over the columns x of ``inputs`` (8, d) of cos(weight·x, target·x), for one weight
+    (8, 8) or a stack (A, 8, 8); a scalar tensor or (A,)."""
+    a, b = weight.double() @ inputs.double(), target.double() @ inputs.double()  # (…, 8, d), (8, d)
+    return torch.nn.functional.cosine_similarity(a, b.expand_as(a), dim=-2).mean(-1)
+
+
+def toy_nai_batch(zoo: ToyZoo, weights: torch.Tensor) -> torch.Tensor:
+    """NAI_t of every merged layer in ``weights`` (A, 8, 8) for every task: (A, T)."""
+    out = []
+    for ft, x in zip(zoo.finetuned, zoo.inputs):
+        zero = output_agreement(zoo.pretrained[KEY], ft[KEY], x)
+        out.append((output_agreement(weights, ft[KEY], x) - zero) / (1.0 - zero))
+    return torch.stack(out, dim=1)
 
 
 def toy_nai(zoo: ToyZoo, weight: torch.Tensor) -> list[float]:
     """NAI_t of the merged layer ``weight`` for every task (module doc)."""
-    out = []
-    for ft, x in zip(zoo.finetuned, zoo.inputs):
-        zero = output_agreement(zoo.pretrained[KEY], ft[KEY], x)
-        out.append((output_agreement(weight, ft[KEY], x) - zero) / (1.0 - zero))
-    return out
+    return toy_nai_batch(zoo, weight[None])[0].tolist()
 
 
 @dataclass(frozen=True)
@@ -174,9 +180,11 @@ class ToyMerge:
 
 def _tuned(zoo: ToyZoo, name: str, delta: torch.Tensor, base: torch.Tensor, grid: Sequence[float]) -> ToyMerge:
     """θ = base + α·Δ with α from ``grid`` giving the best mean toy NAI (the smallest α on ties)."""
-    scored = [(float(a), toy_nai(zoo, base + a * delta)) for a in grid]
-    alpha, nai = max(scored, key=lambda pair: (sum(pair[1]) / len(pair[1]), -pair[0]))
-    return ToyMerge(name, delta, alpha, base + alpha * delta, nai, zoo.pretrained[KEY])
+    alphas = torch.tensor(list(grid), dtype=torch.float64)  # (A,)
+    nai = toy_nai_batch(zoo, base.double() + alphas[:, None, None] * delta.double())  # (A, T)
+    i = int(torch.argmax(nai.mean(1)))  # the first (smallest α) of equal maxima
+    alpha = float(grid[i])
+    return ToyMerge(name, delta, alpha, base + alpha * delta, nai[i].tolist(), zoo.pretrained[KEY])
 
 
 def merge(zoo: ToyZoo, method: str, params: Mapping[str, float] | None = None) -> ToyMerge:
