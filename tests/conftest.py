@@ -44,6 +44,18 @@ def _torch_threads() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: tiny products (the tour's 8×8 toy, digits-tiny's small
+    encoder) gain nothing from threads, and on a busy machine lose a lot to them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import html
 import itertools
 import re
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -24,15 +23,7 @@ SHARED = (0.0, 0.25, 0.5, 0.75, 1.0)
 WEAK = (0.1, 0.3, 0.55, 0.8, 1.0)
 RULES = (("figure", 0.95), ("eq6", 0.05))
 TASKS = ("A", "B", "C", "D")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """The toy's 8×8 products gain nothing from threads, and on a busy machine lose a lot to them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fake_zoo(ta: float = 74.0, iso: float = 81.8, cts: float = 85.3, curve: bool = True) -> ZooEvidence:
