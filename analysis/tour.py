@@ -255,8 +255,8 @@ def _titled(fig: go.Figure, title: str, source: str, height: int = 360) -> go.Fi
     plot nor the title (plotly widens the right margin for it, so it is never clipped)."""
     style_figure(fig, height=height)
     fig.update_layout(title=dict(text=title, x=0, xanchor="left", font_size=16,
-                                 subtitle=dict(text=f"{source} · {SHORT_CITATION}", font=dict(size=11, color="#666"))),
-                      margin=dict(t=80, l=10, r=10, b=10),
+                                 subtitle=dict(text=f"{source}<br>after {SHORT_CITATION}", font=dict(size=11, color="#666"))),
+                      margin=dict(t=95, l=10, r=10, b=10),
                       legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
     return fig
 
@@ -264,8 +264,12 @@ def _titled(fig: go.Figure, title: str, source: str, height: int = 360) -> go.Fi
 def presenter_style(fig: go.Figure, height: int) -> go.Figure:
     """Lecture-hall type on a figure (a copy the page owns): every chart text at 20 px or more."""
     fig.update_layout(font_size=20, title_font_size=26, title_subtitle_font_size=20, legend_font_size=20,
-                      height=height, margin=dict(t=110))
+                      legend_title_font_size=20,
+                      height=height, margin=dict(t=150), uniformtext=dict(minsize=20, mode="show"))
     fig.update_annotations(font_size=20)
+    for axes in (fig.update_xaxes, fig.update_yaxes):  # explicit: Streamlit's chart theme sets 12 px ticks
+        axes(tickfont_size=20, title_font_size=22)
+        axes(tickfont_size=27, selector=dict(type="log"))  # plotly draws the digits between decades at 3/4 size
     fig.update_traces(textfont_size=20, selector=dict(type="bar"))
     return fig
 
@@ -446,7 +450,11 @@ def scatter_figure(points: pd.DataFrame, title: str, source: str) -> go.Figure:
     stats = correlation(points["sar_avg"], points["nai"])
     shown = points.assign(method=points["method"].map(_name))
     fig = figures.fig3a_scatter(shown, stats, _task_colors(list(dict.fromkeys(points["task"]))))
-    return _titled(fig, f"{title} · Pearson r = {stats['pearson']:.2f}, n = {stats['n']}", source, height=380)
+    for trace in fig.data:  # one legend entry per task (its colour); the symbols are named in the legend's title
+        method, _, task = trace.name.partition(": ")
+        trace.update(name=task, legendgroup=task, showlegend=method == _name("task_arithmetic"))
+    _titled(fig, f"{title} · Pearson r = {stats['pearson']:.2f}, n = {stats['n']}", source, height=380)
+    return fig.update_layout(legend_title_text="★ TA  ▲ Iso-C")
 
 
 def _rule_words(state: TourState) -> str:

@@ -32,13 +32,13 @@ PARAMS = {
     "step": (key("learn_step"), 1, int, (1, STEPS)),
     "present": (key("learn_present"), False, lambda v: v in ("1", "true", "True"), None),
 }
-PRESENTER_HEIGHT = 520  # px per chart: title, text, one row of charts and the buttons fit 1920×1080
+PRESENTER_HEIGHT = 600  # px per chart: title, text, one row of charts and the buttons fit 1920×1080
 PRESENTER_CSS = """<style>
 [data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stSidebarNav"],
 [data-testid="stExpandSidebarButton"] {display: none;}
-.stMainBlockContainer {max-width: 1880px; padding-top: 3.2rem; padding-bottom: 0.5rem;}
+.block-container, [data-testid="stMainBlockContainer"] {max-width: 1880px !important; padding: 3.2rem 2rem 0.5rem 2rem !important;}
 .stMarkdown p, .stMarkdown li {font-size: 1.55rem !important; line-height: 1.45;}
-h2 {font-size: 2.4rem !important; padding: 0 0 0.3rem 0 !important;}
+h3 {font-size: 2.4rem !important; padding: 0 0 0.3rem 0 !important;}
 iframe[title="st.iframe"], [data-testid="stIFrame"] {display: block;}
 </style>"""
 # Arrow keys (and a presenter remote's PageUp/PageDown) press Previous / Next, unless a widget has

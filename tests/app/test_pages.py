@@ -149,18 +149,6 @@ def test_merge_page_follows_alpha_and_offers_downloads() -> None:
     assert {b.key for b in at.get("download_button")} >= {"iso_dl_model", "iso_dl_table", "iso_dl_refs"}
 
 
-@pytest.fixture
-def tour_evidence(one_thread: None) -> None:
-    """The tour's real merges of digits-tiny, put in the session's result store the way the page
-    makes them (the page then reads every accuracy from the store)."""
-    from analysis.evaluation import Evaluator
-    from analysis.store import ResultStore
-    from analysis.tour_zoo import zoo_evidence
-    from zoo import load_zoo
-
-    zoo_evidence(Evaluator(load_zoo("digits-tiny"), store=ResultStore()), "digits-tiny", "figure", 0.95, curve=True)
-
-
 @pytest.mark.usefixtures("tour_evidence")
 def test_learn_tour_runs_on_one_toy_state_and_keeps_it_in_the_url() -> None:
     from analysis import tour
