@@ -737,8 +737,6 @@ def step_table1(zoo: ZooEvidence | None) -> Step:
 
 STEP_KEYS = ("fig1", "task_vectors", "flattening", "alignment", "interpolation", "iso_cts", "fraction", "others",
              "table1")
-ZOO_STEPS = frozenset({"flattening", "alignment", "iso_cts", "fraction", "table1"})  # quote the zoo's numbers
-CURVE_STEPS = frozenset({"fraction"})  # need the zoo's common-fraction sweep
 
 BUILDERS: dict[str, Callable[[ToyResults, ZooEvidence | None], Step]] = {
     "fig1": step_fig1,

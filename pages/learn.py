@@ -15,7 +15,7 @@ import streamlit as st
 from analysis import tour
 from analysis.sar import K_M_DEFAULTS
 from analysis.tour_zoo import ZooEvidence, zoo_evidence
-from ui.core import cached, cached_value, errors_in_place, progress_bar
+from ui.core import cached, errors_in_place, progress_bar
 from ui.models import current_evaluator, current_zoo
 from ui.page import header, inside_app, link
 from ui.state import Selection, default_zoo_spec, key, selection
@@ -128,23 +128,20 @@ def embedded() -> Selection:
     return Selection(zoo_spec=default_zoo_spec(), device=selection().device)
 
 
-def evidence(state: tour.TourState, curve: bool) -> ZooEvidence | None:
-    """The embedded zoo's numbers at the state's k_M rule (real merges, built once per process with
-    a progress bar, then served from memory; the accuracies also stay in the result store)."""
+def evidence(state: tour.TourState) -> ZooEvidence | None:
+    """The embedded zoo's numbers at the state's k_M rule, Fig. 5's sweep included (real merges,
+    built once per process with a progress bar, then served from memory; the accuracies also stay
+    in the result store). Every step and the handout quote the same numbers."""
     sel = embedded()
     zoo = current_zoo(sel)
     if not zoo.has_data:
         return None
-    base = (zoo.fingerprint, state.rule, state.value)
-    found = cached_value("tour_zoo", (*base, True)) or (None if curve else cached_value("tour_zoo", (*base, False)))
-    if found is not None:
-        return found
 
     def build() -> ZooEvidence:
         with progress_bar(f"Merging the {sel.zoo_spec} zoo for the tour (first visit only)") as report:
-            return zoo_evidence(current_evaluator(sel), sel.zoo_spec, state.rule, state.value, report, curve)
+            return zoo_evidence(current_evaluator(sel), sel.zoo_spec, state.rule, state.value, report, curve=True)
 
-    return cached("tour_zoo", (*base, curve), build)
+    return cached("tour_zoo", (zoo.fingerprint, state.rule, state.value), build)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -192,11 +189,10 @@ with top[3].popover("Toy settings", icon=":material/tune:") if present else st.c
 to_url()
 step_no = st.session_state[key("learn_step")]
 shown = [tour.STEP_KEYS[step_no - 1]] if present else list(tour.STEP_KEYS)
+zoo = None  # the toy alone, should the zoo fail (the error shows in place)
 with errors_in_place(stop=False):
-    zoo = None
-    if any(k in tour.ZOO_STEPS for k in shown):
-        zoo = evidence(state, curve=any(k in tour.CURVE_STEPS for k in shown))
-zoo_key = (zoo.name, zoo.rule, zoo.value, zoo.curve is not None) if zoo is not None else ()
+    zoo = evidence(state)
+zoo_key = (zoo.name, zoo.rule, zoo.value) if zoo is not None else ()
 steps = [built_step(k, astuple(state), zoo_key, zoo) for k in shown]
 top[2].download_button("Export tour (.html)", key=key("learn_handout"), file_name="isoscope-tour.html",
                        data=lambda: tour.render_handout(tour.tour(state, zoo), state).encode(), mime="text/html",
