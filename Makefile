@@ -41,6 +41,7 @@ report: venv
 
 build-zoo: venv
 	$(PY) -m zoo build --out assets/zoo
+	$(PY) -m ui.seed --zoo digits --out assets/zoo/digits-results.sqlite  # its shipped results
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,6 +7,7 @@ import streamlit as st
 
 from merging.runtime import use_huge_pages
 from ui import sidebar
+from ui.core import new_run_timings, show_timings, timed
 from ui.page import PAGE_FILES
 from ui.theme import inject_css
 
@@ -27,5 +28,9 @@ PAGES = {
 }
 
 page = st.navigation(PAGES)
-sidebar.render()
-page.run()
+new_run_timings()
+with timed("sidebar"):
+    sidebar.render()
+with timed(f"page {page.title}"):
+    page.run()
+show_timings()

@@ -20,9 +20,10 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from analysis.k_rules import DEFAULT_RULE, K_RULES, rule_value
 from merging.errors import TRUST_PICKLE_HELP, IsoscopeError
 from merging.progress import Progress
 from merging.runtime import use_huge_pages
@@ -57,7 +58,7 @@ def _report(args: argparse.Namespace) -> int:
     methods = [get_method(m.strip()).name for m in args.methods.split(",")] if args.methods else None
     start = time.perf_counter()
     ev = _evaluator(args)
-    value = args.eps if args.k_rule == "eq6" else args.threshold
+    value = getattr(args, K_RULES[args.k_rule].cli_flag.lstrip("-"))
     rep = build_report(ev, methods, eps=value, progress=_logging_progress("report"), rule=args.k_rule,
                        point_set=POINTS[args.points])
     json_path, html_path = write_report(rep, args.out)
@@ -109,18 +110,14 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1)")
-    return value
-
-
-def _threshold(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
-    return value
+def _rule_value(rule: str) -> Callable[[str], float]:
+    """An argparse type for ``rule``'s value, checked against its range in ``K_RULES``."""
+    def parse(text: str) -> float:
+        try:
+            return rule_value(rule, float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text} is not in {K_RULES[rule].interval}") from None
+    return parse
 
 
 def _zoo_arguments(p: argparse.ArgumentParser) -> None:
@@ -156,13 +153,13 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="evaluate every registered method; write results.json and report.html")
     r.add_argument("--out", required=True, help="output folder for results.json and report.html")
     r.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
-    r.add_argument("--k-rule", choices=("figure", "eq6"), default="figure",
-                   help="how SAR picks k_M: 'figure', the authors' Fig. 3a script (cumulative norm above "
-                        "--threshold; default), or 'eq6', the paper's Eq. 6 with --eps")
-    r.add_argument("--eps", type=_fraction, default=0.05,
-                   help="Eq. 6's ε in [0, 1), a bound on the Frobenius norm left out (default 0.05)")
-    r.add_argument("--threshold", type=_threshold, default=0.95,
-                   help="the figure rule's cumulative-norm threshold in (0, 1] (default 0.95)")
+    r.add_argument("--k-rule", choices=tuple(K_RULES), default=DEFAULT_RULE,
+                   help="how SAR picks k_M: " + "; ".join(f"'{s.name}', {s.label} with {s.cli_flag}"
+                                                          for s in K_RULES.values()) + f" (default {DEFAULT_RULE})")
+    for spec in K_RULES.values():
+        r.add_argument(spec.cli_flag, type=_rule_value(spec.name), default=spec.default,
+                       help=f"the {spec.name} rule's value in {spec.interval}: {spec.value_label} "
+                            f"(default {spec.default:g})")
     r.add_argument("--points", choices=tuple(POINTS), default="fig3a",
                    help="methods pooled in the SAR–NAI correlation: fig3a (TA and Iso-C, default), six, or all "
                         "(every registered method)")

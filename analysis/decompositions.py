@@ -12,8 +12,8 @@ For one matrix key, on demand:
 ΔM is the method's α·Δ at α = 1 (the update as the engine returns it; a method that fixes α, like
 weight averaging's 1/T, uses its own), and for CART, which merges around the weight average, the
 whole update from θ0: mean(τt) + λ Σt c̃t (λ is α). Task Arithmetic, weight averaging and Iso-C
-share the left singular vectors of Σt Δt, so their ``proj`` is computed once per key; a method
-that declares ``Method.factors`` (Iso-CTS, TSV-M: Δ is built from orthonormal factors) gives its
+share the left singular vectors of Σt Δt (``Method.sum_basis``), so their ``proj`` is computed
+once per key; a method that declares ``Method.factors`` (Iso-CTS, TSV-M: Δ is built from orthonormal factors) gives its
 own SVD, so only the others (TIES, CART) take an SVD of ΔM. On a flat spectrum the basis is
 then the method's own, deterministic one: Iso-C's is the sum's singular vectors in the order of
 the sum's singular values.
@@ -47,7 +47,8 @@ from analysis.basis import block_order, tied_blocks
 from analysis.labels import layer_labels
 from analysis.similarity import key_gram
 from analysis.store import canonical_params
-from merging.linalg import gram, singular_values, svd
+from merging import settings
+from merging.linalg import singular_values, svd
 from merging.methods.common import Layer
 from merging.progress import Progress, silent
 from merging.registry import Method, get_method
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESULT_CACHE_BYTES = 256 * 2 ** 20  # in-memory results (a ViT-B/32 layer's are ~50 KB)
 SUM_BASIS = "sum basis"  # pseudo-method under which the projections on Σt Δt's vectors are kept
 
 
@@ -136,22 +136,16 @@ def _rows_energy(u: torch.Tensor, taus: Sequence[torch.Tensor]) -> torch.Tensor:
     return coeff.square_().view(coeff.shape[0], len(taus), n).sum(2).T
 
 
-def _left_grams(layer: Layer) -> torch.Tensor:
-    """Δt Δtᵀ for every task of a wide layer, (T, m, m), kept in the layer's cache: every basis of
-    the layer reads its projections from them."""
-    return layer.memo("left_grams", lambda: torch.stack([gram(tau.T) for tau in layer.taus]))
-
-
 def _projections(u: torch.Tensor, layer: Layer, lead: int = 0) -> np.ndarray:
     """‖u_iᵀ Δt‖² for every task and column of ``u`` (m, r').  # (T, r')
 
-    Wide layers (m < n): u_iᵀ Gt u_i with Gt = Δt Δtᵀ (``_left_grams``, shared by every method's
+    Wide layers (m < n): u_iᵀ Gt u_i with Gt = Δt Δtᵀ (``Layer.left_grams``, shared by every method's
     basis on the layer): T·m²·r' products instead of T·m·r'·n. Otherwise the rows u_iᵀ Δt, of
     which the first ``lead`` are the Task Arithmetic sum's own rows (``u[:, :lead]`` are the sum's
     top left singular vectors), cached in the layer and shared with Iso-CTS's common block."""
     m, n = layer.taus[0].shape
     if m < n:
-        grams = _left_grams(layer)  # (T, m, m)
+        grams = layer.left_grams()  # (T, m, m)
         energy = (grams.view(-1, m) @ u).view(len(layer.taus), m, -1).mul_(u).sum(1)  # (T, r')
         return energy.clamp_min_(0).double().cpu().numpy()
     parts = [layer.sum_rows(lead).square().sum(2)] if lead else []  # (T, lead)
@@ -180,7 +174,7 @@ SUM_VECTOR_TOL = 1e-6
 def _sum_prefix(u: torch.Tensor, layer: Layer) -> int:
     """How many leading columns of ``u`` (m, r') are the Task Arithmetic sum's own top left singular
     vectors (Iso-CTS's common block), up to SUM_VECTOR_TOL; 0 when the sum's SVD was never needed."""
-    known = layer.cache.get("sum_svd")
+    known = layer.cache.sum_svd
     if known is None:
         return 0
     j = min(u.shape[1], known[0].shape[1])
@@ -236,17 +230,13 @@ def _tie_ordered(u: torch.Tensor, s: torch.Tensor, layer: Layer) -> tuple[torch.
     return out, lead
 
 
+def _on_sum_basis(spec: Method, total: np.ndarray, num_tasks: int) -> np.ndarray:
+    """σ(ΔM) (r,) of a method built on the sum's left singular vectors, from σ(Σt Δt) (r,)."""
+    return spec.sum_basis(torch.from_numpy(np.array(total)), num_tasks).numpy()
+
+
 def _task_norms(layer: Layer) -> np.ndarray:
     return np.array([float(torch.linalg.vector_norm(tau.double())) for tau in layer.taus])  # (T,)
-
-
-# Methods whose ΔM is written in the left singular vectors of S = Σt Δt, so no SVD is needed:
-# name -> σ(ΔM) from σ(S) and the number of tasks (at α = 1, or the method's fixed α).
-SUM_SPECTRUM: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
-    "task_arithmetic": lambda s, t: s,
-    "weight_averaging": lambda s, t: s / t,
-    "iso_c": lambda s, t: torch.full_like(s, float(s.mean())),  # σ̄ on every direction
-}
 
 
 class _Results:
@@ -279,7 +269,7 @@ class Decompositions:
     """Per-layer spectra and merged-update decompositions of one merger, computed on demand."""
 
     def __init__(self, merger: Merger, tasks: Sequence[str] | None = None, fingerprint: str | None = None,
-                 store: ResultStore | None = None, max_bytes: int = RESULT_CACHE_BYTES) -> None:
+                 store: ResultStore | None = None, max_bytes: int | None = None) -> None:
         self.merger = merger
         self.tasks = list(tasks) if tasks is not None else [f"task {i + 1}" for i in range(merger.num_tasks)]
         if len(self.tasks) != merger.num_tasks:
@@ -288,7 +278,7 @@ class Decompositions:
         self.labels: dict[str, str] = layer_labels(self.keys)
         self.fingerprint = fingerprint
         self.store = store if fingerprint is not None else None
-        self._results = _Results(max_bytes)
+        self._results = _Results(settings.value("result_cache") if max_bytes is None else max_bytes)
 
     def shape(self, key: str) -> tuple[int, int]:
         m, n = self.merger.shapes[key]
@@ -381,9 +371,8 @@ class Decompositions:
                             lambda: MergedSpectrum(s=_frozen(self._spectrum(key, spec, resolved, a)))).s
 
     def _spectrum(self, key: str, spec: Method, params: Mapping[str, Any], alpha: float) -> np.ndarray:
-        flatten = SUM_SPECTRUM.get(spec.name)
-        if flatten is not None:
-            return flatten(torch.from_numpy(np.array(self.spectra(key).total)), self.merger.num_tasks).numpy()
+        if spec.sum_basis is not None:
+            return _on_sum_basis(spec, self.spectra(key).total, self.merger.num_tasks)
         if (spec.spectrum or spec.factors) is not None and spec.base == "pretrained":
             with self.merger.layer(key, self.merger.shared(spec, params)) as layer:
                 own = spec.spectrum(layer, params) if spec.spectrum else spec.factors(layer, params)[1]  # (r',)
@@ -402,11 +391,9 @@ class Decompositions:
         return self._cached(("merged", key, SUM_BASIS, ""), compute)
 
     def _compute_merged(self, key: str, spec: Method, params: Mapping[str, Any], alpha: float) -> MergedLayer:
-        flatten = SUM_SPECTRUM.get(spec.name)
-        if flatten is not None:
+        if spec.sum_basis is not None:
             basis = self._sum_basis(key)
-            s = flatten(torch.from_numpy(np.array(basis.s)), self.merger.num_tasks).numpy()
-            return MergedLayer(s=_frozen(s), proj=basis.proj)
+            return MergedLayer(s=_frozen(_on_sum_basis(spec, basis.s, self.merger.num_tasks)), proj=basis.proj)
         if spec.factors is not None and spec.base == "pretrained":  # Δ's SVD is known: no SVD of Δ
             with self.merger.layer(key, self.merger.shared(spec, params)) as layer:
                 u, s = spec.factors(layer, params)  # (m, r'), (r',)

@@ -24,7 +24,9 @@ import torch
 from analysis.alpha import ALPHA_GRID, AlphaSearch, fixed_alpha, search_alpha
 from analysis.decompositions import Decompositions, resolve
 from analysis.metrics import accuracy_table, mean_normalized
+from analysis.seed import seed_store
 from analysis.store import ResultStore, canonical_params
+from merging import settings
 from merging.errors import IsoscopeError
 from merging.merge import Merger, MergeUpdate
 from merging.registry import get_method
@@ -34,7 +36,6 @@ log = logging.getLogger(__name__)
 
 ZERO_SHOT = "zero_shot"
 FINETUNED = "finetuned"
-UPDATE_CACHE_BYTES = 768 * 2 ** 20  # merged updates (base and Δ) held at once; a larger model streams
 
 
 class Evaluator:
@@ -46,10 +47,13 @@ class Evaluator:
         self.tasks: list[str] = list(zoo.tasks)
         self.merger = merger if merger is not None else Merger(zoo.pretrained(), zoo.all_finetuned(), device=device)
         self.store = store if store is not None else ResultStore()
+        if settings.value("seed_results"):  # the embedded zoo ships its results: a first visit reads them
+            seed_store(self.store, zoo.fingerprint, getattr(zoo, "results_asset", None))
         self.decompositions = Decompositions(self.merger, self.tasks, fingerprint=zoo.fingerprint, store=self.store)
         self._updates: OrderedDict[tuple[str, str], MergeUpdate] = OrderedDict()
         self._updates_lock = threading.Lock()
         self.evaluations = 0  # model × task evaluations actually run (not served by the store)
+        self._count_lock = threading.Lock()
 
     @property
     def fingerprint(self) -> str:
@@ -67,7 +71,8 @@ class Evaluator:
         if missing:
             self._require_data()
             fresh = compute(missing)
-            self.evaluations += len(missing)
+            with self._count_lock:  # sessions share this evaluator
+                self.evaluations += len(missing)
             self.store.put(self.fingerprint, method, params, alpha, split, fresh)
             found.update(fresh)
         return {t: found[t] for t in self.tasks}
@@ -87,7 +92,7 @@ class Evaluator:
         return 2 * 4 * sum(math.prod(shape) for shape in self.merger.shapes.values())
 
     def update(self, method: str, params: Mapping[str, Any] | None = None) -> MergeUpdate:
-        """The merged update of ``method`` (kept while it fits UPDATE_CACHE_BYTES, so an α search
+        """The merged update of ``method`` (kept while it fits the update cache, $ISOSCOPE_UPDATE_CACHE_MB, so an α search
         recombines it without merging again). Shared between threads: never mutated."""
         name, resolved = resolve(method, params)
         key = (name, canonical_params(resolved))
@@ -99,14 +104,14 @@ class Evaluator:
         update = self.merger.update(name, resolved)
         with self._updates_lock:
             self._updates[key] = update
-            while len(self._updates) * self._model_bytes() > UPDATE_CACHE_BYTES and len(self._updates) > 1:
+            while len(self._updates) * self._model_bytes() > settings.value("update_cache") and len(self._updates) > 1:
                 self._updates.popitem(last=False)
         return update
 
     def merged_state(self, method: str, params: Mapping[str, Any] | None, alpha: float) -> dict[str, torch.Tensor]:
         """θ = base + α·Δ: recombined from a kept update for models that fit the update budget,
         else merged key by key straight into the state dict (one model in memory)."""
-        if self._model_bytes() <= UPDATE_CACHE_BYTES:
+        if self._model_bytes() <= settings.value("update_cache"):
             return self.update(method, params).state(alpha)
         return self.merger.merged(method, params, alpha)
 

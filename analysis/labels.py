@@ -39,10 +39,18 @@ def layer_label(key: str) -> str:
 
 
 def layer_labels(keys: Iterable[str]) -> dict[str, str]:
-    """{key: label}, falling back to the stripped key wherever two keys would share a label."""
-    keys = list(keys)
+    """{key: label}, unique: wherever two keys would share a label they fall back to their stripped
+    keys, and where those still collide (the same key under two wrapper prefixes) to the keys."""
+    keys = list(dict.fromkeys(keys))
     labels = {k: layer_label(k) for k in keys}
+    for fallback in (_strip, str):
+        clash = _shared(labels.values())
+        labels = {k: (fallback(k) if v in clash else v) for k, v in labels.items()}
+    return labels
+
+
+def _shared(labels: Iterable[str]) -> set[str]:
     seen: dict[str, int] = {}
-    for label in labels.values():
+    for label in labels:
         seen[label] = seen.get(label, 0) + 1
-    return {k: (v if seen[v] == 1 else _strip(k)) for k, v in labels.items()}
+    return {label for label, n in seen.items() if n > 1}

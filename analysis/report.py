@@ -13,7 +13,7 @@ results.json: {"tasks": [...], "zero_shot": {task: acc}, "finetuned": {task: acc
 "k_m_rule": {"rule": "figure" | "eq6", "value": threshold or ε},
 "points": {"set": label, "methods": [...]}}
 
-SAR uses one k_M rule (``analysis.sar.K_M_RULES``; default: the figure rule that reproduces
+SAR uses one k_M rule (``analysis.sar.K_RULES``; default: the figure rule that reproduces
 Fig. 3a). The correlation pools one method set of ``analysis.correlation.POINT_SETS`` (default:
 Task Arithmetic and Iso-C, as Fig. 3a), built by ``sar_nai_points`` like the Alignment view's.
 """
@@ -34,7 +34,7 @@ import pandas as pd
 from analysis import figures
 from analysis.correlation import DEFAULT_POINT_SET, sar_nai_correlation, sar_nai_points, set_methods
 from analysis.evaluation import Evaluator
-from analysis.sar import DEFAULT_RULE, K_M_DEFAULTS, sar_average, sar_table
+from analysis.sar import DEFAULT_RULE, rule_value, sar_average, sar_table
 from analysis.spectra import common_boundary, spectra
 from merging.io import write_text_atomic
 from merging.progress import Progress, silent
@@ -115,7 +115,7 @@ def build_report(ev: Evaluator, methods: Sequence[str] | None = None, eps: float
     the methods of the set ``point_set`` (a label of ``POINT_SETS``) that were evaluated."""
     report = progress or silent
     names = list(methods) if methods is not None else list(all_methods())
-    value = K_M_DEFAULTS[rule] if eps is None else eps
+    value = rule_value(rule, eps)
     pooled = [m for m in set_methods(point_set) if m in names]
     report(0.0, "zero-shot and fine-tuned references")
     results: dict[str, Any] = {"tasks": list(ev.tasks), "zero_shot": ev.zero_shot("test"),

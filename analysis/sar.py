@@ -9,7 +9,8 @@ orthonormal columns, ‖Πk Δt‖F = ‖Ukᵀ Δt‖F. SAR_avg(t) is the mean o
 Eq. 6 bounds the Frobenius *norm* of what is left out: at ε = 0.05 the kept directions hold
 1 − ε² = 99.75% of the energy ‖ΔM‖F², not 95%.
 
-Two rules for k_M (``K_M_RULES``, chosen by name):
+Two rules for k_M, one registry (``K_RULES``, chosen by name) read by every page, the report,
+the CLI and the Learn tour, with one default (``DEFAULT_RULE``):
 - ``"eq6"``: the paper's Eq. 6 with ε (``alignment_rank``);
 - ``"figure"``: the rule of the authors' figure script (iso-merging ``fig_3a.py``, which drew
   Fig. 3a), with a threshold τ (0.95 there): the cumulative norm c_k = √(Σ_{i≤k} σi² / Σ σi²)
@@ -35,48 +36,14 @@ import pandas as pd
 import torch
 
 from analysis.basis import order_ties, ordered_basis, tied_blocks  # noqa: F401  (re-exported)
+from analysis.k_rules import (DEFAULT_EPS, DEFAULT_RULE, K_RULES, KRule, alignment_rank,  # noqa: F401  (re-exported)
+                              figure_rank, k_rule, rank_by_rule, rule_value)
 from analysis.decompositions import Decompositions
 from merging.linalg import svd
 from merging.progress import Progress
 from merging.registry import get_method
 
-DEFAULT_EPS = 0.05
 COLUMNS = ["method", "task", "key", "layer", "sar", "k_m", "r"]
-
-
-def alignment_rank(sigma: torch.Tensor | np.ndarray, eps: float = DEFAULT_EPS) -> int:
-    """k_M of Eq. 6 from the singular values σ (descending) of ΔM; 0 for a zero matrix."""
-    s2 = np.asarray(sigma, dtype=np.float64) ** 2  # (r,)
-    tail = np.concatenate([np.cumsum(s2[::-1])[::-1], [0.0]])  # tail[k] = Σ_{i>k} σi², k = 0..r
-    return int(np.argmax(np.sqrt(tail) <= eps * np.sqrt(s2.sum())))
-
-
-def figure_rank(sigma: torch.Tensor | np.ndarray, threshold: float = 0.95) -> int:
-    """k_M of the authors' figure script: the number of directions before the first whose
-    cumulative norm √(Σ_{i≤k} σi² / Σ σi²) exceeds ``threshold``; 0 for a zero matrix."""
-    s2 = np.asarray(sigma, dtype=np.float64) ** 2  # (r,)
-    total = s2.sum()
-    if total == 0:
-        return 0
-    above = np.sqrt(np.cumsum(s2) / total) > threshold  # (r,)
-    return int(np.argmax(above)) if above.any() else len(s2)
-
-
-K_M_RULES = {"eq6": alignment_rank, "figure": figure_rank}
-K_M_DEFAULTS = {"eq6": DEFAULT_EPS, "figure": 0.95}
-K_M_RANGES = {"eq6": ((lambda v: 0.0 <= v < 1.0), "[0, 1)"), "figure": ((lambda v: 0.0 < v <= 1.0), "(0, 1]")}
-DEFAULT_RULE = "figure"
-
-
-def rank_by_rule(sigma: torch.Tensor | np.ndarray, rule: str = DEFAULT_RULE, value: float | None = None) -> int:
-    """k_M by ``rule`` ("eq6" with ε, or "figure" with its threshold); ``value`` None: its default."""
-    if rule not in K_M_RULES:
-        raise ValueError(f"unknown k_M rule {rule!r}; choose one of {sorted(K_M_RULES)}")
-    value = K_M_DEFAULTS[rule] if value is None else value
-    valid, interval = K_M_RANGES[rule]
-    if not valid(value):
-        raise ValueError(f"the {rule} rule's value must be in {interval}, got {value}")
-    return K_M_RULES[rule](sigma, value)
 
 
 def alignment_ratio(task: torch.Tensor, basis: torch.Tensor) -> float:
@@ -88,25 +55,25 @@ def alignment_ratio(task: torch.Tensor, basis: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(projected)) / norm
 
 
-def sar(task: torch.Tensor, merged: torch.Tensor, eps: float = DEFAULT_EPS, rule: str = "eq6",
+def sar(task: torch.Tensor, merged: torch.Tensor, eps: float | None = None, rule: str = DEFAULT_RULE,
         reference: torch.Tensor | None = None) -> float:
     """SAR(Δt, ΔM) of Eq. 5 for two single matrices (a plain, uncached entry point); ``eps`` is
-    the ``rule``'s value. With ``reference`` (the TA sum), ties are broken by ``ordered_basis``."""
+    the ``rule``'s value (None: its default). With ``reference`` (the TA sum), ties are broken by ``ordered_basis``."""
     u, s = ordered_basis(merged, reference) if reference is not None else svd(merged)[:2]  # (m, r), (r,)
     return alignment_ratio(task, u[:, :rank_by_rule(s, rule, eps)])
 
 
 def sar_table(dec: Decompositions, method: str, params: Mapping[str, Any] | None = None,
-              eps: float = DEFAULT_EPS, rule: str = "eq6", keys: Iterable[str] | None = None,
+              eps: float | None = None, rule: str = DEFAULT_RULE, keys: Iterable[str] | None = None,
               progress: Progress | None = None, alpha: float | None = None) -> pd.DataFrame:
     """SAR per task × matrix layer for ``method``'s update from θ0, with k_M and r per layer,
     over ``keys`` (default: every matrix layer), one layer at a time with progress. ``eps`` is
-    the value of the k_M ``rule`` (ε for "eq6", the threshold for "figure").
+    the value of the k_M ``rule`` (ε for "eq6", the threshold for "figure"; None: its default).
 
     ‖Π_{k_M} Δt‖F² is the sum of the task's energy along ΔM's top k_M left vectors, which the
     decompositions keep per layer (tied directions already in ``order_ties``' order), so a new
     rule or value costs no product."""
-    rank_by_rule(np.ones(1), rule, eps)  # validates the rule and its value
+    eps = rule_value(rule, eps)
     name = get_method(method).name
     merged = dec.merged(method, params, keys, progress, alpha)
     rows = []

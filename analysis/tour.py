@@ -30,7 +30,7 @@ import torch
 from analysis import fig3a, figures, toy
 from analysis.alpha import ALPHA_GRID
 from analysis.correlation import correlation
-from analysis.sar import K_M_DEFAULTS, rank_by_rule, sar
+from analysis.sar import DEFAULT_RULE, K_RULES, rank_by_rule, sar
 from analysis.style import TASK_PALETTE, method_color, style_figure
 from analysis.tour_zoo import ZooEvidence
 from merging.methods.iso import common_rank
@@ -54,8 +54,8 @@ class TourState:
     shared: float = toy.DEFAULT_SHARED
     weak: float = toy.DEFAULT_WEAK
     fraction: float = toy.DEFAULT_FRACTION
-    rule: str = "figure"
-    value: float = K_M_DEFAULTS["figure"]
+    rule: str = DEFAULT_RULE
+    value: float = K_RULES[DEFAULT_RULE].default
 
     def describe(self) -> str:
         return (f"toy: shared {self.shared:g}, weak task {self.weak:g}, Iso-CTS f {self.fraction:g}; "

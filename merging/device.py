@@ -3,13 +3,12 @@ the ``ISOSCOPE_DEVICE`` environment variable."""
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from merging import settings
 from merging.errors import IsoscopeError
 
-DEVICE_ENV = "ISOSCOPE_DEVICE"
+DEVICE_ENV = settings.SETTINGS["device"].env
 
 
 def available_devices() -> list[str]:
@@ -19,7 +18,7 @@ def available_devices() -> list[str]:
 
 def pick_device(override: str | torch.device | None = None) -> torch.device:
     """Return the device to compute on: ``override``, else $ISOSCOPE_DEVICE, else CUDA if present."""
-    name = str(override) if override else os.environ.get(DEVICE_ENV, "").strip()
+    name = str(override) if override else settings.value("device")
     if not name or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

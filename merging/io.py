@@ -3,8 +3,9 @@
 Public API (other rooms rely on it):
 - ``open_checkpoint(path, trust_pickle=False) -> Checkpoint``: a lazy read-only Mapping with
   ``keys()``, ``shape(key)``, ``dtype(key)``, ``get(key)``/``[key] -> Tensor`` (as stored) and
-  ``load() -> StateDict``. Tensors are read one key at a time (safetensors and torch zip files are
-  memory-mapped), so the engine can stream layer by layer.
+  ``load() -> StateDict``. Tensors are read one key at a time (safetensors tensors by positional
+  reads, no memory map; torch zip files through torch's memory map), so the engine can stream
+  layer by layer.
 - ``load_state_dict(path, trust_pickle=False) -> StateDict``.
 - ``save_safetensors(state, path, metadata=None)``: atomic (temp file, fsync, rename), and
   ``safetensors_writer(path, layout)`` for streaming one tensor at a time.
@@ -13,7 +14,7 @@ Public API (other rooms rely on it):
 
 What is read: the format is sniffed from the bytes, not the suffix.
 - safetensors: the header is validated *before* the library sees it (length within the file and
-  ≤ 16 MiB, JSON object without duplicate keys, known dtypes, shape × itemsize == byte span, spans
+  ≤ $ISOSCOPE_MAX_HEADER_MB, 16 MiB by default, JSON object without duplicate keys, known dtypes, shape × itemsize == byte span, spans
   inside the data area, contiguous, no overlaps), so a header declaring a 10^15-byte tensor is an
   error, not an allocation.
 - torch files (zip, legacy, or a plain pickle): the pickle is first replayed inertly
@@ -45,6 +46,7 @@ from typing import Any
 
 import torch
 
+from merging import settings
 from merging.errors import CheckpointError, UntrustedPickleError, printable
 from merging.pickle_reader import (STORAGE_DTYPES, Uninterpretable, check_refs, legacy_layout, reader_for, state_of,
                                    zip_layout)
@@ -53,8 +55,6 @@ from merging.tensors import StateDict
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 16 * 2**20  # real headers are ≤ ~1 MB; parsing costs ~10× the size
-MAX_PICKLE_BYTES = 4 * 2**20  # the pickle part of a torch file (real ones: ~100 KB)
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 PICKLE_PROTO = 0x80
@@ -219,7 +219,7 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
     if len(head) < 8:
         raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)")
     header_len = int.from_bytes(head, "little")
-    if header_len > min(size - 8, MAX_HEADER_BYTES):
+    if header_len > min(size - 8, settings.value("max_header")):
         raise CheckpointError(f"{path}: not a valid safetensors file (header length {header_len} "
                               f"exceeds the {size}-byte file or the 16 MiB limit)")
     try:
@@ -291,7 +291,7 @@ def _zip_scan(path: Path, size: int) -> tuple[PickleScan, Callable[[StorageRef],
                 if info.compress_type != zipfile.ZIP_STORED or info.header_offset + info.file_size > size:
                     raise CheckpointError(f"{path}: corrupted torch checkpoint (record "
                                           f"'{printable(info.filename)}' is compressed or lies outside the file)")
-            if infos[pkl[0]].file_size > MAX_PICKLE_BYTES:
+            if infos[pkl[0]].file_size > settings.value("max_pickle"):
                 raise CheckpointError(f"{path}: torch checkpoint with an oversized data.pkl")
             scan = scan_pickles(zf.read(pkl[0]), max_pickles=1)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as err:
@@ -302,7 +302,7 @@ def _zip_scan(path: Path, size: int) -> tuple[PickleScan, Callable[[StorageRef],
 
 def _pickle_scan(path: Path, size: int) -> tuple[PickleScan, Callable[[StorageRef], int]]:
     """Scan a legacy torch file (magic, protocol, sys_info, object, storage keys) or a plain pickle."""
-    scan = scan_pickles(_read_bytes(path, 0, min(size, MAX_PICKLE_BYTES)), max_pickles=5)
+    scan = scan_pickles(_read_bytes(path, 0, min(size, settings.value("max_pickle"))), max_pickles=5)
     return scan, lambda _ref: size
 
 
@@ -427,7 +427,7 @@ def _open_torch(path: Path, size: int, trust: bool, kind: str) -> _Opened:
 
 def _open_unknown(path: Path, size: int, trust: bool) -> _Opened:
     """Neither zip, safetensors nor a protocol-2+ pickle: an old-protocol pickle, or foreign."""
-    scan = scan_pickles(_read_bytes(path, 0, min(size, MAX_PICKLE_BYTES)), max_pickles=1)
+    scan = scan_pickles(_read_bytes(path, 0, min(size, settings.value("max_pickle"))), max_pickles=1)
     if scan.error or not scan.values:
         raise CheckpointError(f"{path}: is neither a safetensors file nor a torch checkpoint")
     return _open_torch(path, size, trust, "pickle")

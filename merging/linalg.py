@@ -385,6 +385,9 @@ def polar(a: torch.Tensor) -> torch.Tensor:
 # the CPU: on 768², k = 96, 37 ms against 62 ms for the full eigh in float32 (76 against 123 ms
 # in float64); at k = n/4 the two cost about the same, beyond it the full one is faster.
 SUBSET_EIGH_MAX_SHARE = 0.25
+# the subset solver's answer is taken when its residual ‖AW − WΛ‖ (relative to λ_max) and its
+# orthonormality defect ‖WᵀW − I‖ are both within this (else the full eigh answers)
+SUBSET_EIGH_TOL = 1e-4
 
 
 def largest_eigh(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -405,7 +408,7 @@ def largest_eigh(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _subset_eigh(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``largest_eigh`` by scipy's syevr (CPU, finite ``a``), or None unless it returned k orthonormal
-    eigenpairs with residuals ‖AW − WΛ‖ within 1e-4 of λ_max (the full eigh then answers)."""
+    eigenpairs with residuals ‖AW − WΛ‖ within SUBSET_EIGH_TOL of λ_max (the full eigh then answers)."""
     from scipy.linalg import LinAlgError, eigh
 
     n = a.shape[-1]
@@ -419,8 +422,8 @@ def _subset_eigh(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] |
     w = torch.from_numpy(w[:, ::-1].copy()).to(a.dtype)  # (n, k)
     scale = float(lam.abs().max())
     eye = torch.eye(k, dtype=a.dtype)
-    if not (_finite(lam, w) and float((a @ w - w * lam).abs().max()) <= 1e-4 * scale
-            and float((w.T @ w - eye).abs().max()) <= 1e-4):
+    if not (_finite(lam, w) and float((a @ w - w * lam).abs().max()) <= SUBSET_EIGH_TOL * scale
+            and float((w.T @ w - eye).abs().max()) <= SUBSET_EIGH_TOL):
         return None
     return lam, w
 
@@ -449,7 +452,8 @@ def gram_resolves(lam: torch.Tensor, min_ratio: float) -> bool:
 
 # (dtype, smallest σ_k/σ_1 it resolves to ~1e-4 relative accuracy)
 FLOAT32_GRAM_MIN_RATIO = 0.1
-GRAM_TOP_KERNELS = ((torch.float32, FLOAT32_GRAM_MIN_RATIO), (torch.float64, 1e-5))
+FLOAT64_GRAM_MIN_RATIO = 1e-5
+GRAM_TOP_KERNELS = ((torch.float32, FLOAT32_GRAM_MIN_RATIO), (torch.float64, FLOAT64_GRAM_MIN_RATIO))
 
 
 def top_svd(a: torch.Tensor, rank: int) -> SVD:
@@ -480,6 +484,9 @@ def top_svd(a: torch.Tensor, rank: int) -> SVD:
 KRYLOV_PAD, KRYLOV_CHECKS, KRYLOV_TOL = 1, (13, 16), 1e-3
 KRYLOV_WARM_CHECK = 4  # an extra early check when warm-started
 KRYLOV_MIN_WIDTH = 8  # narrower blocks build too small a space in 13 blocks
+# breakdown: a Ritz basis off orthonormal by more than KRYLOV_DEFECT_TOL, or a QR pivot below
+# KRYLOV_PIVOT_TOL of the block's largest entry (the block is then re-orthonormalized)
+KRYLOV_DEFECT_TOL, KRYLOV_PIVOT_TOL = 1e-4, 1e-3
 
 
 def top_eigh(m: torch.Tensor, s: int, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -545,7 +552,7 @@ def _next_block(basis: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         z = z - basis @ (basis.mT @ z)
     q, r = torch.linalg.qr(z)  # (B, n, b), (B, b, b)
     diag = torch.diagonal(r, dim1=-2, dim2=-1).abs()
-    if bool((diag.amin(-1) < 1e-3 * r.abs().amax((-2, -1))).any()):
+    if bool((diag.amin(-1) < KRYLOV_PIVOT_TOL * r.abs().amax((-2, -1))).any()):
         q = torch.linalg.qr(q - basis @ (basis.mT @ q))[0]  # breakdown: q is partly noise
     return q
 
@@ -561,7 +568,7 @@ def _ritz(basis: torch.Tensor, images: torch.Tensor, s: int) -> tuple[torch.Tens
     gap = theta[:, s - 1] - theta[:, s]
     eye = torch.eye(s, dtype=x.dtype, device=x.device)
     defect = (x.mT @ x - eye).abs().amax((-2, -1))
-    good = (gap > 0) & (resid <= KRYLOV_TOL * gap) & (defect < 1e-4)
+    good = (gap > 0) & (resid <= KRYLOV_TOL * gap) & (defect < KRYLOV_DEFECT_TOL)
     good &= torch.isfinite(theta).all(-1) & torch.isfinite(x).all(-1).all(-1)
     return theta[:, :s].clamp_min(0), x, good.cpu()
 
@@ -569,6 +576,8 @@ def _ritz(basis: torch.Tensor, images: torch.Tensor, s: int) -> tuple[torch.Tens
 # λ_min/λ_max of H (= 1/κ([q | x])²) below which polar_extended applies its correction in
 # float64: float32 products would leave an orthonormality defect of ~ε32·κ (κ = 30: 2e-6).
 FLOAT32_APPLY_ABOVE = 1e-3
+# λ_min/λ_max of H below which [q | x] counts as numerically singular: the SVD polar answers
+EXTENDED_RANK_CUT = 1e-10
 
 
 def _extended(c: torch.Tensor, r_perp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -634,7 +643,7 @@ def polar_extended(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     q_perp, r_fix = torch.linalg.qr(q_perp - q @ leak)
     c, r_perp = c + leak @ r_perp, r_fix @ r_perp  # still x = q C + Q⊥ R⊥
     qc, phi, lam = _extended(c, r_perp)
-    if not _finite(lam, phi) or lam[0] < 1e-10 * lam[-1]:
+    if not _finite(lam, phi) or lam[0] < EXTENDED_RANK_CUT * lam[-1]:
         return polar(torch.cat([q, x], 1))
     if lam[0] >= FLOAT32_APPLY_ABOVE * lam[-1]:
         return _apply_extended(q, q @ c + q_perp @ r_perp, qc, phi)

@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
+from merging import settings
 from merging.device import pick_device
 from merging.errors import MismatchError
 from merging.io import open_checkpoint, safetensors_writer
-from merging.methods.common import Layer
+from merging.methods.common import Layer, LayerCache, tensor_bytes
 from merging.progress import Progress, scaled, silent
 from merging.registry import Method, get_method
 from merging.tensors import (COMPUTE_DTYPE, StateDict, check_compatible, check_finite, is_matrix, shape_of,
@@ -34,8 +35,6 @@ from merging.tensors import (COMPUTE_DTYPE, StateDict, check_compatible, check_f
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-CACHE_ENV = "ISOSCOPE_LAYER_CACHE_MB"
-DEFAULT_CACHE_MB = 512  # a few of the largest layers of a ViT-B/32 or L/14 zoo, with their decompositions
 
 
 @dataclass(frozen=True)
@@ -70,24 +69,13 @@ def _base(method: Method, pretrained: torch.Tensor, layer: Layer) -> torch.Tenso
     return base + layer.mean() if method.base == "average" else base
 
 
-def _nbytes(value: Any) -> int:
-    """Bytes held by the tensors in ``value`` (nested tuples, lists and dicts)."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    return 0
-
-
 @dataclass
 class _Entry:
     """One key's θ0 and task vectors (fp32, on the merger's device) and the methods' cache."""
 
     pretrained: torch.Tensor  # shape of θ0[key]
     taus: list[torch.Tensor]  # T × shape of θ0[key]
-    cache: dict[str, Any]  # Layer.cache: decompositions reused across parameter values
+    cache: LayerCache  # decompositions reused across parameter values
     nbytes: int = 0
 
 
@@ -121,7 +109,7 @@ class Merger:
         self._matrix_set = frozenset(self.matrix_keys)
         self.cache_bytes = layer_cache_bytes() if cache_bytes is None else int(cache_bytes)
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._lock = threading.Lock()  # guards _entries, _key_locks, _shared
+        self._lock = threading.Lock()  # guards _entries and _key_locks (_shared_lock guards _shared)
         self._key_locks: dict[str, threading.RLock] = {}
         self._shared: dict[tuple[str, str], Mapping[str, Any]] = {}
         self._shared_lock = threading.Lock()
@@ -159,14 +147,15 @@ class Merger:
                 self._entries.move_to_end(key)
                 return entry
         pre = self._read_pretrained(key)
-        entry = _Entry(pretrained=pre, taus=[self._read_task(key, t, pre) for t in range(self.num_tasks)], cache={})
+        entry = _Entry(pretrained=pre, taus=[self._read_task(key, t, pre) for t in range(self.num_tasks)],
+                       cache=LayerCache())
         with self._lock:
             self._entries[key] = entry
         return entry
 
     def _account(self, key: str, entry: _Entry) -> None:
         """Re-measure ``entry`` and evict the least recently used others beyond the budget."""
-        entry.nbytes = _nbytes(entry.pretrained) + _nbytes(entry.taus) + _nbytes(entry.cache)
+        entry.nbytes = tensor_bytes([entry.pretrained, entry.taus]) + entry.cache.nbytes()
         with self._lock:
             total = sum(e.nbytes for e in self._entries.values())
             for old in list(self._entries):
@@ -282,17 +271,14 @@ class Merger:
 
 
 def layer_cache_bytes() -> int:
-    """The per-key cache budget: $ISOSCOPE_LAYER_CACHE_MB (default 512 MiB)."""
-    try:
-        return int(float(os.environ.get(CACHE_ENV, "") or DEFAULT_CACHE_MB) * 2 ** 20)
-    except ValueError:
-        return DEFAULT_CACHE_MB * 2 ** 20
+    """The per-key cache budget: $ISOSCOPE_LAYER_CACHE_MB (default 512 MiB: a few of the largest
+    layers of a ViT-B/32 or L/14 zoo, with their decompositions)."""
+    return settings.value("layer_cache")
 
 
 def _aliases(delta: torch.Tensor, layer: Layer) -> bool:
     """Whether ``delta`` is (a view of) a tensor the layer's cache owns (Task Arithmetic's Σt τt)."""
-    return any(isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == delta.untyped_storage().data_ptr()
-               for v in layer.cache.values())
+    return any(v.untyped_storage().data_ptr() == delta.untyped_storage().data_ptr() for v in layer.cache.tensors())
 
 
 def _method(method: str | Method) -> Method:
@@ -302,7 +288,6 @@ def _method(method: str | Method) -> Method:
 # ---------------------------------------------------------------------------------------------
 # Streaming merge from files.
 
-STREAM_CHUNK_ELEMENTS = 4 * 2 ** 20  # parameters read per pass over the files (bounds mapped pages)
 
 
 def _chunks(keys: Sequence[str], numel: Callable[[str], int], budget: int) -> Iterator[list[str]]:
@@ -392,7 +377,7 @@ def merge_files(pretrained: PathLike, finetuned: Sequence[PathLike], method: str
     done, total = 0, sum(files.numel(k) for k in files.keys)
     step = scaled(report, 0.0, 0.99)
     with safetensors_writer(out, layout, metadata) as write:
-        for chunk in _chunks(files.keys, files.numel, STREAM_CHUNK_ELEMENTS):
+        for chunk in _chunks(files.keys, files.numel, settings.value("stream_chunk")):
             ckpts = files.open()
             for key in chunk:
                 pre = _read(ckpts[0], key, files.names[0], dev)

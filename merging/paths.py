@@ -10,26 +10,23 @@ folder, nothing is allowed (fail closed); when it is unset, every path is allowe
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from merging import settings
 from merging.errors import PathNotAllowedError, printable
 
-ALLOWED_ROOTS_ENV = "ISOSCOPE_ALLOWED_ROOTS"
-CACHE_ENV = "ISOSCOPE_CACHE"
+ALLOWED_ROOTS_ENV = settings.SETTINGS["allowed_roots"].env
+CACHE_ENV = settings.SETTINGS["cache_dir"].env
 
 
 def cache_root() -> Path:
     """Isoscope's cache directory: $ISOSCOPE_CACHE, else ~/.cache/isoscope (zoo builds, result store)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "isoscope")
+    return settings.value("cache_dir")
 
 
 def allowed_roots() -> list[Path] | None:
     """The resolved roots, or None when served mode is off (variable unset)."""
-    raw = os.environ.get(ALLOWED_ROOTS_ENV)
-    if raw is None:
-        return None
-    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+    return settings.value("allowed_roots")
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:

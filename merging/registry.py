@@ -26,6 +26,9 @@ Base = Literal["pretrained", "average"]
 Factors = Callable[[Any, Mapping[str, float]], tuple[Any, Any]]
 # spectrum(layer, params) -> σ (r',): one matrix key's singular values of Δ without building Δ
 Spectrum = Callable[[Any, Mapping[str, float]], Any]
+# sum_basis(σ(S) (r,), T) -> σ(ΔM) (r,): for a method whose ΔM on a matrix key is written in the
+# left singular vectors of S = Σt Δt, in their order; ΔM at α = 1, or at the method's fixed α
+SumBasis = Callable[[Any, int], Any]
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,11 @@ class Method:
     method's own order (the analysis reads spectra and SAR from them instead of an SVD of Δ; on a
     flat spectrum that order is the deterministic basis SAR uses). ``spectrum``: optional; Δ's
     singular values alone, cheaper than the factors (no polar factor), for views that draw σ.
+    ``sum_basis``: optional; for a method whose ΔM is built on the sum's own left singular vectors
+    (Task Arithmetic, weight averaging, Iso-C), the map from σ(Σt Δt) to σ(ΔM). The analysis then
+    shares one set of projections on the sum's vectors between all such methods of a layer, and
+    it wins over ``factors`` and ``spectrum`` (which must agree with it: the conformance suite
+    checks every one of them against an SVD of the engine's update).
     ``color``: the method's colour in every figure of the app and the report."""
 
     name: str
@@ -90,6 +98,7 @@ class Method:
     base: Base = "pretrained"
     factors: Factors | None = None
     spectrum: Spectrum | None = None
+    sum_basis: SumBasis | None = None
 
     def alpha_for(self, num_tasks: int) -> float | None:
         """The α this method fixes for ``num_tasks`` tasks, or None when α is free."""

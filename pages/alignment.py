@@ -7,6 +7,7 @@ import streamlit as st
 
 from analysis import figures
 from analysis.correlation import POINT_SETS, sar_nai_correlation, set_methods
+from analysis.k_rules import K_RULES
 from analysis.style import palette, recolor, task_colors
 from merging.registry import all_methods
 from ui import data
@@ -14,7 +15,7 @@ from ui.core import errors_in_place, timed
 from ui.models import current_evaluator, current_zoo
 from ui.page import header, link
 from ui.points import sar_averages, zoo_points
-from ui.state import alpha_choice, key, method_choice, params_for, selection
+from ui.state import alpha_choice, k_rule_choice, key, method_choice, params_for, selection
 
 header(":material/explore: Alignment",
        "How much of each task survives the merge, measured by the <b>Subspace Alignment Ratio</b> (SAR): the share "
@@ -30,6 +31,13 @@ header(":material/explore: Alignment",
        "and Pearson's r, over the same set (the report pools the same sets). NAI can be negative: a merge can "
        "score below the pretrained model on a task.")
 
+SET_HELP = ("The methods the SAR_avg bars and the SAR–NAI scatter compare. **Fig. 3a** (default): Task Arithmetic "
+            "and Iso-C, the paper's comparison; **six methods** adds TIES, TSV-M, Iso-CTS and CART; **all registered "
+            "methods** adds weight averaging and any method registered later. The bars always include the sidebar's "
+            "method (the heatmap's). Each added method merges every layer once on its first visit (the results are "
+            "stored, so later visits are instant). The report pools the same sets: python -m analysis report "
+            "--points fig3a|six|all.")
+
 zoo = current_zoo()
 ev = current_evaluator()
 dec = ev.decompositions
@@ -38,22 +46,6 @@ sel = selection()
 colors = palette(zoo.tasks)
 method = method_choice(list(registry))
 
-
-RULE_HELP = ("How k_M, the number of the merged matrix's directions SAR projects on, is chosen. "
-             "**Figure script** (default; it reproduces the paper's Fig. 3a): the authors' plotting code keeps the "
-             "directions before the first one whose cumulative norm √(Σ_{i≤k} σi² / Σ σi²) exceeds the threshold "
-             "(0.95 there, about ε ≈ 0.31 in Eq. 6 terms). **Eq. 6** (the paper's text): the smallest k with "
-             "‖ΔM − Πk ΔM‖F ≤ ε‖ΔM‖F. ε bounds the Frobenius norm, not the energy: ε = 0.05 keeps 1 − ε² = "
-             "99.75% of ‖ΔM‖F², so a flat-ish spectrum keeps nearly every direction and SAR is near 1 for every "
-             "method. Either way k_M comes from the merge's own spectrum. For a flat spectrum (Iso-C, Iso-CTS) "
-             "any k directions of a tied block would do; the app orders tied directions by how much of the Task "
-             "Arithmetic sum they carry, as the authors' figure script does for Iso.")
-SET_HELP = ("The methods the SAR_avg bars and the SAR–NAI scatter compare. **Fig. 3a** (default): Task Arithmetic "
-            "and Iso-C, the paper's comparison; **six methods** adds TIES, TSV-M, Iso-CTS and CART; **all registered "
-            "methods** adds weight averaging and any method registered later. The bars always include the sidebar's "
-            "method (the heatmap's). Each added method merges every layer once on its first visit (the results are "
-            "stored, so later visits are instant). The report pools the same sets: python -m analysis report "
-            "--points fig3a|six|all.")
 
 
 def scatter(chosen: list[str], rule: str, value: float) -> None:
@@ -78,7 +70,7 @@ def scatter(chosen: list[str], rule: str, value: float) -> None:
         how = "chosen on validation" if alpha_choice() is None else f"= {sel.alpha:g}"
         names = ", ".join(registry[m].display_name for m in dict.fromkeys(points["method"]))
         st.caption(f"{len(points)} points: {names} × {len(zoo.tasks)} tasks (the set at the top); α {how}; k_M by "
-                   f"{'the figure rule' if rule == 'figure' else 'Eq. 6'} ({value:g}). NAI = (merged − zero-shot) / "
+                   f"{K_RULES[rule].label} ({value:g}). NAI = (merged − zero-shot) / "
                    "(fine-tuned − zero-shot): 1 means the task lost nothing, 0 no better than the pretrained model, "
                    "negative worse than it.")
 
@@ -94,17 +86,7 @@ def _alignment_view() -> None:
                      horizontal=True, help=SET_HELP)
     chosen = [m for m in set_methods(label) if m in registry]
     compared = list(dict.fromkeys([*chosen, method]))  # the bars: the set, and the heatmap's method
-    c1, c2 = st.columns([2, 3])
-    rule = c1.radio("k_M rule", ["figure", "eq6"], key=key("align_rule"), horizontal=True, help=RULE_HELP,
-                    format_func=lambda r: {"figure": "figure script (Fig. 3a)", "eq6": "Eq. 6 (ε)"}[r])
-    if rule == "eq6":
-        eps = c2.slider("ε: bound on the Frobenius norm left out, ‖ΔM − Πk ΔM‖F ≤ ε‖ΔM‖F", 0.01, 0.5, 0.05, 0.01,
-                        key=key("align_eps"), help="Paper default 0.05, which keeps 99.75% of the energy ‖ΔM‖F². "
-                                                   "Larger ε: smaller subspace, lower SAR.")
-    else:
-        eps = c2.slider("threshold on the cumulative norm √(Σ_{i≤k} σi² / Σ σi²)", 0.5, 0.99, 0.95, 0.01,
-                        key=key("align_threshold"), help="The figure script's 0.95 is about ε ≈ 0.31 in Eq. 6 "
-                                                         "terms. Smaller threshold: smaller subspace, lower SAR.")
+    rule, eps = k_rule_choice("align", *st.columns([2, 3]))
     alpha = alpha_choice()
     with errors_in_place():
         methods = tuple((m, params_for(m)) for m in dict.fromkeys([method, *compared]))

@@ -13,7 +13,7 @@ from dataclasses import astuple
 import streamlit as st
 
 from analysis import tour
-from analysis.sar import K_M_DEFAULTS
+from analysis.sar import K_RULES
 from analysis.tour_zoo import ZooEvidence, zoo_evidence
 from ui.core import cached, errors_in_place, progress_bar
 from ui.models import current_evaluator, current_zoo
@@ -79,7 +79,7 @@ def from_url() -> None:
         if isinstance(value, float) and not math.isfinite(value):
             value = default
         st.session_state[skey] = min(max(value, bounds[0]), bounds[1]) if bounds else value
-    if st.session_state[key("learn_rule")] not in K_M_DEFAULTS:
+    if st.session_state[key("learn_rule")] not in K_RULES:
         st.session_state[key("learn_rule")] = tour.TourState.rule
 
 
@@ -111,14 +111,14 @@ def controls() -> tour.TourState:
     fraction = c3.slider("Iso-CTS common fraction f", 0.0, 1.0, step=0.05, key=key("learn_fraction"),
                          help="Share of the rank r = 8 given to the common subspace; on the toy k is 2, 5 or 8.")
     with c4:
-        rule = st.radio("k_M rule for SAR", ["figure", "eq6"], horizontal=True, key=key("learn_rule"),
-                        format_func=lambda r: {"figure": "figure script", "eq6": "Eq. 6"}[r],
-                        on_change=lambda: st.session_state.update({key("learn_value"): K_M_DEFAULTS[
-                            st.session_state[key("learn_rule")]]}),
+        rule = st.radio("k_M rule for SAR", list(K_RULES), horizontal=True, key=key("learn_rule"),
+                        format_func=lambda r: K_RULES[r].label,
+                        on_change=lambda: st.session_state.update({key("learn_value"): K_RULES[
+                            st.session_state[key("learn_rule")]].default}),
                         help="Figure script (reproduces Fig. 3a): keep the directions before the cumulative norm "
                              "√(Σσi²/Σσ²) passes the threshold. Eq. 6: the fewest directions whose left-out "
                              "Frobenius norm is at most ε·‖ΔM‖F (so 1 − ε² of the energy is kept).")
-        label = "threshold (cumulative norm)" if rule == "figure" else "ε (bound on the norm left out)"
+        label = K_RULES[rule].value_label
         value = st.slider(label, 0.01, 0.99, step=0.01, key=key("learn_value"))
     return tour.TourState(shared=shared, weak=weak, fraction=fraction, rule=rule, value=value)
 

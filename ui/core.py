@@ -6,9 +6,7 @@ while they build; never mutated once stored)."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -16,9 +14,11 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from merging.errors import CheckpointError, IsoscopeError, MismatchError, MethodError, UntrustedPickleError
+from merging.once import OnceCache
 from merging.progress import Progress
 
 log = logging.getLogger(__name__)
+timing_log = logging.getLogger("ui.timing")  # one line per timed section: the server log's "why is this slow"
 T = TypeVar("T")
 PROGRESS_DELAY_S = 0.15  # a progress bar appears only for work longer than this
 PROGRESS_INTERVAL_S = 0.1  # and is redrawn at most this often
@@ -79,45 +79,9 @@ def progress_bar(label: str) -> Iterator[Progress]:
         slot.empty()
 
 
-class ResourceStore:
-    """A small LRU of heavy objects (zoos, Mergers) shared by every session; thread-safe."""
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._items: OrderedDict[Any, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self._building: dict[Any, threading.Lock] = {}
-
-    def get(self, key: Any, build: Callable[[], T]) -> T:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            gate = self._building.setdefault(key, threading.Lock())
-        with gate:  # one build per key; other sessions wait for it
-            with self._lock:
-                if key in self._items:
-                    return self._items[key]
-            value = build()
-            with self._lock:
-                self._items[key] = value
-                self._building.pop(key, None)
-                while len(self._items) > self.max_entries:
-                    self._items.popitem(last=False)
-            return value
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self._items
-
-    def peek(self, key: Any) -> Any | None:
-        """The value stored for ``key``, or None; never builds."""
-        with self._lock:
-            return self._items.get(key)
-
-
 @st.cache_resource(show_spinner=False)
-def _store(kind: str) -> ResourceStore:
-    return ResourceStore(max_entries=3)
+def _store(kind: str) -> OnceCache:
+    return OnceCache(max_entries=3)
 
 
 def cached(kind: str, key: Any, build: Callable[[], T]) -> T:
@@ -125,23 +89,49 @@ def cached(kind: str, key: Any, build: Callable[[], T]) -> T:
     return _store(kind).get(key, build)
 
 
-def is_cached(kind: str, key: Any) -> bool:
-    return key in _store(kind)
-
-
 def cached_value(kind: str, key: Any) -> Any | None:
     """What ``cached(kind, key, …)`` holds now, or None when nothing was built yet."""
     return _store(kind).peek(key)
 
 
+TIMINGS_KEY = "iso_timings"  # {section: ms} of the session's last run (benchmarks/app_redraw.py reads it)
+
+
 @contextmanager
 def timed(name: str) -> Iterator[None]:
-    """Server-side time of a view's redraw, in ms, kept in ``st.session_state['iso_timings']``
-    (read by benchmarks/app_redraw.py) and logged at DEBUG."""
+    """Server-side time of one section of a run (a page, the sidebar, a view's redraw, a zoo opening),
+    in ms: kept in ``st.session_state[TIMINGS_KEY]`` for the page's "Timings" expander and logged
+    (logger ``ui.timing``, INFO) with the page and a short session id, so the server log answers
+    "why is this slow" too."""
     start = time.perf_counter()
     try:
         yield
     finally:
         elapsed = (time.perf_counter() - start) * 1000
-        st.session_state.setdefault("iso_timings", {})[name] = elapsed
-        log.debug("%s redrawn in %.0f ms", name, elapsed)
+        st.session_state.setdefault(TIMINGS_KEY, {})[name] = elapsed
+        timing_log.info("%s %s: %.0f ms", _session_tag(), name, elapsed)
+
+
+def _session_tag() -> str:
+    """A short, stable tag of the browser session (its id's first characters)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return f"[{ctx.session_id[:8]}]" if ctx is not None else "[-]"
+
+
+def new_run_timings() -> None:
+    """Start this run's timings afresh (a fragment's rerun only updates its own entry)."""
+    st.session_state[TIMINGS_KEY] = {}
+
+
+def show_timings() -> None:
+    """The sections of this run, slowest first, in a collapsed expander at the foot of the page."""
+    timings = st.session_state.get(TIMINGS_KEY) or {}
+    if not timings:
+        return
+    with st.expander(":material/timer: Timings of this run (server side)", expanded=False):
+        rows = sorted(timings.items(), key=lambda item: -item[1])
+        st.markdown("\n".join(f"- {name}: **{ms:,.0f} ms**" for name, ms in rows))
+        st.caption("Each section's wall time on the server; the same lines go to the server log (logger ui.timing). "
+                   "Sections nest: a page's total includes the views inside it.")

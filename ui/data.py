@@ -11,9 +11,11 @@ import pandas as pd
 import streamlit as st
 
 from analysis.similarity import geometry_from_gram
-from ui.core import progress_bar
+from merging import settings
+from ui.core import progress_bar, timed
 
-BOUNDS = dict(max_entries=64, ttl=3600, show_spinner=False)
+BOUNDS = dict(max_entries=settings.value("view_cache_entries"), ttl=settings.value("view_cache_ttl"),
+              show_spinner=False)
 
 
 def _params(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
@@ -27,7 +29,7 @@ def prepare(dec: Any, methods: tuple[tuple[str, tuple], ...], keys: tuple[str, .
     progress bar, layer by layer (every method on one layer before the next, so each layer is
     read once and its decompositions are shared), so the cached table builders below only
     assemble."""
-    with progress_bar(label) as report:
+    with timed(f"per-layer results: {label}"), progress_bar(label) as report:
         for i, layer in enumerate(keys):
             report(i / len(keys), dec.labels.get(layer, layer))
             if spectra:  # the layer is read once here, for all the methods below
@@ -57,7 +59,7 @@ def boundary(fingerprint: str, _dec: Any, fraction: float, keys: tuple[str, ...]
 
 
 @st.cache_data(**BOUNDS)
-def sar_table(fingerprint: str, _dec: Any, method: str, params: tuple, eps: float, rule: str = "eq6",
+def sar_table(fingerprint: str, _dec: Any, method: str, params: tuple, eps: float, rule: str,
               alpha: float | None = None) -> pd.DataFrame:
     """SAR per task × layer; ``eps`` is the value of the k_M ``rule`` (ε, or the figure threshold)."""
     from analysis.sar import sar_table as build

@@ -9,7 +9,7 @@ from analysis.decompositions import Decompositions
 from analysis.evaluation import Evaluator
 from analysis.store import ResultStore
 from merging.merge import Merger
-from ui.core import cached, cached_value, errors_in_place, is_cached, progress_bar
+from ui.core import cached, cached_value, errors_in_place, progress_bar, timed
 from ui.state import Selection, selection
 from zoo import Zoo, load_zoo
 
@@ -30,7 +30,7 @@ def current_zoo(sel: Selection | None = None) -> Zoo:
         st.stop()
 
     def build() -> Zoo:
-        with progress_bar(_zoo_label(sel)) as report:
+        with timed("open the zoo"), progress_bar(_zoo_label(sel)) as report:
             extra = {"pretrained": sel.pretrained} if sel.pretrained else {}
             return load_zoo(sel.zoo_spec, data=sel.data_dir, trust_pickle=sel.trust_pickle,
                             device=sel.device, progress=report, **extra)
@@ -46,7 +46,7 @@ def current_merger(sel: Selection | None = None) -> Merger:
     key = (zoo.fingerprint, sel.device)
 
     def build() -> Merger:
-        with progress_bar("Computing task vectors") as report:
+        with timed("task vectors (Merger)"), progress_bar("Computing task vectors") as report:
             report(0.1, "loading the fine-tuned models")
             return Merger(zoo.pretrained(), zoo.all_finetuned(), device=sel.device)
 
@@ -59,11 +59,6 @@ def loaded_zoo(folder: str, data: str | None, trust: bool, pretrained: str | Non
     spec = Selection(zoo_spec=folder, data_dir=data, trust_pickle=trust, pretrained=pretrained,
                      device=selection().device)
     return cached_value("zoo", spec.zoo_key)
-
-
-def zoo_loaded(sel: Selection | None = None) -> bool:
-    sel = sel or selection()
-    return is_cached("zoo", sel.zoo_key)
 
 
 def require_data(zoo: Zoo, view: str) -> None:

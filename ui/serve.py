@@ -30,6 +30,18 @@ def warm() -> None:
             log.warning("could not pre-import %s: %s", name, err)
 
 
+def log_to_console(level: int = logging.INFO) -> None:
+    """Isoscope's own loggers (merging, zoo, analysis, ui: page timings among them) to stderr, next to
+    Streamlit's lines in the server log."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    for name in ("merging", "zoo", "analysis", "ui"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     from merging.runtime import bounded_heap, use_huge_pages
     from streamlit.web import cli
@@ -40,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
             flags += [name, value]
     use_huge_pages()
     bounded_heap()
+    log_to_console()
     warm()
     sys.argv = ["streamlit", "run", str(APP), *flags]
     cli.main()

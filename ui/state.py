@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import streamlit as st
 
+from merging import settings
+
 PREFIX = "iso_"
 SELECTION_KEY = PREFIX + "selection"
-ZOO_ENV = "ISOSCOPE_ZOO"
+ZOO_ENV = settings.SETTINGS["zoo"].env
 DEFAULT_ZOO = "digits"
 DEFAULT_METHOD = "iso_cts"  # the sidebar's first choice
 
@@ -21,7 +22,7 @@ def key(name: str) -> str:
 
 def default_zoo_spec() -> str:
     """The embedded zoo to open: $ISOSCOPE_ZOO (tests use ``digits-tiny``), else ``digits``."""
-    return os.environ.get(ZOO_ENV, "").strip() or DEFAULT_ZOO
+    return settings.value("zoo") or DEFAULT_ZOO
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,29 @@ def alpha_choice(sel: Selection | None = None) -> float | None:
     """α for the evaluator: None means 'choose on validation' (fixed-α methods fix it themselves)."""
     sel = sel or selection()
     return None if sel.alpha_mode == "validation" else sel.alpha
+
+
+def k_rule_choice(name: str, rule_box: object = st, value_box: object = st) -> tuple[str, float]:
+    """(k_M rule, its value): a radio over ``analysis.sar.K_RULES`` (default ``DEFAULT_RULE``) in
+    ``rule_box`` and that rule's slider in ``value_box``; widget keys are prefixed by ``name``."""
+    from analysis.sar import DEFAULT_RULE, K_RULES
+
+    names = list(K_RULES)
+    rule = rule_box.radio("k_M rule", names, index=names.index(DEFAULT_RULE), key=key(f"{name}_rule"),
+                          horizontal=True, format_func=lambda r: K_RULES[r].label, help=RULE_HELP)
+    spec = K_RULES[rule]
+    low, high, step = spec.slider
+    value = value_box.slider(spec.value_label, low, high, spec.default, step,
+                             key=key(f"{name}_{spec.cli_flag.lstrip('-')}"), help=spec.help)
+    return rule, float(value)
+
+
+RULE_HELP = ("How k_M, the number of the merged matrix's directions SAR projects on, is chosen. "
+             "**Figure script** (default; it reproduces the paper's Fig. 3a): the authors' plotting code keeps the "
+             "directions before the first one whose cumulative norm √(Σ_{i≤k} σi² / Σ σi²) exceeds the threshold "
+             "(0.95 there, about ε ≈ 0.31 in Eq. 6 terms). **Eq. 6** (the paper's text): the smallest k with "
+             "‖ΔM − Πk ΔM‖F ≤ ε‖ΔM‖F. ε bounds the Frobenius norm, not the energy: ε = 0.05 keeps 1 − ε² = "
+             "99.75% of ‖ΔM‖F², so a flat-ish spectrum keeps nearly every direction and SAR is near 1 for every "
+             "method. Either way k_M comes from the merge's own spectrum. For a flat spectrum (Iso-C, Iso-CTS) "
+             "any k directions of a tied block would do; the app orders tied directions by how much of the Task "
+             "Arithmetic sum they carry, as the authors' figure script does for Iso.")

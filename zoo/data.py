@@ -26,6 +26,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from merging.errors import IsoscopeError
+from merging.once import OnceCache
 from merging.paths import allowed_path
 from zoo.base import SPLITS
 
@@ -80,7 +81,7 @@ class ImageFolderData:
         self.root = allowed_path(root)
         if not self.root.is_dir():
             raise DataError(f"data folder {self.root} does not exist (expected <data>/<Task>/val|test/<class>/<image>)")
-        self._cache: dict[tuple[str, str, Preprocess], Split] = {}
+        self._cache: OnceCache[tuple[str, str, Preprocess], Split] = OnceCache()  # shared by sessions
 
     def task_dir(self, task: str) -> Path | None:
         """``<root>/<task>``, matched case-insensitively; None when absent."""
@@ -100,10 +101,7 @@ class ImageFolderData:
 
     def load(self, task: str, split: str, preprocess: Preprocess) -> Split:
         """The decoded ``split`` of ``task`` (cached per task, split and preprocessing)."""
-        key = (task, split, preprocess)
-        if key not in self._cache:
-            self._cache[key] = self._read(task, split, preprocess)
-        return self._cache[key]
+        return self._cache.get((task, split, preprocess), lambda: self._read(task, split, preprocess))
 
     def _read(self, task: str, split: str, preprocess: Preprocess) -> Split:
         if split not in SPLITS:

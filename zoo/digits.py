@@ -32,6 +32,7 @@ import torch
 from merging.device import pick_device
 from merging.errors import IsoscopeError
 from merging.io import load_state_dict, save_safetensors
+from merging.once import OnceCache
 from merging.paths import cache_root
 from merging.progress import Progress, scaled, silent
 from merging.tensors import StateDict
@@ -300,12 +301,18 @@ class DigitsZoo(Zoo):
         self._device = pick_device(device)
         self._encoder = build_encoder(self.config).to(self._device).eval()
         self._encoder_lock = threading.Lock()
-        self._splits: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._batches: dict[tuple[tuple[str, ...], str], torch.Tensor] = {}
+        self._splits: OnceCache[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = OnceCache()  # shared by sessions
+        self._batches: OnceCache[tuple[tuple[str, ...], str], torch.Tensor] = OnceCache()
 
     @property
     def fingerprint(self) -> str:
         return self._fingerprint
+
+    @property
+    def results_asset(self) -> Path | None:
+        """The shipped results of this zoo (``analysis.seed``), when this is the shipped zoo."""
+        shipped = ASSETS / f"{self.name}-results.sqlite"
+        return shipped if self.path.parent == ASSETS and shipped.is_file() else None
 
     @property
     def device(self) -> torch.device:
@@ -332,10 +339,11 @@ class DigitsZoo(Zoo):
         if split not in (*SPLITS, "train"):
             raise IsoscopeError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         key = (self._check(task), split)
-        if key not in self._splits:
-            images, labels = task_split(self.recipe, task, split)
-            self._splits[key] = (dd.preprocess(images).to(self._device), labels.to(self._device))
-        return self._splits[key]
+        return self._splits.get(key, lambda: self._read_split(*key))
+
+    def _read_split(self, task: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = task_split(self.recipe, task, split)
+        return dd.preprocess(images).to(self._device), labels.to(self._device)
 
     def task_info(self, task: str) -> dict:
         spec = dd.TASKS[self._check(task)]
@@ -352,9 +360,7 @@ class DigitsZoo(Zoo):
 
     def _batch(self, tasks: tuple[str, ...], split: str) -> torch.Tensor:
         key = (tasks, split)
-        if key not in self._batches:
-            self._batches[key] = torch.cat([self.split(t, split)[0] for t in tasks])  # (ΣN, 3, 32, 32)
-        return self._batches[key]
+        return self._batches.get(key, lambda: torch.cat([self.split(t, split)[0] for t in tasks]))  # (ΣN, 3, 32, 32)
 
     @torch.no_grad()
     def evaluate_tasks(self, state_dict: StateDict, tasks: Iterable[str] | None = None,

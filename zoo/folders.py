@@ -37,9 +37,9 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -47,6 +47,7 @@ import torch
 from merging.device import pick_device
 from merging.errors import CheckpointError, IsoscopeError
 from merging.io import Checkpoint, process_umask, load_state_dict, open_checkpoint, save_safetensors, write_text_atomic
+from merging.once import OnceCache
 from merging.paths import allowed_path, cache_root
 from merging.progress import Progress, silent
 from merging.tensors import StateDict, check_compatible, check_finite, check_state_finite
@@ -154,8 +155,9 @@ class FolderZoo(Zoo):
                  device: str | torch.device | None = None, pretrained: str | Path | None = None) -> None:
         path, note = find_pretrained(files, pretrained)
         files = dataclasses.replace(files, pretrained=allowed_path(path))
-        self.notes: list[str] = [note] if note else []  # what the user should know (shown by the app)
-        self.head_origin: dict[str, str] = {}  # task -> "file" | "text tower" (once loaded)
+        self._notes: list[str] = [note] if note else []  # what the user should know (``notes``)
+        self._notes_lock = threading.Lock()
+        self.head_origin: dict[str, str] = {}  # task -> "file" | "text tower" (written once, in the head's build)
         self.files, self.name, self.tasks = files, files.root.name, list(files.tasks)
         self._trust, self._device = trust_pickle, device
         for path in self._files():  # served mode: no symlink inside the folder may lead outside
@@ -168,7 +170,9 @@ class FolderZoo(Zoo):
         self.preprocess = Preprocess(self.config.image_size, **{k: tuple(settings[k]) for k in ("mean", "std")
                                                                 if settings.get(k)})
         self.data = ImageFolderData(data) if data is not None else None
-        self._heads: dict[str, Head] = {}
+        self._heads: OnceCache[str, Head] = OnceCache()  # every session shares this zoo: each head built once
+        self._text_plan: dict | None = text_plan(self._base.source)  # θ0's text tower (None: vision-only θ0)
+        self._fingerprint = self._digest()  # computed here: nothing else is filled lazily but heads and notes
 
     def _task_view(self, task: str) -> Mapping[str, torch.Tensor]:
         view = open_visual(self.files.tasks[task], self._trust)
@@ -189,8 +193,11 @@ class FolderZoo(Zoo):
     def device(self) -> torch.device:
         return pick_device(self._device)
 
-    @cached_property
+    @property
     def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def _digest(self) -> str:
         digest = hashlib.sha256(json.dumps([self.files.layout, self.config.as_dict(),
                                             dataclasses.astuple(self.preprocess)]).encode())
         for path in self._files():
@@ -243,22 +250,32 @@ class FolderZoo(Zoo):
     def head(self, task: str) -> Head:
         """The frozen head of ``task`` (loaded once): its file, else CLIP's zero-shot head from θ0's
         text tower."""
-        if task not in self._heads:
-            if task in self.files.heads:
-                self._heads[task] = read_head(self.files.heads[task], self._width, self._trust)
-                self.head_origin[task] = "file"
-            elif self._text_plan is not None:
-                self._heads[task] = Head(self._text_head(task))
-                self.head_origin[task] = "text tower"
-            else:
-                raise IsoscopeError(f"task {task} has no head file and θ0 has no text tower to build one; "
-                                    f"accuracy views need head_{task}.safetensors in {self.files.root}")
-        return self._heads[task]
+        return self._heads.get(task, lambda: self._build_head(task))
 
-    @cached_property
-    def _text_plan(self) -> dict | None:
-        """θ0's text tower under open_clip names (None: a vision-only θ0)."""
-        return text_plan(self._base.source)
+    def _build_head(self, task: str) -> Head:
+        if task in self.files.heads:
+            head, origin = read_head(self.files.heads[task], self._width, self._trust), "file"
+        elif self._text_plan is not None:
+            head, origin = Head(self._text_head(task)), "text tower"
+        else:
+            raise IsoscopeError(f"task {task} has no head file and θ0 has no text tower to build one; "
+                                f"accuracy views need head_{task}.safetensors in {self.files.root}")
+        self.head_origin[task] = origin
+        return head
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the user should know about this zoo (shown by the app), as it stands now."""
+        with self._notes_lock:
+            return tuple(self._notes)
+
+    def _note(self, message: str) -> None:
+        """Add ``message`` to ``notes`` once (sessions share the zoo: the check and the append are one step)."""
+        with self._notes_lock:
+            if message in self._notes:
+                return
+            self._notes.append(message)
+        log.warning(message)
 
     def _text_head(self, task: str) -> torch.Tensor:
         """CLIP's zero-shot head (C, D) for ``task``, from the disk cache when built before."""
@@ -312,9 +329,7 @@ class FolderZoo(Zoo):
             unmatched = [f for f, i in zip(data.classes, order) if i is None]
             message = (f"task {task}: class folders {', '.join(unmatched[:3])} are not among its {len(names)} class "
                        f"names; scoring with the sorted folder order instead")
-            if message not in self.notes:
-                log.warning(message)
-                self.notes.append(message)
+            self._note(message)
             return data.labels, len(data.classes)
         return torch.tensor(order)[data.labels], len(names)
 

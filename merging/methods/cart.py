@@ -35,7 +35,7 @@ def cart(layer: Layer, params: Params) -> torch.Tensor:
     mean = layer.mean()
     delta = torch.zeros_like(mean)
     for t, tau in enumerate(layer.taus):
-        u, s, vh = layer.top_triplets(f"centered:{t}", lambda tau=tau: tau - mean, rank)  # (m,k),(k,),(k,n)
+        u, s, vh = layer.top_triplets(layer.cache.centered_tops, t, lambda tau=tau: tau - mean, rank)  # (m,k),(k,),(k,n)
         delta += (u * s) @ vh
     return delta
 

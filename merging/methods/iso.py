@@ -40,8 +40,8 @@ def common_rank(r: int, num_tasks: int, common_fraction: float) -> tuple[int, in
 
 def iso_c_delta(layer: Layer) -> torch.Tensor:
     """Δ = σ̄ polar(S)."""
-    if "sum_svd" in layer.cache:
-        u, s, vh = layer.cache["sum_svd"]
+    if layer.cache.sum_svd is not None:
+        u, s, vh = layer.cache.sum_svd
         return torch.mm(u, vh).mul_(s.mean())
     return mean_scaled_polar(layer.total())  # (m, n)
 
@@ -51,13 +51,11 @@ def iso_c_delta(layer: Layer) -> torch.Tensor:
 def _tail_rows(layer: Layer, t: int, k: int) -> torch.Tensor:
     """Bt = U[:, k:]ᵀ Δt, (r−k, n); rows are computed once and kept as k moves down."""
     u = layer.sum_svd()[0]  # (m, r)
-    name = f"tail:{t}"
-    have = layer.cache.get(name)
+    have = layer.cache.tail_rows.get(t)
     start = u.shape[1] if have is None else u.shape[1] - have.shape[0]
     if k < start:
         new = u[:, k:start].T @ layer.taus[t]  # (start−k, n)
-        have = new if have is None else torch.cat([new, have], 0)
-        layer.cache[name] = have
+        have = layer.cache.tail_rows[t] = new if have is None else torch.cat([new, have], 0)
     return have[have.shape[0] - (u.shape[1] - k):]
 
 
@@ -65,8 +63,7 @@ def _tail_gram(layer: Layer, t: int, k: int) -> torch.Tensor:
     """Bt Btᵀ, (r−k, r−k): the trailing block of Uᵀ Δt Δtᵀ U, so a larger k slices it; as k
     moves down only the new rows' products are computed."""
     rows = _tail_rows(layer, t, k)  # (r−k, n)
-    name = f"tail_gram:{t}"
-    have = layer.cache.get(name)
+    have = layer.cache.tail_grams.get(t)
     done = 0 if have is None else have.shape[0]
     if rows.shape[0] > done:
         fresh = rows.shape[0] - done
@@ -76,7 +73,7 @@ def _tail_gram(layer: Layer, t: int, k: int) -> torch.Tensor:
         grown[fresh:, :fresh] = top[:, fresh:].T
         if have is not None:
             grown[fresh:, fresh:] = have
-        have = layer.cache[name] = grown
+        have = layer.cache.tail_grams[t] = grown
     skip = have.shape[0] - rows.shape[0]
     return have[skip:, skip:]
 
@@ -116,25 +113,25 @@ def _wide_blocks(layer: Layer, k: int, s: int) -> tuple[torch.Tensor, list[SVD]]
 def _residual_grams(layer: Layer, k: int) -> torch.Tensor:
     """RtᵀRt = ΔtᵀΔt − FkᵀFk for every task, (T, n, n), moved from the cached k by the rows in
     between (in place: the cache owns it)."""
-    if "rgram" not in layer.cache:
+    if layer.cache.residual_grams is None:
         n = layer.taus[0].shape[1]
         grams = layer.taus[0].new_empty(layer.num_tasks, n, n)
         for t, tau in enumerate(layer.taus):
             gram(tau, out=grams[t])
-        layer.cache["rgram"] = (0, grams)
-    k0, grams = layer.cache["rgram"]
+        layer.cache.residual_grams = (0, grams)
+    k0, grams = layer.cache.residual_grams
     if k != k0:
         rows = layer.sum_rows(max(k, k0))[:, min(k, k0):max(k, k0)]  # (T, |k−k0|, n)
         for t in range(layer.num_tasks):
             grams[t].add_(gram(rows[t]), alpha=-1.0 if k > k0 else 1.0)
-        layer.cache["rgram"] = (k, grams)
+        layer.cache.residual_grams = (k, grams)
     return grams
 
 
 def _tall_tasks(layer: Layer, k: int, s: int) -> list[SVD]:
     """Top-s triplets of every Rt when m > n, from the n×n Grams (one batched eigensolve)."""
-    lam, w = top_eigh(_residual_grams(layer, k), s, layer.cache.get("rvec"))  # (T, s), (T, n, s)
-    layer.cache["rvec"] = w
+    lam, w = top_eigh(_residual_grams(layer, k), s, layer.cache.residual_vectors)  # (T, s), (T, n, s)
+    layer.cache.residual_vectors = w
     uk = layer.sum_svd()[0][:, :k]  # (m, k)
     coeff = (layer.sum_rows(k) @ w).transpose(0, 1).reshape(k, layer.num_tasks * s)  # Fk v side by side (k, Ts)
     inside = (uk @ coeff).view(uk.shape[0], layer.num_tasks, s)  # Uk Fk v  (m, T, s)
@@ -241,6 +238,7 @@ ISO_C = register(Method(
     spectral=True,
     factors=iso_factors,
     spectrum=iso_spectrum,
+    sum_basis=lambda sigma, num_tasks: torch.full_like(sigma, float(sigma.mean())),  # σ̄ on every direction of S
 ))
 
 ISO_CTS = register(Method(

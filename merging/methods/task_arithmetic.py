@@ -21,4 +21,5 @@ METHOD = register(Method(
     summary="Adds up the task vectors: θ = θ0 + α·Σt τt.",
     fn=task_arithmetic,
     color="#495057",
+    sum_basis=lambda sigma, num_tasks: sigma,  # Δ = S itself
 ))

@@ -23,7 +23,7 @@ def task_rank(r: int, num_tasks: int) -> int:
 def _tops(layer: Layer) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Every task's top-s singular triplets (cached), s = floor(r/T)."""
     s = task_rank(layer.rank, layer.num_tasks)
-    return [layer.top_triplets(f"task:{t}", lambda tau=tau: tau, s) for t, tau in enumerate(layer.taus)]
+    return [layer.top_triplets(layer.cache.task_tops, t, lambda tau=tau: tau, s) for t, tau in enumerate(layer.taus)]
 
 
 def _stacked(layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -18,5 +18,6 @@ METHOD = register(Method(
     summary="Averages the fine-tuned weights: θ = θ0 + (1/T)·Σt τt (α is fixed to 1/T).",
     fn=task_arithmetic,  # Δ = Σt τt; the merge applies α = 1/T
     color="#868E96",
+    sum_basis=lambda sigma, num_tasks: sigma / num_tasks,  # (1/T)·S
     fixed_alpha=FixedAlpha(rule=lambda num_tasks: 1.0 / num_tasks, label="1/T"),
 ))

@@ -73,8 +73,18 @@ def test_no_data_is_a_readable_error(tmp_path: Path) -> None:
         ev.zero_shot()
 
 
-def test_fraction_sweep_reuses_one_merger_and_reaches_iso_c_at_one(ev: Evaluator) -> None:
+def test_fraction_sweep_reuses_one_merger_and_reaches_iso_c_at_one(ev: Evaluator,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from merging.merge import Merger
+    from merging.methods import common
+
+    built, svds = [], []
+    monkeypatch.setattr(Merger, "__init__", lambda self, *a, **k: built.append(1))  # a new Merger would break
+    real_svd = common.fast_svd
+    monkeypatch.setattr(common, "fast_svd", lambda a: svds.append(a.shape) or real_svd(a))
     table = fraction_sweep(ev, [0.0, 0.5, 1.0], alpha=1.0)
+    assert built == []  # every point merged on the evaluator's own Merger
+    assert len(svds) == len(ev.merger.matrix_keys)  # one SVD of Σt Δt per matrix, shared by the 3 points
     assert len(table) == 3 * 2 * len(ev.tasks) and set(table["param"]) == {"common_fraction"}
     iso_c = ev.accuracy("iso_c", None, 1.0, "test")
     at_one = table[(table["value"] == 1.0) & (table["split"] == "test")]

@@ -38,13 +38,13 @@ def _merged(m: int = 12, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
 def test_task_inside_merged_subspace_has_sar_one() -> None:
     merged, u = _merged()
     task = u[:, :3] @ torch.randn(3, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    assert sar(task, merged) == pytest.approx(1.0, abs=1e-6)
+    assert sar(task, merged, rule="eq6") == pytest.approx(1.0, abs=1e-6)
 
 
 def test_orthogonal_task_has_sar_zero() -> None:
     merged, u = _merged()
     task = u[:, 5:] @ torch.randn(3, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    assert sar(task, merged) == pytest.approx(0.0, abs=1e-6)
+    assert sar(task, merged, rule="eq6") == pytest.approx(0.0, abs=1e-6)
 
 
 def test_mixed_task_has_closed_form_sar() -> None:
@@ -52,9 +52,9 @@ def test_mixed_task_has_closed_form_sar() -> None:
     w = _orthonormal(8, 2, 5)
     inside = 3.0 * torch.outer(u[:, 0], w[:, 0])  # ‖·‖F = 3, in span(U_3)
     outside = 4.0 * torch.outer(u[:, 6], w[:, 1])  # ‖·‖F = 4, orthogonal to it
-    assert sar(inside + outside, merged) == pytest.approx(3 / 5, abs=1e-6)
+    assert sar(inside + outside, merged, rule="eq6") == pytest.approx(3 / 5, abs=1e-6)
     # with a larger ε only the top-1 direction counts: still 3/5 (inside lies on u1)
-    assert sar(inside + outside, merged, eps=0.7) == pytest.approx(3 / 5, abs=1e-6)
+    assert sar(inside + outside, merged, eps=0.7, rule="eq6") == pytest.approx(3 / 5, abs=1e-6)
 
 
 def test_alignment_ratio_matches_projection_and_zero_task_is_nan() -> None:
@@ -79,11 +79,11 @@ def test_figure_rank_follows_the_figure_script() -> None:
 
 
 def test_rank_by_rule_dispatches_and_validates() -> None:
-    from analysis.sar import K_M_DEFAULTS, rank_by_rule
+    from analysis.sar import K_RULES, rank_by_rule
 
     sigma = torch.tensor([1.0, 0.5, 0.25, 0.125])
     assert rank_by_rule(sigma, "eq6", 0.05) == alignment_rank(sigma, 0.05) == 4
-    assert rank_by_rule(sigma) == 1 and K_M_DEFAULTS == {"eq6": 0.05, "figure": 0.95}  # default: the figure rule
+    assert rank_by_rule(sigma) == 1 and {n: r.default for n, r in K_RULES.items()} == {"eq6": 0.05, "figure": 0.95}  # default: the figure rule
     for rule, bad in (("eq6", 1.0), ("figure", 0.0), ("nope", 0.5)):
         with pytest.raises(ValueError, match="rule"):
             rank_by_rule(sigma, rule, bad)
@@ -100,3 +100,29 @@ def test_ordered_basis_orders_a_tied_block_by_the_reference() -> None:
     torch.testing.assert_close(s, torch.ones(6, dtype=torch.float64))
     for k in (1, 3, 5):  # the top-k span is the reference's top-k span
         torch.testing.assert_close(basis[:, :k] @ basis[:, :k].T, u[:, :k] @ u[:, :k].T, atol=1e-10, rtol=0)
+
+
+def test_one_registry_of_k_rules_and_one_default_everywhere() -> None:
+    """sar(), sar_table(), the report and the CLI all take the registry's default rule and values, and
+    the CLI checks a value against the registry's range."""
+    import inspect
+
+    from analysis.__main__ import parser
+    from analysis.k_rules import DEFAULT_RULE, K_RULES
+    from analysis.report import build_report
+    from analysis.sar import sar_table
+
+    merged, u = _merged()
+    task = u[:, :5] @ torch.randn(5, 8, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    assert sar(task, merged) == sar(task, merged, K_RULES[DEFAULT_RULE].default, DEFAULT_RULE)
+    assert sar(task, merged) != sar(task, merged, rule="eq6")  # the rules differ here: the default is not eq6
+    for fn in (sar, sar_table, build_report):
+        assert inspect.signature(fn).parameters["rule"].default == DEFAULT_RULE, fn.__name__
+    args = parser().parse_args(["report", "--out", "x"])
+    assert args.k_rule == DEFAULT_RULE
+    assert {name: getattr(args, r.cli_flag.lstrip("-")) for name, r in K_RULES.items()} == {
+        name: r.default for name, r in K_RULES.items()}
+    for name, rule in K_RULES.items():
+        bad = rule.low if rule.low_open else rule.high  # the open end of its range
+        with pytest.raises(SystemExit):
+            parser().parse_args(["report", "--out", "x", "--k-rule", name, rule.cli_flag, str(bad)])

@@ -80,8 +80,8 @@ def test_sar_of_a_flat_spectrum_is_a_tautology_under_eq6_and_tie_broken_by_the_s
     deltas, total = toy.task_matrices(zoo), sum(toy.task_matrices(zoo))
     iso = toy.merge(zoo, "iso_c").delta
     for eps in (0.05, 0.2, 0.35):  # k_M = 8 for any ε < √(1/8): SAR = 1 whatever the task
-        assert [sar(d, iso, eps) for d in deltas] == pytest.approx([1.0] * 3, abs=1e-6)
-        assert sar(torch.randn(8, 8, generator=torch.Generator().manual_seed(1)), iso, eps) == pytest.approx(1, abs=1e-6)
+        assert [sar(d, iso, eps, "eq6") for d in deltas] == pytest.approx([1.0] * 3, abs=1e-6)
+        assert sar(torch.randn(8, 8, generator=torch.Generator().manual_seed(1)), iso, eps, "eq6") == pytest.approx(1, abs=1e-6)
     assert figure_rank(toy.singular_values(iso), 0.95) == 7
     u, _, _ = torch.linalg.svd(total.double())
     plain = u[:, :7]

@@ -228,3 +228,32 @@ def test_sidebar_builds_one_slider_per_registry_parameter() -> None:
             assert (slider.min, slider.max) == (param.low, param.high)
             assert slider.value == param.default
         assert (method.fixed_alpha is None) == any(r.key == "iso_alpha_mode" for r in at.radio)
+
+
+PAGE_TITLES = {"pages/overview.py": "Overview", "pages/spectra.py": "Spectra", "pages/alignment.py": "Alignment",
+               "pages/common_subspace.py": "Common subspace", "pages/merge_export.py": "Merge & export",
+               "pages/learn.py": "Learn"}
+
+
+def test_every_page_shows_and_logs_its_timings(caplog: pytest.LogCaptureFixture) -> None:
+    """Each page ends with a Timings expander listing this run's sections (the page itself, the sidebar)
+    with their milliseconds, and the same sections reach the server log (logger ui.timing)."""
+    import logging
+    import re
+
+    caplog.set_level(logging.INFO, logger="ui.timing")
+    at = open_page()
+    for path, title in PAGE_TITLES.items():
+        caplog.clear()
+        at.switch_page(path).run()
+        assert_clean(at)
+        timings = [e for e in at.expander if "Timings" in e.label]
+        assert len(timings) == 1, f"{title}: {[e.label for e in at.expander]}"
+        text = "\n".join(m.value for m in timings[0].markdown)
+        shown = dict(re.findall(r"- (.+?): \*\*([\d,]+) ms\*\*", text))
+        assert f"page {title}" in shown and "sidebar" in shown, (title, text)
+        logged = [r.getMessage() for r in caplog.records if r.name == "ui.timing"]
+        assert any(f"page {title}: " in m for m in logged), (title, logged)
+        page_ms = float(shown[f"page {title}"].replace(",", ""))
+        assert all(float(ms.replace(",", "")) <= page_ms + 1 for name, ms in shown.items()
+                   if name not in ("sidebar", f"page {title}", "open the zoo", "task vectors (Merger)")), shown

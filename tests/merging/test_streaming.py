@@ -36,7 +36,7 @@ def _write(tmp: Path, pre: dict, fts: list[dict], dtype: torch.dtype, suffix: st
 ])
 def test_streaming_equals_merger_and_keeps_dtypes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   dtype: torch.dtype, method: str, params: dict, alpha: float) -> None:
-    monkeypatch.setattr(merge_module, "STREAM_CHUNK_ELEMENTS", 300)  # several passes over the files
+    monkeypatch.setenv("ISOSCOPE_STREAM_CHUNK_ELEMENTS", "300")  # several passes over the files
     pre, fts = make_models(3, seed=4)
     p, fs = _write(tmp_path, pre, fts, dtype)
     out = tmp_path / "merged.safetensors"

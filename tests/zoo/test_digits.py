@@ -111,6 +111,13 @@ def test_task_info_and_examples(tiny: D.DigitsZoo) -> None:
     assert info["sizes"] == D.RECIPES[TINY]["data"]
     pics = tiny.examples("tinted", 5)
     assert pics.shape == (5, 32, 32, 3) and pics.dtype == np.uint8
+    spec = dd.TASKS["tinted"]  # red ink on green paper: the corners are paper, the brightest red is ink
+    paper = np.round(np.array(spec.paper) * 255)
+    assert np.abs(pics[:, 0, 0].astype(float) - paper).max() <= 1
+    reddest = pics.reshape(-1, 3)[np.argmax(pics.reshape(-1, 3)[:, 0].astype(int) - pics.reshape(-1, 3)[:, 1])]
+    assert np.abs(reddest.astype(float) - np.round(np.array(spec.ink) * 255)).max() <= 2
+    _, labels = D.task_split(tiny.recipe, "tinted", "test")
+    assert not np.array_equal(pics[0], pics[1]) or int(labels[0]) == int(labels[1])  # different digits differ
     assert tiny.task_info("rotated")["num_classes"] == 10
 
 
