@@ -15,7 +15,7 @@ import streamlit as st
 from analysis import tour
 from analysis.sar import K_RULES
 from analysis.tour_zoo import ZooEvidence, zoo_evidence
-from ui.core import cached, errors_in_place, progress_bar
+from ui.core import cached, errors_in_place, progress_bar, quiet_run
 from ui.models import current_evaluator, current_zoo
 from ui.page import header, inside_app, link
 from ui.state import Selection, default_zoo_spec, key, selection
@@ -172,6 +172,7 @@ from_url()
 present = st.session_state[key("learn_present")]
 if present:
     st.markdown(PRESENTER_CSS, unsafe_allow_html=True)
+    quiet_run()  # nothing below the step on a lecture screen
 else:
     header(":material/school: Learn: spectral merging, step by step",
            "A guided tour for a first encounter (or a lecture), in the order of the paper. The geometry runs live on "
