@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -103,11 +104,26 @@ def _sweep(args: argparse.Namespace) -> int:
     test = test[test["split"] == "test"]
     print(f"{method.display_name} on {zoo.name}: mean test accuracy per {param}")
     for row in test.itertuples():
-        print(f"  {param} = {row.value:<6g} α = {row.alpha:<5g} accuracy {100 * row.accuracy:5.1f}%  "
-              f"normalized {100 * row.normalized:5.1f}%")
+        print(f"  {param} = {row.value:<6g} α = {row.alpha:<5g} accuracy {100 * row.accuracy:5.1f}%"
+              f"{_plus_minus(getattr(row, 'se', math.nan))}  normalized {100 * row.normalized:5.1f}%")
+    if zoo.max_images:
+        print(f"  (± one binomial standard error: at most {zoo.max_images} images per task and split, "
+              f"a stratified sample)")
     log.info("%d points in %.1f s (%d model×task evaluations, the rest from the store %s)",
              len(values), time.perf_counter() - start, ev.evaluations, ev.store.path)
     return 0
+
+
+def _plus_minus(se: float) -> str:
+    """`` ± x.x%`` for a sampled accuracy's standard error, empty for a full split (NaN)."""
+    return f" ± {100 * se:.1f}%" if math.isfinite(se) else ""
+
+
+def _budget(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of images")
+    return value
 
 
 def _rule_value(rule: str) -> Callable[[str], float]:
@@ -130,6 +146,9 @@ def _zoo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
     p.add_argument("--store", default=None, help="result store file (default: $ISOSCOPE_CACHE/results.sqlite)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    p.add_argument("--max-images", type=_budget, default=None, metavar="N",
+                   help="quick mode: score a stratified sample (fixed seed) of at most N images per task and "
+                        "split; accuracies then carry their binomial standard error (default: every image)")
 
 
 def _evaluator(args: argparse.Namespace) -> Evaluator:
@@ -142,6 +161,7 @@ def _evaluator(args: argparse.Namespace) -> Evaluator:
 
     torch.set_num_threads(args.threads)
     options = {"pretrained": args.pretrained} if args.pretrained else {}
+    options |= {"max_images": args.max_images} if args.max_images else {}
     zoo = load_zoo(args.zoo, data=args.data, trust_pickle=args.trust_pickle, device=args.device,
                    progress=_logging_progress("zoo"), **options)
     return Evaluator(zoo, store=ResultStore(args.store) if args.store else None, device=args.device)

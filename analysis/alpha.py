@@ -13,6 +13,7 @@ neighbouring points), which needs fewer evaluations still.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -52,7 +53,8 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float] = ALPHA_
         return scores[i]
 
     def rank(i: int) -> tuple[float, int]:  # higher is better; on equal scores the smaller α
-        return at(i), -i
+        value = at(i)  # NaN (e.g. a task whose fine-tuned accuracy is 0) ranks last: NaN never compares
+        return (value if value == value else -math.inf), -i
 
     if start is None:
         best = max(range(min(coarse_step // 2, len(grid) - 1), len(grid), max(coarse_step, 1)), key=rank)

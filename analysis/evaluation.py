@@ -25,7 +25,7 @@ from analysis.alpha import ALPHA_GRID, AlphaSearch, fixed_alpha, search_alpha
 from analysis.decompositions import Decompositions, resolve
 from analysis.metrics import accuracy_table, mean_normalized
 from analysis.seed import seed_store
-from analysis.store import ResultStore, canonical_params
+from analysis.store import FULL, ResultStore, canonical_params
 from merging import settings
 from merging.errors import IsoscopeError
 from merging.merge import Merger, MergeUpdate
@@ -59,6 +59,16 @@ class Evaluator:
     def fingerprint(self) -> str:
         return self.zoo.fingerprint
 
+    @property
+    def budget(self) -> int:
+        """The store key's evaluation budget: the zoo's ``max_images``, or ``FULL``."""
+        return self.zoo.max_images or FULL
+
+    def sample_sizes(self, split: str) -> dict[str, int | None]:
+        """Per task, the images its accuracies on ``split`` are measured on when that is a sample
+        (the quick mode), else None."""
+        return {t: self.zoo.sample_size(t, split) for t in self.tasks}
+
     def _require_data(self) -> None:
         if not self.zoo.has_data:
             raise IsoscopeError(f"zoo '{self.zoo.name}' has no evaluation data: accuracy needs a data folder (--data)")
@@ -66,14 +76,14 @@ class Evaluator:
     def _cached(self, method: str, params: Mapping[str, Any], alpha: float, split: str,
                 compute: Any) -> dict[str, float]:
         """Stored accuracies of one point; the missing tasks are computed by ``compute(tasks)``."""
-        found = self.store.get(self.fingerprint, method, params, alpha, split, self.tasks)
+        found = self.store.get(self.fingerprint, method, params, alpha, split, self.tasks, self.budget)
         missing = [t for t in self.tasks if t not in found]
         if missing:
             self._require_data()
             fresh = compute(missing)
             with self._count_lock:  # sessions share this evaluator
                 self.evaluations += len(missing)
-            self.store.put(self.fingerprint, method, params, alpha, split, fresh)
+            self.store.put(self.fingerprint, method, params, alpha, split, fresh, self.budget)
             found.update(fresh)
         return {t: found[t] for t in self.tasks}
 
@@ -141,13 +151,15 @@ class Evaluator:
         """Per task accuracy, normalized accuracy and NAI on ``splits`` at the chosen α."""
         choice = self.choose_alpha(method, params, alpha, start=start)
         frames = [accuracy_table(method, choice.alpha, split, self.accuracy(method, params, choice.alpha, split),
-                                 self.zero_shot(split), self.finetuned(split)) for split in splits]
+                                 self.zero_shot(split), self.finetuned(split), self.sample_sizes(split))
+                  for split in splits]
         return pd.concat(frames, ignore_index=True), choice
 
     def reference_table(self) -> pd.DataFrame:
         """Zero-shot and fine-tuned rows in the layout of ``table``."""
         frames = []
         for split in SPLITS:
-            zs, ft = self.zero_shot(split), self.finetuned(split)
-            frames += [accuracy_table(ZERO_SHOT, 0.0, split, zs, zs, ft), accuracy_table(FINETUNED, 1.0, split, ft, zs, ft)]
+            zs, ft, sizes = self.zero_shot(split), self.finetuned(split), self.sample_sizes(split)
+            frames += [accuracy_table(ZERO_SHOT, 0.0, split, zs, zs, ft, sizes),
+                       accuracy_table(FINETUNED, 1.0, split, ft, zs, ft, sizes)]
         return pd.concat(frames, ignore_index=True)

@@ -34,6 +34,7 @@ import pandas as pd
 from analysis import figures
 from analysis.correlation import DEFAULT_POINT_SET, sar_nai_correlation, sar_nai_points, set_methods
 from analysis.evaluation import Evaluator
+from analysis.metrics import binomial_se, mean_se
 from analysis.sar import DEFAULT_RULE, rule_value, sar_average, sar_table
 from analysis.spectra import common_boundary, spectra
 from merging.io import write_text_atomic
@@ -81,9 +82,26 @@ def _mean(values: dict[str, float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+def _se(accuracies: dict[str, float], sizes: dict[str, int | None]) -> float:
+    """Standard error (%) of the mean test accuracy of tasks measured on samples of ``sizes``."""
+    return 100 * mean_se([binomial_se(accuracies[t], sizes.get(t)) for t in accuracies])
+
+
 def summary_table(results: dict[str, Any]) -> pd.DataFrame:
     """Per method: average absolute and normalized test accuracy (%), chosen α and SAR_avg;
-    plus the zero-shot and fine-tuned rows."""
+    plus the zero-shot and fine-tuned rows. When the test accuracies were measured on samples
+    (``results["sample_sizes"]``), ``accuracy_se`` follows ``accuracy``: the standard error of the
+    average, in the same percent."""
+    summary = _summary_rows(results)
+    sizes = results.get("sample_sizes") or {}
+    if not any(sizes.values()):
+        return summary
+    accuracies = [results["zero_shot"], results["finetuned"], *(e["test_acc"] for e in results["methods"].values())]
+    summary.insert(2, "accuracy_se", [_se(a, sizes) for a in accuracies])
+    return summary
+
+
+def _summary_rows(results: dict[str, Any]) -> pd.DataFrame:
     ft = results["finetuned"]
     rows = [{"method": "zero-shot", "accuracy": 100 * _mean(results["zero_shot"]),
              "normalized": 100 * _mean({t: results["zero_shot"][t] / ft[t] for t in ft if ft[t]}),
@@ -120,6 +138,7 @@ def build_report(ev: Evaluator, methods: Sequence[str] | None = None, eps: float
     report(0.0, "zero-shot and fine-tuned references")
     results: dict[str, Any] = {"tasks": list(ev.tasks), "zero_shot": ev.zero_shot("test"),
                                "finetuned": ev.finetuned("test"), "methods": {},
+                               "max_images": ev.zoo.max_images, "sample_sizes": ev.sample_sizes("test"),
                                "k_m_rule": {"rule": rule, "value": value},
                                "points": {"set": point_set, "methods": pooled}}
     sars = []
@@ -156,7 +175,10 @@ def format_summary(rep: Report) -> str:
                                   if abs(x) < 10 else f"{x:.1f}")
     c, pooled = rep.results["correlation"], rep.results["points"]["methods"]
     names = ", ".join(get_method(m).display_name for m in pooled)
-    return (f"{table}\n\nSAR_avg vs NAI over tasks × {names} (n = {c['n']}): Pearson r = {c['pearson']:.3f} "
+    sampled = rep.results.get("max_images")
+    note = (f"\n\naccuracy_se: one binomial standard error of the average test accuracy (%), measured on a "
+            f"stratified sample of at most {sampled} images per task") if sampled and "accuracy_se" in rep.summary else ""
+    return (f"{table}{note}\n\nSAR_avg vs NAI over tasks × {names} (n = {c['n']}): Pearson r = {c['pearson']:.3f} "
             f"(p = {c['pearson_p']:.2g}), Spearman ρ = {c['spearman']:.3f} (p = {c['spearman_p']:.2g})")
 
 

@@ -2,7 +2,9 @@
 
 One SQLite file under the cache directory ($ISOSCOPE_CACHE, default ~/.cache/isoscope). A row
 is one point: (zoo fingerprint, method, canonical JSON of the resolved parameters, α, split,
-task) → top-1 accuracy. Rows are written in short ``BEGIN IMMEDIATE`` transactions as soon as
+task, evaluation budget) → top-1 accuracy. The budget is the quick mode's ``max_images`` (images
+per task and split, a stratified sample; 0 = every image), so an accuracy measured on a sample
+and one measured on the full split never answer for each other. Rows are written in short ``BEGIN IMMEDIATE`` transactions as soon as
 they are computed, so a sweep killed at any moment (even SIGKILL) leaves every committed row
 intact and resumes by skipping them. The journal is WAL (readers never block the writer, nor
 the writer the readers) with ``synchronous=NORMAL``: a killed *process* loses nothing that was
@@ -30,7 +32,8 @@ log = logging.getLogger(__name__)
 
 STORE_NAME = "results.sqlite"
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 2  # 2: the ``layers`` table
+SCHEMA_VERSION = 3  # 2: the ``layers`` table; 3: ``budget`` in the key of ``points``
+FULL = 0  # the budget of an accuracy measured on every image
 ALPHA_DIGITS = 6  # α is stored rounded, so 0.1 * 3 and 0.3 name the same point
 
 _SCHEMA = """
@@ -41,11 +44,13 @@ CREATE TABLE IF NOT EXISTS points (
     alpha       REAL NOT NULL,
     split       TEXT NOT NULL,
     task        TEXT NOT NULL,
+    budget      INTEGER NOT NULL,
     accuracy    REAL NOT NULL,
     created     REAL NOT NULL,
-    PRIMARY KEY (fingerprint, method, params, alpha, split, task)
+    PRIMARY KEY (fingerprint, method, params, alpha, split, task, budget)
 ) WITHOUT ROWID
 """
+_COLUMNS = "fingerprint, method, params, alpha, split, task, accuracy, created, budget"  # rows() order
 
 # Per-layer analysis results (analysis.decompositions): a few small arrays per (layer, method,
 # parameters), stored as an .npz blob, so a revisit or a restart of the app recomputes nothing.
@@ -81,6 +86,7 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
+            _migrate(con)
             con.execute(_SCHEMA)
             con.execute(_LAYER_SCHEMA)
             con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -96,26 +102,28 @@ class ResultStore:
             con.close()
 
     def get(self, fingerprint: str, method: str, params: Mapping[str, Any] | None, alpha: float,
-            split: str, tasks: list[str] | None = None) -> dict[str, float]:
-        """Stored accuracies {task: acc} of one point (only the tasks already evaluated)."""
+            split: str, tasks: list[str] | None = None, budget: int = FULL) -> dict[str, float]:
+        """Stored accuracies {task: acc} of one point measured with ``budget`` images per task
+        (``FULL``: every image); only the tasks already evaluated."""
         with self._connect() as con:
             rows = con.execute(
                 "SELECT task, accuracy FROM points WHERE fingerprint=? AND method=? AND params=? "
-                "AND alpha=? AND split=?",
-                (fingerprint, method, canonical_params(params), alpha_key(alpha), split)).fetchall()
+                "AND alpha=? AND split=? AND budget=?",
+                (fingerprint, method, canonical_params(params), alpha_key(alpha), split, int(budget))).fetchall()
         found = dict(rows)
         return found if tasks is None else {t: found[t] for t in tasks if t in found}
 
     def put(self, fingerprint: str, method: str, params: Mapping[str, Any] | None, alpha: float,
-            split: str, accuracies: Mapping[str, float]) -> None:
-        """Commit one point's accuracies in one short transaction (first writer wins)."""
+            split: str, accuracies: Mapping[str, float], budget: int = FULL) -> None:
+        """Commit one point's accuracies, measured with ``budget`` images per task, in one short
+        transaction (first writer wins)."""
         now = time.time()
-        rows = [(fingerprint, method, canonical_params(params), alpha_key(alpha), split, task, float(acc), now)
-                for task, acc in accuracies.items()]
+        rows = [(fingerprint, method, canonical_params(params), alpha_key(alpha), split, task, float(acc), now,
+                 int(budget)) for task, acc in accuracies.items()]
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
-                con.executemany("INSERT OR IGNORE INTO points VALUES (?,?,?,?,?,?,?,?)", rows)
+                con.executemany(f"INSERT OR IGNORE INTO points ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -149,7 +157,7 @@ class ResultStore:
 
     def rows(self, fingerprint: str | None = None) -> list[tuple]:
         """Every stored row (optionally of one zoo), oldest first: for inspection and tests."""
-        query, args = "SELECT * FROM points", ()
+        query, args = f"SELECT {_COLUMNS} FROM points", ()
         if fingerprint is not None:
             query, args = query + " WHERE fingerprint=?", (fingerprint,)
         with self._connect() as con:
@@ -166,3 +174,23 @@ class ResultStore:
         """SQLite's own integrity check of the file."""
         with self._connect() as con:
             return con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    """Bring a store written before the ``budget`` column (schema 2) to schema 3: its rows were
+    all measured on every image, so they keep their values with budget ``FULL``. One writer does
+    it, inside an immediate transaction; the others find it done."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        columns = [row[1] for row in con.execute("PRAGMA table_info(points)")]
+        if columns and "budget" not in columns:
+            con.execute("ALTER TABLE points RENAME TO points_v2")
+            con.execute(_SCHEMA)
+            con.execute(f"INSERT INTO points ({_COLUMNS}) SELECT fingerprint, method, params, alpha, split, task, "
+                        f"accuracy, created, {FULL} FROM points_v2")
+            con.execute("DROP TABLE points_v2")
+            log.info("result store upgraded to schema %d (budget in the key)", SCHEMA_VERSION)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise

@@ -22,6 +22,7 @@ import pandas as pd
 
 from analysis.alpha import ALPHA_GRID
 from analysis.evaluation import SPLITS, Evaluator
+from analysis.metrics import mean_se
 from merging.progress import Progress, silent
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,11 @@ def alpha_sweep(ev: Evaluator, method: str, params: Mapping[str, Any] | None = N
 
 
 def sweep_average(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean over tasks per (method, param, value, alpha, split): the curves' "average" line."""
+    """Mean over tasks per (method, param, value, alpha, split): the curves' "average" line, with
+    the standard error of the mean accuracy in ``se`` (NaN unless the accuracies were sampled)."""
     keys = ["method", "param", "value", "alpha", "split"]
-    return table.groupby(keys, sort=False)[["accuracy", "normalized", "nai"]].mean().reset_index()
+    groups = table.groupby(keys, sort=False)
+    mean = groups[["accuracy", "normalized", "nai"]].mean()
+    if "se" in table:
+        mean["se"] = groups["se"].agg(mean_se)
+    return mean.reset_index()

@@ -17,15 +17,16 @@ What is read: the format is sniffed from the bytes, not the suffix.
   ≤ $ISOSCOPE_MAX_HEADER_MB, 16 MiB by default, JSON object without duplicate keys, known dtypes, shape × itemsize == byte span, spans
   inside the data area, contiguous, no overlaps), so a header declaring a 10^15-byte tensor is an
   error, not an allocation.
-- torch files (zip, legacy, or a plain pickle): the pickle is first replayed inertly
-  (``merging.pickle_scan``); storages declared larger than the bytes they point at are errors.
-  Files whose pickle needs globals outside torch's weights-only allowlist (whole pickled modules
-  such as the task_vectors layout) and legacy-format files are read by the code-free reader
-  (``merging.pickle_reader``: nothing imported or called, tensors read lazily from the file).
-  What it cannot interpret (``__reduce__`` payloads in place of tensors, self-rebuilding objects)
-  raises ``UntrustedPickleError`` unless ``trust_pickle=True``. Zip state dicts load with
-  ``torch.load(weights_only=True)``, memory-mapped.
-Every failure is a ``CheckpointError`` whose one-line message starts with the file's path.
+- torch files (zip, legacy, or a plain pickle): parsed in a short-lived child process with
+  resource limits (``merging.parse_worker``), which replays the pickle inertly under budgets
+  (``merging.pickle_scan``, ``merging.budgets``) and interprets it with the code-free reader
+  (``merging.pickle_reader``: state dicts and whole pickled modules such as the task_vectors
+  layout; nothing imported or called). It returns only names, dtypes, sizes, strides and byte
+  spans; this process re-validates them and reads each tensor's bytes itself, lazily. What the
+  reader cannot interpret (``__reduce__`` payloads in place of tensors, self-rebuilding objects)
+  raises ``UntrustedPickleError`` unless ``trust_pickle=True`` (then ``torch.load`` runs here).
+Every failure is a ``CheckpointError`` whose one-line message starts with the file's path
+(``error_boundary``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import pickle
 import stat
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,15 +48,15 @@ from typing import Any
 import torch
 
 from merging import settings
-from merging.errors import CheckpointError, UntrustedPickleError, printable
-from merging.pickle_reader import (STORAGE_DTYPES, Uninterpretable, check_refs, legacy_layout, reader_for, state_of,
-                                   zip_layout)
-from merging.pickle_scan import PickleScan, StorageRef, scan_pickles
+from merging.budgets import BudgetExceeded
+from merging.errors import CheckpointError, IsoscopeError, UntrustedPickleError, printable
+from merging.parse_worker import TORCH_LEGACY_MAGIC, parse_isolated, prefetch  # noqa: F401 - the magic is re-exported
+from merging.pickle_reader import ITEMSIZE, STORAGE_TYPES, StorageLayout, TensorRef, check_refs
+from merging.pickle_scan import StorageRef
 from merging.tensors import StateDict
 
 log = logging.getLogger(__name__)
 
-TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 PICKLE_PROTO = 0x80
 
@@ -65,12 +66,12 @@ ST_DTYPES: dict[str, torch.dtype] = {
     "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-STORAGE_ITEMSIZE: dict[str, int] = {name: dtype.itemsize for name, dtype in STORAGE_DTYPES.items()}
+TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in ITEMSIZE}  # the reader's dtypes
 # Used only if torch's private allowlist cannot be read: what a plain tensor state dict needs.
 _FALLBACK_SAFE_GLOBALS = frozenset({
     "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
     "torch._utils._rebuild_parameter_with_state", "torch.nn.parameter.Parameter", "torch.Size",
-    *STORAGE_ITEMSIZE,
+    *STORAGE_TYPES,
 })
 
 
@@ -121,6 +122,21 @@ def _os_errors(path: Path) -> Iterator[None]:
         raise CheckpointError(f"{path}: permission denied") from err
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from err
+
+
+@contextmanager
+def error_boundary(path: Path) -> Iterator[None]:
+    """Whatever goes wrong reading ``path`` leaves as the project's error, with the file's name
+    and one line. A raw exception reaching here is a bug: it is logged with its traceback, and
+    the message says "unexpected" so the fuzz tests catch it."""
+    try:
+        yield
+    except (IsoscopeError, KeyError):
+        raise
+    except Exception as err:  # noqa: BLE001 - the boundary
+        log.exception("unexpected error reading %s", path)
+        raise CheckpointError(f"{path}: unexpected error while reading ({type(err).__name__}: "
+                              f"{_oneline(err)})") from err
 
 
 def _file_size(path: Path) -> int:
@@ -279,54 +295,10 @@ def untrusted_message(path: Path, names: list[str], reason: str | None = None) -
             f"{path} --out {path.with_suffix('.safetensors')} --trust-pickle")
 
 
-def _zip_scan(path: Path, size: int) -> tuple[PickleScan, Callable[[StorageRef], int]]:
-    """Scan data.pkl of a torch zip file; return the scan and the byte size of each storage record."""
-    try:
-        with _os_errors(path), zipfile.ZipFile(path) as zf:
-            infos = {i.filename: i for i in zf.infolist()}
-            pkl = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
-            if len(pkl) != 1:
-                raise CheckpointError(f"{path}: a zip file, but not a torch checkpoint (no data.pkl)")
-            for info in infos.values():
-                if info.compress_type != zipfile.ZIP_STORED or info.header_offset + info.file_size > size:
-                    raise CheckpointError(f"{path}: corrupted torch checkpoint (record "
-                                          f"'{printable(info.filename)}' is compressed or lies outside the file)")
-            if infos[pkl[0]].file_size > settings.value("max_pickle"):
-                raise CheckpointError(f"{path}: torch checkpoint with an oversized data.pkl")
-            scan = scan_pickles(zf.read(pkl[0]), max_pickles=1)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as err:
-        raise CheckpointError(f"{path}: truncated or corrupted torch checkpoint ({_oneline(err)})") from err
-    prefix = pkl[0][: -len("data.pkl")] + "data/"
-    return scan, lambda ref: infos[prefix + ref.key].file_size if prefix + ref.key in infos else -1
-
-
-def _pickle_scan(path: Path, size: int) -> tuple[PickleScan, Callable[[StorageRef], int]]:
-    """Scan a legacy torch file (magic, protocol, sys_info, object, storage keys) or a plain pickle."""
-    scan = scan_pickles(_read_bytes(path, 0, min(size, settings.value("max_pickle"))), max_pickles=5)
-    return scan, lambda _ref: size
-
-
-def _is_legacy_torch(scan: PickleScan) -> bool:
-    return bool(scan.values) and scan.values[0] == TORCH_LEGACY_MAGIC
-
-
-def _check_storages(path: Path, scan: PickleScan, available: Callable[[StorageRef], int], size: int) -> None:
-    """Every declared storage must fit in the bytes that back it (no huge allocations)."""
-    total = 0
-    for ref in {r.key: r for r in scan.storages}.values():
-        itemsize = STORAGE_ITEMSIZE.get(ref.type_name)
-        if itemsize is None:
-            raise CheckpointError(f"{path}: unsupported storage type '{printable(ref.type_name)}'")
-        nbytes = ref.numel * itemsize
-        total += nbytes
-        if nbytes > available(ref) or total > size:
-            raise CheckpointError(f"{path}: corrupted torch checkpoint (storage '{printable(ref.key)}' "
-                                  f"declares {nbytes} bytes, more than the file holds)")
-
-
 def _torch_load(path: Path, kind: str, weights_only: bool) -> object:
+    """The trusted path only: the user said this file may run code."""
     try:
-        if kind == "plain-pickle":  # only reached with trust_pickle=True
+        if kind == "plain-pickle":
             with open(path, "rb") as f:
                 return pickle.load(f)  # noqa: S301 - the user said they trust this file
         if path.suffix == ".safetensors":  # torch.load would hand such a name to safetensors
@@ -337,8 +309,14 @@ def _torch_load(path: Path, kind: str, weights_only: bool) -> object:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({_oneline(err)})") from err
 
 
+def _dense(value: object) -> bool:
+    """A tensor with real values: dense, strided, on the CPU, of a float/int/bool dtype."""
+    return (isinstance(value, torch.Tensor) and value.layout == torch.strided and value.device.type == "cpu"
+            and value.dtype in TORCH_DTYPES.values())
+
+
 def _as_state_dict(path: Path, obj: object) -> StateDict:
-    """nn.Module -> its state_dict(); {'state_dict': ...} unwrapped; then str -> Tensor only."""
+    """nn.Module -> its state_dict(); {'state_dict': ...} unwrapped; then str -> dense Tensor only."""
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
@@ -349,95 +327,104 @@ def _as_state_dict(path: Path, obj: object) -> StateDict:
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: entry '{printable(key)}' is a {printable(type(value).__name__)}, "
                                   f"not a tensor (expected a state dict of tensors)")
+        if not _dense(value):
+            raise CheckpointError(f"{path}: tensor '{printable(key)}' is not a dense CPU tensor of a float or "
+                                  f"int dtype ({value.layout}, {value.device.type}, {value.dtype})")
     return dict(obj)
 
 
-_TORCH_SCANNERS: dict[str, Callable[[Path, int], tuple[PickleScan, Callable[[StorageRef], int]]]] = {
-    "torch-zip": _zip_scan,
-    "pickle": _pickle_scan,
-}
+# ---------------------------------------------------------------- the isolated parser's answer
 
 
-def _zip_layout(path: Path) -> tuple[int, Callable]:
-    """Index of the pickle in a zip checkpoint's values, and a builder of its storage layout."""
-    def build() -> object:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            prefix = next(i.filename for i in infos if i.filename.endswith("/data.pkl"))[: -len("data.pkl")]
-            records = {i.filename: (i.header_offset, i.file_size) for i in infos}
-            return zip_layout(path, prefix, records, zf.read)
-    return 0, build
+def _ints(value: object, count: int | None = None) -> bool:
+    return isinstance(value, list) and (count is None or len(value) == count) and len(value) <= 64 and all(
+        type(v) is int and 0 <= v < 2**62 for v in value)
 
 
-def _code_free(path: Path, size: int, scan: PickleScan, kind: str) -> _Opened | str:
-    """The tensors the pickle describes, read lazily without running anything
-    (``merging.pickle_reader``); or why it cannot be interpreted."""
-    index, build = _zip_layout(path) if kind == "torch-zip" else (3, lambda: legacy_layout(path, scan, size))
+def _refs_of(path: Path, answer: dict) -> tuple[StorageLayout, dict[str, TensorRef]]:
+    """The layout and tensors of an ``ok`` answer, re-validated here (the app trusts no parser)."""
+    spans, rows = answer.get("spans"), answer.get("tensors")
+    if not (isinstance(spans, dict) and isinstance(rows, dict)) or not all(_ints(v, 2) for v in spans.values()):
+        raise CheckpointError(f"{path}: the isolated parser gave a malformed answer")
+    layout, refs = StorageLayout({k: tuple(v) for k, v in spans.items()}), {}
+    for name, row in rows.items():
+        if not (isinstance(row, list) and len(row) == 6 and isinstance(row[0], str) and row[1] in TORCH_DTYPES
+                and _ints(row[2:3]) and _ints(row[3]) and _ints(row[4], len(row[3]))
+                and (row[5] is None or _ints(row[5], 2))):
+            raise CheckpointError(f"{path}: the isolated parser gave a malformed answer")
+        storage = StorageRef("", row[0], 0, None if row[5] is None else ("", *row[5]))
+        refs[name] = TensorRef(storage, row[1], row[2], tuple(row[3]), tuple(row[4]))
+    return layout, refs
+
+
+def _read_ref(path: Path, layout: StorageLayout, ref: TensorRef) -> torch.Tensor:
+    """The tensor ``ref`` describes, read from ``path`` (only its own bytes; ``check_refs`` first)."""
+    dtype = TORCH_DTYPES[ref.dtype]
+    if ref.extent == 0:
+        return torch.empty(ref.size, dtype=dtype)
+    start, _ = layout.spans[ref.storage.key]
+    view_offset = ref.storage.view[1] if ref.storage.view else 0
+    buffer = bytearray(ref.extent * dtype.itemsize)
+    with open(path, "rb") as f:
+        f.seek(start + (view_offset + ref.offset) * dtype.itemsize)
+        if f.readinto(buffer) != len(buffer):
+            raise ValueError("file ended inside a tensor")
+    tensor = torch.frombuffer(buffer, dtype=dtype).as_strided(ref.size, ref.stride)  # (extent,) -> (*size)
+    return tensor if tensor.is_contiguous() else tensor.contiguous()
+
+
+def _code_free(path: Path, size: int, answer: dict) -> _Opened:
+    """The tensors the isolated parser found, read lazily by this process."""
+    layout, refs = _refs_of(path, answer)
     try:
-        refs = state_of(scan.values[index])
-    except Uninterpretable as err:
-        return str(err)
-    except RecursionError:
-        return "objects nested too deeply"
-    try:
-        layout = build()
-        check_refs(layout, refs)
-    except Uninterpretable as err:
-        raise CheckpointError(f"{path}: {_oneline(err)}") from err
-    except (OSError, ValueError, KeyError, StopIteration, zipfile.BadZipFile) as err:
+        check_refs(layout, refs, size)
+    except ValueError as err:
         raise CheckpointError(f"{path}: truncated or corrupted torch checkpoint ({_oneline(err)})") from err
-    read = reader_for(path, layout, refs)
 
-    def guarded(key: str) -> torch.Tensor:
+    def read(key: str) -> torch.Tensor:
         try:
-            return read(key)
-        except (OSError, ValueError, RuntimeError) as err:
+            with _os_errors(path):
+                return _read_ref(path, layout, refs[key])
+        except (ValueError, RuntimeError) as err:
             raise CheckpointError(f"{path}: cannot read tensor '{printable(key)}' ({_oneline(err)})") from err
 
     log.info("%s: read without running code (%d tensors)", path, len(refs))
-    return _Opened(kind, {k: r.size for k, r in refs.items()}, {k: r.dtype for k, r in refs.items()}, guarded)
+    return _Opened(answer["kind"], {k: r.size for k, r in refs.items()},
+                   {k: TORCH_DTYPES[r.dtype] for k, r in refs.items()}, read)
 
 
 def _open_torch(path: Path, size: int, trust: bool, kind: str) -> _Opened:
-    scan, available = _TORCH_SCANNERS[kind](path, size)
-    unsafe = [g for g in scan.globals if g not in SAFE_GLOBALS]
-    if kind == "pickle" and not scan.error:
-        kind = "legacy" if _is_legacy_torch(scan) else "plain-pickle"
-    reason = None
-    complete = not scan.error and (kind == "torch-zip" or (kind == "legacy" and len(scan.values) >= 5))
-    if complete and (unsafe or kind == "legacy"):  # whole modules, and legacy files (read lazily)
-        _check_storages(path, scan, available, size)
-        opened = _code_free(path, size, scan, kind)
-        if isinstance(opened, _Opened):
-            return opened
-        reason = opened
+    """Parse in the isolated parser; open what it understood, refuse or (trusted) unpickle the rest."""
+    answer = parse_isolated(path, size, kind)
+    status = answer.get("status")
+    if status == "error":
+        error = BudgetExceeded if answer.get("budget") else CheckpointError
+        raise error(f"{path}: {printable(answer.get('message'), 200)}")
+    if status == "ok":
+        return _code_free(path, size, answer)
+    names = [g for g in answer.get("globals", []) if isinstance(g, str)]
+    unsafe = [g for g in names if g not in SAFE_GLOBALS]
+    kind = answer.get("kind", kind)
     if unsafe and not trust:
-        raise UntrustedPickleError(untrusted_message(path, unsafe, reason))
-    if scan.error:
-        raise CheckpointError(f"{path}: truncated or corrupted torch checkpoint ({printable(scan.error, 120)})")
-    if kind == "legacy" and len(scan.values) < 5:
-        raise CheckpointError(f"{path}: truncated torch checkpoint")
+        raise UntrustedPickleError(untrusted_message(path, unsafe, answer.get("reason")))
+    if status == "broken":
+        what = "truncated torch checkpoint" if answer.get("error") == "truncated torch checkpoint" else \
+            f"truncated or corrupted torch checkpoint ({printable(answer.get('error'), 120)})"
+        raise CheckpointError(f"{path}: {what}")
     if kind == "plain-pickle" and not unsafe:
         raise CheckpointError(f"{path}: a plain Python pickle, not a torch checkpoint")
-    _check_storages(path, scan, available, size)
+    if not trust:
+        raise CheckpointError(f"{path}: not a state dict of tensors ({printable(answer.get('reason'), 120)})")
     state = _as_state_dict(path, _torch_load(path, kind, weights_only=not unsafe))
     return _Opened(kind, {k: tuple(v.shape) for k, v in state.items()},
                    {k: v.dtype for k, v in state.items()}, state.__getitem__)
-
-
-def _open_unknown(path: Path, size: int, trust: bool) -> _Opened:
-    """Neither zip, safetensors nor a protocol-2+ pickle: an old-protocol pickle, or foreign."""
-    scan = scan_pickles(_read_bytes(path, 0, min(size, settings.value("max_pickle"))), max_pickles=1)
-    if scan.error or not scan.values:
-        raise CheckpointError(f"{path}: is neither a safetensors file nor a torch checkpoint")
-    return _open_torch(path, size, trust, "pickle")
 
 
 _OPENERS: dict[str, Callable[[Path, int, bool], _Opened]] = {
     "safetensors": _open_safetensors,
     "torch-zip": lambda p, s, t: _open_torch(p, s, t, "torch-zip"),
     "pickle": lambda p, s, t: _open_torch(p, s, t, "pickle"),
-    "unknown": _open_unknown,
+    "unknown": lambda p, s, t: _open_torch(p, s, t, "unknown"),
 }
 
 
@@ -449,8 +436,9 @@ class Checkpoint(Mapping[str, torch.Tensor]):
 
     def __init__(self, path: str | Path, trust_pickle: bool = False) -> None:
         self.path = Path(path)
-        size = _file_size(self.path)
-        opened = _OPENERS[_sniff(self.path, _read_bytes(self.path, 0, 16))](self.path, size, trust_pickle)
+        with error_boundary(self.path):
+            size = _file_size(self.path)
+            opened = _OPENERS[_sniff(self.path, _read_bytes(self.path, 0, 16))](self.path, size, trust_pickle)
         if not opened.shapes:
             raise CheckpointError(f"{self.path}: holds no tensors")
         self.format = opened.format
@@ -460,7 +448,8 @@ class Checkpoint(Mapping[str, torch.Tensor]):
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._shapes:
             raise KeyError(key)
-        return self._read(key)
+        with error_boundary(self.path):
+            return self._read(key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._shapes)
@@ -486,6 +475,22 @@ class Checkpoint(Mapping[str, torch.Tensor]):
 def open_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
     """Open ``path`` lazily; CheckpointError (or UntrustedPickleError) if it cannot be read safely."""
     return Checkpoint(path, trust_pickle=trust_pickle)
+
+
+def prefetch_checkpoints(paths: Iterable[str | Path]) -> None:
+    """Parse the pickles among ``paths`` together, in parallel isolated children, ahead of the
+    ``open_checkpoint`` calls that follow (a folder's files). Best effort: a file that cannot be
+    read here is reported by its own open."""
+    files = []
+    for path in map(Path, paths):
+        try:
+            size = _file_size(path)
+            kind = _sniff(path, _read_bytes(path, 0, 16))
+        except IsoscopeError:
+            continue
+        if kind != "safetensors":
+            files.append((path, size, kind))
+    prefetch(files)
 
 
 def load_state_dict(path: str | Path, trust_pickle: bool = False) -> StateDict:

@@ -21,31 +21,41 @@ records of a zip checkpoint (stored uncompressed) or the storages appended after
 a legacy checkpoint (an int64 element count, then the raw little-endian bytes, in the order of
 the storage-key list). Every span is checked against the bytes that back it before it is read.
 
-Public API: ``Uninterpretable``; ``TensorRef``; ``STORAGE_DTYPES``; ``state_of(value)``;
-``StorageLayout`` with ``zip_layout(...)``/``legacy_layout(...)``; ``read_tensor(path, layout, ref)``.
+Only dense, strided tensors of the float, int and bool storages in ``STORAGE_TYPES`` are
+accepted (``check_refs``): every view lies inside its storage, no view shows more elements than
+it spans (an expanded stride-0 view is refused), and all tensors together stay within the
+``output bytes`` budget, so what a file yields is bounded by the bytes it holds.
+
+Torch-free on purpose: it runs in the isolated parser (``merging.parse_worker``); dtypes are
+names (``"float32"``) that ``merging.io`` maps to torch dtypes, and ``merging.io`` reads the bytes.
+
+Public API: ``Uninterpretable``; ``TensorRef``; ``STORAGE_TYPES``; ``ITEMSIZE``; ``state_of(value)``;
+``StorageLayout`` with ``zip_layout(...)``/``legacy_layout(...)``; ``check_refs(layout, refs, size)``.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from merging.budgets import exceeded, limit
+from merging.pickle_scan import PickleScan, Record, StorageRef, check_key
 
-from merging.pickle_scan import PickleScan, Record, StorageRef
-
-STORAGE_DTYPES: dict[str, torch.dtype] = {
-    "torch.DoubleStorage": torch.float64, "torch.FloatStorage": torch.float32, "torch.HalfStorage": torch.float16,
-    "torch.BFloat16Storage": torch.bfloat16, "torch.LongStorage": torch.int64, "torch.IntStorage": torch.int32,
-    "torch.ShortStorage": torch.int16, "torch.CharStorage": torch.int8, "torch.ByteStorage": torch.uint8,
-    "torch.BoolStorage": torch.bool, "torch.ComplexFloatStorage": torch.complex64,
-    "torch.ComplexDoubleStorage": torch.complex128, "torch.UntypedStorage": torch.uint8,
-    "torch.storage.UntypedStorage": torch.uint8,
+# storage class -> dtype name; the names are torch's (``getattr(torch, name)``)
+STORAGE_TYPES: dict[str, str] = {
+    "torch.DoubleStorage": "float64", "torch.FloatStorage": "float32", "torch.HalfStorage": "float16",
+    "torch.BFloat16Storage": "bfloat16", "torch.LongStorage": "int64", "torch.IntStorage": "int32",
+    "torch.ShortStorage": "int16", "torch.CharStorage": "int8", "torch.ByteStorage": "uint8",
+    "torch.BoolStorage": "bool", "torch.UntypedStorage": "uint8", "torch.storage.UntypedStorage": "uint8",
 }
-MAX_DEPTH = 64  # nesting of modules / wrappers; real models: < 10
+ITEMSIZE: dict[str, int] = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
+                            "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
+MAX_DEPTH = limit("depth")  # nesting of modules / wrappers; real models: < 10
+MAX_TENSORS = limit("tensors", limit("pickle bytes"))  # names a module tree may yield
 
 
 class Uninterpretable(ValueError):
@@ -57,7 +67,7 @@ class TensorRef:
     """Where one tensor's elements live: ``size``/``stride``/``offset`` in elements of ``storage``."""
 
     storage: StorageRef
-    dtype: torch.dtype
+    dtype: str  # a key of ITEMSIZE
     offset: int
     size: tuple[int, ...]
     stride: tuple[int, ...]
@@ -68,6 +78,10 @@ class TensorRef:
         if any(s == 0 for s in self.size):
             return 0
         return 1 + sum((s - 1) * st for s, st in zip(self.size, self.stride))
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.size)
 
 
 # ---------------------------------------------------------------- records -> tensors
@@ -98,12 +112,12 @@ def _from_storage(args: tuple) -> TensorRef:
     if len(args) < 4 or not isinstance(args[0], StorageRef) or not _is_count(args[1]):
         raise Uninterpretable("a tensor rebuilt from something other than a storage")
     storage = args[0]
-    if storage.type_name not in STORAGE_DTYPES:
+    if storage.type_name not in STORAGE_TYPES:
         raise Uninterpretable(f"a tensor of the unsupported storage type {storage.type_name}")
     size, stride = _ints(args[2], "size"), _ints(args[3], "stride")
     if len(size) != len(stride):
         raise Uninterpretable("a tensor whose size and stride disagree")
-    return TensorRef(storage, STORAGE_DTYPES[storage.type_name], args[1], size, stride)
+    return TensorRef(storage, STORAGE_TYPES[storage.type_name], args[1], size, stride)
 
 
 def _from_data(args: tuple) -> TensorRef:
@@ -149,6 +163,8 @@ def _mapping(value: object) -> Mapping | None:
         pairs = value.args[0] if value.args and isinstance(value.args[0], (list, tuple)) else []
         if not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
             raise Uninterpretable("an OrderedDict built from something other than pairs")
+        for key, _ in pairs:
+            check_key(key)
         return dict(pairs) | value.items
     return None
 
@@ -158,7 +174,10 @@ def _names(value: object) -> set:
     if isinstance(value, (set, frozenset)):
         return set(value)
     if isinstance(value, Record) and type(value).qualname in ("builtins.set", "builtins.frozenset") and value.args:
-        return set(value.args[0]) if isinstance(value.args[0], (list, tuple, set)) else set()
+        items = value.args[0] if isinstance(value.args[0], (list, tuple, set)) else ()
+        for item in items:
+            check_key(item)
+        return set(items)
     return set()
 
 
@@ -173,10 +192,16 @@ def _module_state(value: object) -> dict | None:
     return None
 
 
-def _walk_module(state: dict, prefix: str, out: dict[str, TensorRef], depth: int) -> None:
-    """``Module.state_dict()`` on records: parameters, persistent buffers, then submodules."""
+def _walk_module(state: dict, prefix: str, out: dict[str, TensorRef], depth: int, seen: set[int]) -> None:
+    """``Module.state_dict()`` on records: parameters, persistent buffers, then submodules. Each
+    module is walked once (``seen``): a file whose children repeat one object at every level
+    would otherwise declare 2**depth names."""
     if depth > MAX_DEPTH:
-        raise Uninterpretable("modules nested too deeply")
+        raise exceeded("depth")
+    ids = {id(state), id(state["_modules"])}
+    if ids & seen:
+        raise ValueError("a module appears twice in its own tree (a repeated or shared submodule)")
+    seen |= ids
     skip = _names(state.get("_non_persistent_buffers_set"))
     tensors = [*(_mapping(state["_parameters"]) or {}).items(),
                *((k, v) for k, v in (_mapping(state.get("_buffers")) or {}).items() if k not in skip)]
@@ -187,24 +212,26 @@ def _walk_module(state: dict, prefix: str, out: dict[str, TensorRef], depth: int
         if tensor is None:
             raise Uninterpretable(f"parameter '{prefix}{name}' is a {describe(value)}, not a tensor")
         out[f"{prefix}{name}"] = tensor
+        if len(out) > MAX_TENSORS:
+            raise exceeded("tensors", limit("pickle bytes"))
     for name, child in (_mapping(state["_modules"]) or {}).items():
         if child is None:
             continue
         sub = _module_state(child)
         if sub is None:
             raise Uninterpretable(f"submodule '{prefix}{name}' is a {describe(child)}, not a module")
-        _walk_module(sub, f"{prefix}{name}.", out, depth + 1)
+        _walk_module(sub, f"{prefix}{name}.", out, depth + 1, seen)
 
 
 def state_of(value: object, depth: int = 0) -> dict[str, TensorRef]:
     """The state dict a pickled value stands for: a module's ``state_dict()``, a mapping of
     names to tensors, or the ``state_dict`` entry of a wrapper; ``Uninterpretable`` otherwise."""
     if depth > MAX_DEPTH:
-        raise Uninterpretable("wrappers nested too deeply")
+        raise exceeded("depth")
     module = _module_state(value)
     if module is not None:
         out: dict[str, TensorRef] = {}
-        _walk_module(module, "", out, 0)
+        _walk_module(module, "", out, 0, set())
         return out
     mapping = _mapping(value)
     if mapping is None:
@@ -267,12 +294,12 @@ def legacy_layout(path: Path, scan: PickleScan, size: int) -> StorageLayout:
     spans, pos = {}, scan.end
     with open(path, "rb") as f:
         for key in keys:
-            if key not in types or types[key] not in STORAGE_DTYPES:
+            if key not in types or types[key] not in STORAGE_TYPES:
                 raise ValueError(f"storage '{key[:60]}' is listed but never used")
             f.seek(pos)
             head = f.read(8)
             count = int.from_bytes(head, "little") if len(head) == 8 else -1
-            nbytes = count * STORAGE_DTYPES[types[key]].itemsize
+            nbytes = count * ITEMSIZE[STORAGE_TYPES[types[key]]]
             if count < 0 or pos + 8 + nbytes > size:
                 raise ValueError(f"storage '{key[:60]}' lies outside the file")
             spans[key] = (pos + 8, nbytes)
@@ -280,43 +307,40 @@ def legacy_layout(path: Path, scan: PickleScan, size: int) -> StorageLayout:
     return StorageLayout(spans)
 
 
-def check_refs(layout: StorageLayout, refs: Mapping[str, TensorRef]) -> None:
-    """Every tensor must lie inside the bytes of its storage (and its view)."""
+def _view(ref: TensorRef, span: tuple[int, int], name: str) -> tuple[int, int]:
+    """(first element, elements) of the storage view ``ref`` indexes into, checked against the span."""
+    stored = span[1] // ITEMSIZE[ref.dtype]
+    offset, count = (ref.storage.view[1], ref.storage.view[2]) if ref.storage.view else (0, stored)
+    if not (0 <= offset and 0 <= count and offset + count <= stored and 0 <= span[0]):
+        raise ValueError(f"tensor '{name[:60]}' has a view outside its storage")
+    return offset, count
+
+
+def check_refs(layout: StorageLayout, refs: Mapping[str, TensorRef], size: int) -> None:
+    """Every tensor must be what it claims (``size``: the file's bytes): inside its storage's
+    bytes (and its view) with a non-negative offset, showing no more elements than it spans (an
+    expanded stride-0 view would allocate far beyond the file), and all of them together within
+    the ``output bytes`` budget."""
+    total = 0
     for name, ref in refs.items():
         span = layout.spans.get(ref.storage.key)
         if span is None:
             raise ValueError(f"tensor '{name[:60]}' points at a storage the file does not hold")
-        itemsize = ref.dtype.itemsize
-        view_offset, view_numel = (ref.storage.view[1], ref.storage.view[2]) if ref.storage.view else (0, None)
-        limit = span[1] // itemsize - view_offset if view_numel is None else view_numel
-        if view_offset * itemsize > span[1] or (view_numel is not None and (view_offset + view_numel) * itemsize > span[1]):
-            raise ValueError(f"tensor '{name[:60]}' has a view outside its storage")
-        if ref.extent and ref.offset + ref.extent > limit:
+        if ref.dtype not in ITEMSIZE or span[0] + span[1] > size or span[1] < 0:
+            raise ValueError(f"tensor '{name[:60]}' points at bytes outside the file")
+        _, limit_ = _view(ref, span, name)
+        if not (ref.offset >= 0 and all(s >= 0 for s in ref.size) and all(s >= 0 for s in ref.stride)):
+            raise ValueError(f"tensor '{name[:60]}' has a negative offset, size or stride")
+        if ref.extent and ref.offset + ref.extent > limit_:
             raise ValueError(f"tensor '{name[:60]}' spans {ref.offset + ref.extent} elements of a "
-                             f"{limit}-element storage")
+                             f"{limit_}-element storage")
+        if ref.numel > ref.extent:
+            raise ValueError(f"tensor '{name[:60]}' is an expanded view ({ref.numel} elements from "
+                             f"{ref.extent} stored; stride 0 or overlapping)")
+        total += ref.numel * ITEMSIZE[ref.dtype]
+        if total > limit("output bytes", size):
+            raise exceeded("output bytes", size)
 
 
-def read_tensor(path: Path, layout: StorageLayout, ref: TensorRef) -> torch.Tensor:
-    """The tensor ``ref`` describes, read from ``path`` (only its own bytes); ``check_refs`` first."""
-    if ref.extent == 0:
-        return torch.empty(ref.size, dtype=ref.dtype)
-    start, _ = layout.spans[ref.storage.key]
-    view_offset = ref.storage.view[1] if ref.storage.view else 0
-    itemsize = ref.dtype.itemsize
-    buffer = bytearray(ref.extent * itemsize)
-    with open(path, "rb") as f:
-        f.seek(start + (view_offset + ref.offset) * itemsize)
-        if f.readinto(buffer) != len(buffer):
-            raise ValueError("file ended inside a tensor")
-    flat = torch.frombuffer(buffer, dtype=ref.dtype)  # (extent,)
-    tensor = flat.as_strided(ref.size, ref.stride)
-    return tensor if tensor.is_contiguous() else tensor.contiguous()
-
-
-def reader_for(path: Path, layout: StorageLayout, refs: Mapping[str, TensorRef]) -> Callable[[str], torch.Tensor]:
-    """Per-key reader over ``refs``."""
-    return lambda key: read_tensor(path, layout, refs[key])
-
-
-__all__ = ["REBUILDERS", "STORAGE_DTYPES", "StorageLayout", "TensorRef", "Uninterpretable", "check_refs",
-           "describe", "legacy_layout", "read_tensor", "reader_for", "state_of", "tensor_of", "zip_layout"]
+__all__ = ["ITEMSIZE", "REBUILDERS", "STORAGE_TYPES", "StorageLayout", "TensorRef", "Uninterpretable", "check_refs",
+           "describe", "legacy_layout", "state_of", "tensor_of", "zip_layout"]

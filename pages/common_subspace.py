@@ -12,6 +12,7 @@ from merging.registry import all_methods
 from ui.core import errors_in_place, progress_bar
 from ui.models import current_evaluator, current_zoo, require_data
 from ui.page import header, link
+from ui.sampling import budget_caption, table_columns
 from ui.state import alpha_choice, key, params_for, selection
 
 header(":material/tune: Common subspace",
@@ -38,7 +39,7 @@ def sweep(method: str) -> pd.DataFrame:
 
     param, values = SWEEPS[method].name, SWEEPS[method].sweep
     memo = st.session_state.setdefault(key("sweeps"), {})
-    memo_key = (zoo.fingerprint, method, params_for(method), alpha)
+    memo_key = (zoo.fingerprint, zoo.max_images, method, params_for(method), alpha)  # a budget scores apart
     if memo_key not in memo:
         with progress_bar(f"{registry[method].display_name} sweep over {param} ({alpha_text})") as report:
             with errors_in_place():
@@ -57,11 +58,13 @@ def panel(method: str) -> None:
     fig = figures.sweep_curve(table, name, param.label or param.name, value)
     st.plotly_chart(recolor(fig, colors), key=key(f"common_fig_{method}"))
     here = table[(table["split"] == "test") & ((table["value"] - value).abs() < 1e-9)]
-    st.dataframe(here[["task", "accuracy", "normalized", "nai", "alpha"]], hide_index=True, key=key(f"common_tab_{method}"),
+    shown, se_config = table_columns(here, ["task", "accuracy", "normalized", "nai", "alpha"])
+    st.dataframe(here[shown], hide_index=True, key=key(f"common_tab_{method}"),
                  column_config={"accuracy": st.column_config.NumberColumn("test accuracy", format="percent"),
                                 "normalized": st.column_config.NumberColumn("normalized", format="percent"),
                                 "nai": st.column_config.NumberColumn("NAI", format="%.3f"),
-                                "alpha": st.column_config.NumberColumn("α", format="%.1f")})
+                                "alpha": st.column_config.NumberColumn("α", format="%.1f")} | se_config)
+    budget_caption(zoo.max_images, here)
 
 
 columns = st.columns(len(SWEEPS) or 1)

@@ -17,6 +17,7 @@ from merging.registry import get_method
 from ui.core import errors_in_place, progress_bar
 from ui.models import current_evaluator, current_zoo
 from ui.page import header, link
+from ui.sampling import budget_caption, mean_with_se, table_columns
 from ui.state import DEFAULT_METHOD, alpha_choice, key, selection
 
 header(":material/download: Merge & export",
@@ -66,7 +67,7 @@ else:
     test = table[table["split"] == "test"].reset_index(drop=True)
     c1, c2, c3, c4 = st.columns(4)
     zero = refs[(refs["split"] == "test") & (refs["method"] == "zero_shot")]["accuracy"].mean()
-    c1.metric("Average test accuracy", f"{test['accuracy'].mean():.1%}", f"{test['accuracy'].mean() - zero:+.1%} vs zero-shot")
+    c1.metric("Average test accuracy", mean_with_se(test), f"{test['accuracy'].mean() - zero:+.1%} vs zero-shot")
     c2.metric("Normalized accuracy", f"{test['normalized'].mean():.1%}")
     c3.metric("Mean NAI", f"{test['nai'].mean():.2f}")
     c4.metric("α", f"{alpha:g}", "chosen on validation" if alpha_choice() is None and fixed is None else "fixed",
@@ -75,11 +76,12 @@ else:
                                        "finetuned": "fine-tuned θt"})
     fig.update_layout(title=f"Per-task test accuracy: {method.display_name} against zero-shot and fine-tuned")
     st.plotly_chart(fig, key=key("merge_fig"))
-    st.dataframe(test[["task", "zero_shot", "accuracy", "finetuned", "normalized", "nai"]], hide_index=True,
-                 key=key("merge_table"),
+    shown, se_config = table_columns(test, ["task", "zero_shot", "accuracy", "finetuned", "normalized", "nai"])
+    st.dataframe(test[shown], hide_index=True, key=key("merge_table"),
                  column_config={c: st.column_config.NumberColumn(c.replace("_", "-"), format="percent")
                                 for c in ("zero_shot", "accuracy", "finetuned", "normalized")}
-                 | {"nai": st.column_config.NumberColumn("NAI", format="%.3f")})
+                 | {"nai": st.column_config.NumberColumn("NAI", format="%.3f")} | se_config)
+    budget_caption(zoo.max_images, test)
 
 st.subheader("Download")
 d1, d2, d3 = st.columns(3)

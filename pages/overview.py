@@ -12,6 +12,7 @@ from ui import data
 from ui.core import errors_in_place, progress_bar
 from ui.models import current_evaluator, current_merger, current_zoo, decompositions
 from ui.page import header, link
+from ui.sampling import budget_caption, mean_with_se
 from ui.state import key
 
 header(":material/dashboard: Overview",
@@ -50,9 +51,11 @@ else:
                                     {"zero_shot": "zero-shot θ0", "finetuned": "fine-tuned θt"})
         fig.update_layout(title="Test accuracy per task (top-1)")
         st.plotly_chart(fig, key=key("overview_acc"))
-        z, f = wide["zero_shot"].mean(), wide["finetuned"].mean()
-        st.caption(f"Average: zero-shot {z:.1%}, fine-tuned {f:.1%}. NAI measures a merge against this gap: 0 at "
+        by_method = {m: part for m, part in test.groupby("method")}
+        st.caption(f"Average: zero-shot {mean_with_se(by_method['zero_shot'])}, fine-tuned "
+                   f"{mean_with_se(by_method['finetuned'])}. NAI measures a merge against this gap: 0 at "
                    "zero-shot, 1 at fine-tuned, negative below zero-shot.")
+        budget_caption(zoo.max_images, test)
 
 st.subheader("Task-vector geometry")
 labels = layer_labels(merger.matrix_keys)

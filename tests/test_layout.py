@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORE_ALLOWED = {
     "merging": {"torch", "numpy", "scipy", "safetensors", "merging"},
-    "zoo": {"torch", "numpy", "safetensors", "merging", "zoo", "open_clip", "sklearn", "PIL", "torchvision"},
+    "zoo": {"torch", "numpy", "safetensors", "merging", "zoo", "open_clip", "sklearn", "PIL", "torchvision",
+            "datasets"},
     "analysis": {"torch", "numpy", "safetensors", "merging", "zoo", "analysis", "pandas", "plotly", "scipy"},
 }
 

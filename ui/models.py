@@ -32,6 +32,7 @@ def current_zoo(sel: Selection | None = None) -> Zoo:
     def build() -> Zoo:
         with timed("open the zoo"), progress_bar(_zoo_label(sel)) as report:
             extra = {"pretrained": sel.pretrained} if sel.pretrained else {}
+            extra |= {"max_images": sel.max_images} if sel.max_images else {}
             return load_zoo(sel.zoo_spec, data=sel.data_dir, trust_pickle=sel.trust_pickle,
                             device=sel.device, progress=report, **extra)
 
@@ -54,18 +55,21 @@ def current_merger(sel: Selection | None = None) -> Merger:
         return cached("merger", key, build)
 
 
-def loaded_zoo(folder: str, data: str | None, trust: bool, pretrained: str | None) -> Zoo | None:
+def loaded_zoo(folder: str, data: str | None, trust: bool, pretrained: str | None,
+               max_images: int | None = None) -> Zoo | None:
     """The zoo of this folder selection if some session already loaded it (never loads it)."""
     spec = Selection(zoo_spec=folder, data_dir=data, trust_pickle=trust, pretrained=pretrained,
-                     device=selection().device)
+                     device=selection().device, max_images=max_images)
     return cached_value("zoo", spec.zoo_key)
 
 
 def require_data(zoo: Zoo, view: str) -> None:
     """Stop an accuracy view, saying what is missing, when the zoo has no evaluation data."""
     if not getattr(zoo, "has_data", True):
-        st.warning(f"**{view} needs evaluation data**, and this zoo has none. Give a data folder in the "
-                   "sidebar (one folder per task, `<data>/<Task>/{val,test}/<class>/<image>`). "
+        gaps = "; ".join(getattr(zoo, "missing", lambda: [])()[:3])
+        st.warning(f"**{view} needs evaluation data**, and this zoo has none{f' ({gaps})' if gaps else ''}. Give a "
+                   "data folder in the sidebar: the authors' data location, Hugging Face datasets, or one folder "
+                   "per task, `<data>/<Task>/{val,test}/<class>/<image>`. "
                    "The weight-space views (Spectra, Alignment's heatmap) work without it.", icon=":material/folder_open:")
         st.stop()
 
@@ -77,7 +81,8 @@ def current_evaluator(sel: Selection | None = None) -> Evaluator:
     zoo = current_zoo(sel)
     merger = current_merger(sel)
     with errors_in_place():
-        return cached("evaluator", (zoo.fingerprint, sel.device),
+        # the budget is part of the key: a sampled and a full zoo share weights and fingerprint, not scores
+        return cached("evaluator", (zoo.fingerprint, zoo.max_images, sel.device),
                       lambda: Evaluator(zoo, merger=merger, store=ResultStore(), device=sel.device))
 
 

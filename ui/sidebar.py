@@ -25,6 +25,12 @@ LAYOUTS_HELP = ("Supported layouts: TALL-masks/TSV (`<Task>Val/nonlinear_finetun
                 "copy `single_task/<model>/`), task_vectors (`<Task>/finetuned.pt`, pickled modules read without "
                 "running code), Hugging Face CLIPVisionModel folders or a hub cache (`hub/models--<org>--<name>`), "
                 "or plain files (one pretrained + one per task).")
+DATA_HELP = ("Detected: the authors' data location (task_vectors / TALL-masks / iso-merging `--data-location`: "
+             "`MNIST/raw`, `svhn/`, `EuroSAT_splits/`, `dtd/`, `sun397/`, `resisc45/`, `gtsrb/`, `stanford_cars/`), "
+             "Hugging Face datasets (a hub cache with `datasets--<org>--<task>`, or `save_to_disk` folders), or one "
+             "folder per task, `<data>/<Task>/{val,test}/<class>/<image>`. Without it, only the weight-space views work.")
+BUDGET_HELP = ("Quick mode for CPUs: score a stratified sample (fixed seed) of at most this many images per task and "
+               "split; accuracies then show their binomial standard error. 0 scores every image.")
 PRETRAINED_HELP = ("θ0 for a release without a zero-shot model (TALL-masks): a checkpoint file of the pretrained "
                    "CLIP. Left empty, OpenAI's weights are taken from open_clip's local cache when it holds them.")
 
@@ -46,22 +52,22 @@ def _checked_path(text: str, label: str, want_file: bool = False) -> str | None:
     return str(path)
 
 
-def _zoo_source() -> tuple[str | None, str | None, bool, bool, str | None]:
-    """(zoo spec, data folder, trust pickles, embedded?, θ0 file) from the zoo section."""
+def _zoo_source() -> tuple[str | None, str | None, bool, bool, str | None, int | None]:
+    """(zoo spec, data folder, trust pickles, embedded?, θ0 file, evaluation budget) from the zoo section."""
     source = SOURCES[st.radio("Model zoo", list(SOURCES), key=key("zoo_source"),
                               help="The embedded zoo is built from scikit-learn's handwritten digits: "
                                    "no download, no GPU.")]
     if source == "embedded":
-        return default_zoo_spec(), None, False, True, None
+        return default_zoo_spec(), None, False, True, None, None
     converted = st.session_state.pop(key("zoo_path_next"), None)  # set by _offer_conversion
     if converted:
         st.session_state[key("zoo_path")] = converted  # before the text input exists in this run
     folder = _checked_path(st.text_input("Checkpoint folder", key=key("zoo_path"), help=LAYOUTS_HELP,
                                          placeholder="/path/to/checkpoints"), "Checkpoint folder")
-    data = _checked_path(st.text_input("Evaluation data folder (optional)", key=key("data_path"),
-                                       help="One folder per task: `<data>/<Task>/{val,test}/<class>/<image>`. "
-                                            "Without it, only the weight-space views work."),
+    data = _checked_path(st.text_input("Evaluation data folder (optional)", key=key("data_path"), help=DATA_HELP),
                          "Data folder")
+    budget = int(st.number_input("Evaluation budget (images per task and split)", min_value=0, value=0, step=100,
+                                 key=key("max_images"), help=BUDGET_HELP)) or None
     pretrained = _checked_path(st.text_input("Pretrained model file (optional)", key=key("pretrained_path"),
                                              help=PRETRAINED_HELP), "Pretrained model file", want_file=True)
     trust = st.checkbox("Trust these files", key=key("trust_pickle"),
@@ -69,9 +75,9 @@ def _zoo_source() -> tuple[str | None, str | None, bool, bool, str | None]:
                              "interpret would run code when loaded: tick only for files you made or trust.")
     if folder:
         _show_layout(folder)
-        _show_notes(folder, data, trust, pretrained)
+        _show_notes(folder, data, trust, pretrained, budget)
         _offer_conversion(folder, trust, pretrained)
-    return folder, data, trust, False, pretrained
+    return folder, data, trust, False, pretrained, budget
 
 
 def _show_layout(folder: str) -> None:
@@ -79,12 +85,15 @@ def _show_layout(folder: str) -> None:
         st.caption(f"Detected layout: **{detect_layout(folder)}**")
 
 
-def _show_notes(folder: str, data: str | None, trust: bool, pretrained: str | None) -> None:
-    """What the loaded zoo says the user should know: where θ0 came from, heads built from the
-    text tower, class folders that did not match the class names."""
-    zoo = loaded_zoo(folder, data, trust, pretrained)
+def _show_notes(folder: str, data: str | None, trust: bool, pretrained: str | None, budget: int | None) -> None:
+    """What the loaded zoo says the user should know: the kind of data detected, where θ0 came
+    from, heads built from the text tower, class folders that did not match the class names."""
+    zoo = loaded_zoo(folder, data, trust, pretrained, budget)
     if zoo is None:
         return
+    source = getattr(zoo, "data", None)
+    if source is not None:
+        st.caption(f"Evaluation data: **{source.layout}**")
     for note in getattr(zoo, "notes", []):
         st.caption(note)
     built = [t for t, origin in getattr(zoo, "head_origin", {}).items() if origin == "text tower"]
@@ -155,7 +164,7 @@ def render() -> Selection:
     """Draw the sidebar and store (and return) the selection."""
     with st.sidebar:
         st.markdown("### :material/biotech: Isoscope")
-        spec, data, trust, embedded, pretrained = _zoo_source()
+        spec, data, trust, embedded, pretrained, budget = _zoo_source()
         devices = available_devices()
         device = st.selectbox("Device", devices, key=key("device"),
                               help="CUDA when present; the digits zoo is quick on CPU.")
@@ -163,7 +172,8 @@ def render() -> Selection:
         methods = all_methods()
         name, params = _method_section(methods)
         mode, alpha = _alpha_section(methods.get(name) if name else None, embedded or bool(data))
-    sel = Selection(zoo_spec=spec or "", data_dir=data, trust_pickle=trust, pretrained=pretrained, device=device,
+    sel = Selection(zoo_spec=spec or "", data_dir=data, trust_pickle=trust, pretrained=pretrained,
+                    max_images=budget, device=device,
                     method=name,
                     params=tuple(sorted(params.items())), alpha_mode=mode, alpha=alpha, embedded=embedded)
     store_selection(sel)

@@ -33,6 +33,7 @@ class Selection:
     data_dir: str | None = None
     trust_pickle: bool = False
     pretrained: str | None = None  # θ0's file for a folder without one
+    max_images: int | None = None  # the quick mode's evaluation budget per task and split (None: every image)
     device: str = "cpu"
     method: str | None = None
     params: tuple[tuple[str, float], ...] = ()
@@ -41,8 +42,8 @@ class Selection:
     embedded: bool = True
 
     @property
-    def zoo_key(self) -> tuple[str, str | None, bool, str, str | None]:
-        return (self.zoo_spec, self.data_dir, self.trust_pickle, self.device, self.pretrained)
+    def zoo_key(self) -> tuple[str, str | None, bool, str, str | None, int | None]:
+        return (self.zoo_spec, self.data_dir, self.trust_pickle, self.device, self.pretrained, self.max_images)
 
 
 def store_selection(sel: Selection) -> None:

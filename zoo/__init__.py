@@ -19,9 +19,12 @@ Loader = Callable[..., Zoo]  # loader(spec, *, data, trust_pickle, device, progr
 PATH_SOURCE = "path"
 
 
-def _digits(spec: str, **kwargs: object) -> Zoo:
+def _digits(spec: str, *, max_images: int | None = None, **kwargs: object) -> Zoo:
     from zoo.digits import load_digits_zoo
 
+    if max_images is not None:
+        raise IsoscopeError("an evaluation budget (max_images) applies to the data of a checkpoint folder; the "
+                            f"embedded {spec} zoo is scored on all its images (they take seconds)")
     return load_digits_zoo(spec, **kwargs)
 
 

@@ -21,6 +21,7 @@ class Zoo(abc.ABC):
 
     name: str
     tasks: list[str]
+    max_images: int | None = None  # the quick mode's budget per task and split (None: every image)
 
     @property
     @abc.abstractmethod
@@ -43,6 +44,10 @@ class Zoo(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, state_dict: StateDict, task: str, split: str = "test") -> float:
         """Top-1 accuracy (0..1) of encoder ``state_dict`` with ``task``'s frozen head."""
+
+    def sample_size(self, task: str, split: str) -> int | None:
+        """Images an accuracy is measured on when that is a sample of the split, else None."""
+        return None
 
     def evaluate_tasks(self, state_dict: StateDict, tasks: Iterable[str] | None = None,
                        split: str = "test") -> dict[str, float]:

@@ -46,13 +46,15 @@ import torch
 
 from merging.device import pick_device
 from merging.errors import CheckpointError, IsoscopeError
-from merging.io import Checkpoint, process_umask, load_state_dict, open_checkpoint, save_safetensors, write_text_atomic
+from merging.io import (Checkpoint, load_state_dict, open_checkpoint, prefetch_checkpoints, process_umask,
+                        save_safetensors, write_text_atomic)
 from merging.once import OnceCache
 from merging.paths import allowed_path, cache_root
 from merging.progress import Progress, silent
 from merging.tensors import StateDict, check_compatible, check_finite, check_state_finite
 from zoo.base import SPLITS, Zoo
-from zoo.data import ImageFolderData, Preprocess
+from zoo.data import CLASSNAMES_FILE, Preprocess
+from zoo.data_sources import open_data
 from zoo.hf import Plan, apply_recipe, hf_plan, is_hf_state, open_clip_rank, read_hf_config, recipe_shape
 from zoo.layouts import HF_WEIGHTS, OPTIONS_FILE, FolderFiles, detect_layout, find_layout, hf_weights_file
 from zoo.model import encode, infer_vit_config, load_encoder, state_prefix
@@ -65,7 +67,6 @@ __all__ = ["FolderZoo", "Head", "convert_folder", "detect_layout", "open_files",
 
 HEADER_BYTES = 4096  # bytes of each file hashed into the fingerprint (safetensors header, pickle opening)
 INHERITED = ("proj",)  # keys a fine-tune may omit and take from θ0 (HF vision-only saves)
-CLASSNAMES_FILE = "classnames.txt"  # in <data>/<Task>/: one class per line, in the head's row order
 HF_LAYOUTS = ("hf", "hf_hub")
 
 
@@ -105,11 +106,16 @@ def visual_plan(source: Mapping[str, torch.Tensor]) -> Plan:
     return dict(sorted(plan.items(), key=lambda item: open_clip_rank(item[0])))  # safetensors sorts by name
 
 
+def _weights(path: Path) -> Path:
+    """The checkpoint file of ``path``: itself, or a Hugging Face folder's weights file."""
+    if path.is_dir():
+        return hf_weights_file(path) or path / HF_WEIGHTS[0]  # a missing file gets open_checkpoint's message
+    return path
+
+
 def open_visual(path: Path, trust_pickle: bool = False) -> MappedCheckpoint:
     """The visual tower stored at ``path`` (a checkpoint file or a Hugging Face folder), lazily."""
-    if path.is_dir():
-        path = hf_weights_file(path) or path / HF_WEIGHTS[0]  # a missing file gets open_checkpoint's message
-    source = open_checkpoint(path, trust_pickle=trust_pickle)
+    source = open_checkpoint(_weights(path), trust_pickle=trust_pickle)
     return MappedCheckpoint(source, visual_plan(source))
 
 
@@ -152,7 +158,10 @@ class FolderZoo(Zoo):
     """A zoo over checkpoint files found by ``zoo.layouts``; state dicts are loaded once, shared."""
 
     def __init__(self, files: FolderFiles, data: str | Path | None = None, trust_pickle: bool = False,
-                 device: str | torch.device | None = None, pretrained: str | Path | None = None) -> None:
+                 device: str | torch.device | None = None, pretrained: str | Path | None = None,
+                 max_images: int | None = None) -> None:
+        if max_images is not None and max_images < 1:
+            raise IsoscopeError(f"max_images must be at least 1 (got {max_images}); leave it out to score every image")
         path, note = find_pretrained(files, pretrained)
         files = dataclasses.replace(files, pretrained=allowed_path(path))
         self._notes: list[str] = [note] if note else []  # what the user should know (``notes``)
@@ -162,6 +171,7 @@ class FolderZoo(Zoo):
         self._trust, self._device = trust_pickle, device
         for path in self._files():  # served mode: no symlink inside the folder may lead outside
             allowed_path(path)
+        prefetch_checkpoints(_weights(p) for p in [files.pretrained, *files.tasks.values()])  # parsed in parallel
         self._base = open_visual(files.pretrained, trust_pickle)
         self._views = {t: self._task_view(t) for t in self.tasks}
         settings = self._settings()
@@ -169,7 +179,8 @@ class FolderZoo(Zoo):
         self.config = dataclasses.replace(config, act=settings["act"])
         self.preprocess = Preprocess(self.config.image_size, **{k: tuple(settings[k]) for k in ("mean", "std")
                                                                 if settings.get(k)})
-        self.data = ImageFolderData(data) if data is not None else None
+        self.data = open_data(data) if data is not None else None
+        self.max_images = max_images  # the quick mode's budget per task and split (None: every image)
         self._heads: OnceCache[str, Head] = OnceCache()  # every session shares this zoo: each head built once
         self._text_plan: dict | None = text_plan(self._base.source)  # θ0's text tower (None: vision-only θ0)
         self._fingerprint = self._digest()  # computed here: nothing else is filled lazily but heads and notes
@@ -204,8 +215,7 @@ class FolderZoo(Zoo):
             _hash_file(digest, path, self.files.root)
         if self.data is not None:
             for task in self.tasks:
-                folder = self.data.task_dir(task)
-                for path in sorted(folder.rglob("*")) if folder else []:
+                for path in self.data.stamp(task):
                     _hash_stat(digest, path, self.data.root)
         return digest.hexdigest()[:16]
 
@@ -236,12 +246,20 @@ class FolderZoo(Zoo):
                 for t in tasks if t not in self.files.heads and self._text_plan is None]
         for s in ([split] if split else SPLITS):
             absent = self.data.missing(tasks, s)
-            gaps += [f"no {s} data for {', '.join(absent)} in {self.data.root}"] if absent else []
+            gaps += [f"no {s} data for {', '.join(absent)} in {self.data.root} ({self.data.layout}: expected "
+                     f"{'; '.join(self.data.expected(t) for t in absent[:3])})"] if absent else []
         return gaps
 
     @property
     def has_data(self) -> bool:
         return not self.missing()
+
+    def sample_size(self, task: str, split: str) -> int | None:
+        """How many images ``task``'s accuracy on ``split`` is measured on when that is a sample (the
+        quick mode's budget is below the split's size); None for the full split."""
+        if self.max_images is None or self.data is None or split not in self.data.splits(task):
+            return None
+        return self.max_images if self.max_images < self.data.size(task, split) else None
 
     @property
     def _width(self) -> int:
@@ -264,10 +282,11 @@ class FolderZoo(Zoo):
         return head
 
     @property
-    def notes(self) -> tuple[str, ...]:
-        """What the user should know about this zoo (shown by the app), as it stands now."""
+    def notes(self) -> list[str]:
+        """What the user should know about this zoo (shown by the app), as it stands now: a copy, so
+        a reader never sees the list change under it, nor changes the zoo's."""
         with self._notes_lock:
-            return tuple(self._notes)
+            return list(self._notes)
 
     def _note(self, message: str) -> None:
         """Add ``message`` to ``notes`` once (sessions share the zoo: the check and the append are one step)."""
@@ -296,30 +315,24 @@ class FolderZoo(Zoo):
     def _classes_for_text(self, task: str) -> list[str]:
         names = self.class_names(task)
         if names is None and self.data is not None:
-            folder = self.data.task_dir(task)
-            split = next((folder / s for s in SPLITS if folder and (folder / s).is_dir()), None)
-            names = sorted(d.name for d in split.iterdir() if d.is_dir()) if split else None
+            names = self.data.classes(task)
         if not names:
             raise IsoscopeError(f"task {task}: no class names to build a zero-shot head from (give a data folder, "
                                 f"or {CLASSNAMES_FILE} in <data>/{task}/, or \"classes\" in {OPTIONS_FILE})")
         return names
 
     def class_names(self, task: str) -> list[str] | None:
-        """The class order of ``task``'s head: ``isoscope.json`` "classes", else
-        ``<data>/<Task>/classnames.txt``; None when neither says (sorted folder names apply)."""
+        """The class order of ``task``'s head: ``isoscope.json`` "classes", else what the data says
+        (ImageFolder: ``<data>/<Task>/classnames.txt``; the authors' class names; a ClassLabel's
+        names); None when none says (sorted folder names apply)."""
         listed = self.files.options.get("classes", {}).get(task)
         if isinstance(listed, list) and all(isinstance(c, str) for c in listed):
             return listed
-        folder = self.data.task_dir(task) if self.data is not None else None
-        path = folder / CLASSNAMES_FILE if folder else None
-        if path is None or not path.is_file():
-            return None
-        names = [line.strip() for line in allowed_path(path).read_text(encoding="utf-8").splitlines()]
-        return [n for n in names if n] or None
+        return self.data.head_classes(task) if self.data is not None else None
 
     def _labels(self, task: str, split: str) -> tuple[torch.Tensor, int]:
         """Labels (N,) of ``task``'s ``split`` in the head's class order, and that order's class count."""
-        data = self.data.load(task, split, self.preprocess)
+        data = self.data.load(task, split, self.preprocess, self.max_images)
         names = self.class_names(task)
         if names is None:
             return data.labels, len(data.classes)
@@ -356,7 +369,7 @@ class FolderZoo(Zoo):
         return load_encoder(state_dict, self.config, self.device)
 
     def _predict(self, encoder: torch.nn.Module, task: str, split: str) -> torch.Tensor:
-        head, data = self.head(task), self.data.load(task, split, self.preprocess)
+        head, data = self.head(task), self.data.load(task, split, self.preprocess, self.max_images)
         classes = self._labels(task, split)[1]
         if classes != head.weight.shape[0]:
             raise IsoscopeError(f"task {task}: {self.data.root} has {classes} classes but "
@@ -439,24 +452,26 @@ def _norm(name: str) -> str:
 
 
 def open_folder(path: str | Path, data: str | Path | None = None, trust_pickle: bool = False,
-                device: str | torch.device | None = None, pretrained: str | Path | None = None) -> FolderZoo:
+                device: str | torch.device | None = None, pretrained: str | Path | None = None,
+                max_images: int | None = None) -> FolderZoo:
     """The zoo stored in the folder at ``path`` (any layout of ``zoo.layouts.LAYOUTS``); ``pretrained``
-    names θ0's file when the folder has none (or replaces the folder's)."""
+    names θ0's file when the folder has none (or replaces the folder's); ``max_images`` scores a
+    stratified sample of at most that many images per task and split (``zoo.data``)."""
     return FolderZoo(find_layout(allowed_path(path)), data=data, trust_pickle=trust_pickle, device=device,
-                     pretrained=pretrained)
+                     pretrained=pretrained, max_images=max_images)
 
 
 def open_files(pretrained: str | Path, finetuned: Mapping[str, str | Path],
                heads: Mapping[str, str | Path] | None = None, data: str | Path | None = None,
                trust_pickle: bool = False, device: str | torch.device | None = None,
-               act: str = "gelu") -> FolderZoo:
+               act: str = "gelu", max_images: int | None = None) -> FolderZoo:
     """A zoo from explicit files: θ0, one checkpoint per task, optional heads per task."""
     if not finetuned:
         raise IsoscopeError("give at least one fine-tuned checkpoint")
     pretrained = allowed_path(pretrained)
     files = FolderFiles("files", pretrained.parent, pretrained, {t: allowed_path(p) for t, p in finetuned.items()},
                         {t: allowed_path(p) for t, p in (heads or {}).items()}, act=act)
-    return FolderZoo(files, data=data, trust_pickle=trust_pickle, device=device)
+    return FolderZoo(files, data=data, trust_pickle=trust_pickle, device=device, max_images=max_images)
 
 
 def convert_folder(path: str | Path, out: str | Path, trust_pickle: bool = False,

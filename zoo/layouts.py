@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,17 +126,36 @@ def _hf_weights(folder: Path) -> Path | None:
     return hf_weights_file(folder) if (folder / "config.json").is_file() else None
 
 
+REVISION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,127}")  # what ``refs/main`` may name (a commit hash, a tag)
+
+
+def _revision(ref: Path) -> str | None:
+    """The revision ``refs/main`` names: read only if the file is allowed (served mode), at most
+    256 bytes, and only a plain revision name (never a path: ``..``, ``/`` or NUL are refused)."""
+    if not ref.is_file():
+        return None
+    with open(allowed_path(ref), "rb") as f:
+        text = f.read(256).decode("utf-8", "replace").strip()
+    return text if REVISION.fullmatch(text) and ".." not in text else None
+
+
 def snapshot_of(repo: Path) -> Path | None:
     """The snapshot folder of a hub-cache repository ``models--<org>--<name>`` (the revision
     ``refs/main`` names, else the only or newest snapshot), or None when ``repo`` is not one."""
     snapshots = repo / "snapshots"
     if not repo.name.startswith("models--") or not snapshots.is_dir():
         return None
-    ref = repo / "refs" / "main"
-    if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
-        return snapshots / ref.read_text().strip()
+    revision = _revision(repo / "refs" / "main")
+    if revision is not None and (snapshots / revision).is_dir():
+        return _checked(snapshots / revision)
     revisions = sorted((d for d in snapshots.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
-    return revisions[-1] if revisions else None
+    return _checked(revisions[-1]) if revisions else None
+
+
+def _checked(folder: Path) -> Path:
+    """``folder`` as found, after ``allowed_path`` confirmed it lies inside the served roots."""
+    allowed_path(folder)
+    return folder
 
 
 def _hf_models(path: Path) -> dict[str, Path]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from analysis.alpha import ALPHA_GRID, fixed_alpha, search_alpha
@@ -41,3 +43,12 @@ def test_warm_start_hill_climbs_to_the_argmax(peak: float, start: float) -> None
     result = search_alpha(lambda a: -abs(a - peak), start=start)
     steps = round(abs(peak - start) * 10)
     assert result.alpha == peak and result.evaluations <= steps + 3
+
+
+def test_nan_scores_rank_last_and_the_search_ends() -> None:
+    # a NaN score (mean normalized accuracy when a fine-tuned accuracy is 0, likely on a small
+    # sample) used to make the hill-climb compare NaN forever
+    nan = float("nan")
+    assert search_alpha(lambda a: nan).alpha == ALPHA_GRID[0]  # all tied at -inf: the smallest α, as any tie
+    peak = search_alpha(lambda a: nan if a > 1.0 else -abs(a - 0.7))
+    assert peak.alpha == pytest.approx(0.7) and math.isfinite(peak.score)

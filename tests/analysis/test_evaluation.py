@@ -96,3 +96,39 @@ def test_fraction_sweep_reuses_one_merger_and_reaches_iso_c_at_one(ev: Evaluator
 def test_alpha_sweep_rows(ev: Evaluator) -> None:
     table = alpha_sweep(ev, "task_arithmetic", alphas=[0.2, 0.4])
     assert sorted(set(table["alpha"])) == [0.2, 0.4] and (table["value"] == table["alpha"]).all()
+
+
+class SampledZoo(SyntheticZoo):
+    """The synthetic zoo in quick mode: scores on a sample of ``max_images`` images differ from
+    the full split's by a fixed offset, so a mixed-up store would show."""
+
+    OFFSET = -0.125
+
+    def __init__(self, max_images: int) -> None:
+        super().__init__()
+        self.max_images = max_images
+
+    def sample_size(self, task: str, split: str) -> int | None:
+        return self.max_images
+
+    def evaluate(self, state_dict: dict, task: str, split: str = "test") -> float:
+        return super().evaluate(state_dict, task, split) + self.OFFSET
+
+
+def test_sampled_and_full_results_never_mix(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "r.sqlite")
+    full = Evaluator(SyntheticZoo(), store=store)
+    sampled = Evaluator(SampledZoo(max_images=40), store=store)
+    assert full.fingerprint == sampled.fingerprint  # same weights and data: only the budget differs
+    want = full.accuracy("task_arithmetic", None, 0.4)
+    got = sampled.accuracy("task_arithmetic", None, 0.4)
+    assert sampled.evaluations == len(sampled.tasks)  # nothing was served from the full rows
+    assert got == pytest.approx({t: a + SampledZoo.OFFSET for t, a in want.items()})
+    assert full.accuracy("task_arithmetic", None, 0.4) == want and full.evaluations == len(full.tasks)
+    table, _ = sampled.table("task_arithmetic", None, alpha=0.4, splits=("test",))
+    se = [math.sqrt(a * (1 - a) / 40) for a in table["accuracy"]]
+    assert table["se"].tolist() == pytest.approx(se)
+    assert full.table("task_arithmetic", None, alpha=0.4, splits=("test",))[0]["se"].isna().all()
+    averaged = sweep_average(alpha_sweep(sampled, "task_arithmetic", alphas=(0.4,)))
+    row = averaged[averaged["split"] == "test"].iloc[0]
+    assert row["se"] == pytest.approx(math.sqrt(sum(s * s for s in se)) / len(se))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.metrics import accuracy_table, mean_normalized, nai, normalized_accuracy
+from analysis.metrics import accuracy_table, binomial_se, mean_normalized, mean_se, nai, normalized_accuracy
 
 
 def test_closed_form_values() -> None:
@@ -40,3 +40,18 @@ def test_accuracy_table_rows() -> None:
 
 def test_mean_normalized() -> None:
     assert mean_normalized({"A": 0.6, "B": 0.5}, {"A": 0.8, "B": 1.0, "C": 0.3}) == pytest.approx((0.75 + 0.5) / 2)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.93, 1.0])
+@pytest.mark.parametrize("n", [1, 7, 100, 4000])
+def test_binomial_standard_error(p: float, n: int) -> None:
+    assert binomial_se(p, n) == pytest.approx(math.sqrt(p * (1 - p) / n))
+    assert math.isnan(binomial_se(p, None))  # a full split has no sampling error
+    table = accuracy_table("ta", 1.0, "test", {"A": p, "B": p}, {"A": 0.0, "B": 0.0}, {"A": 1.0, "B": 1.0}, {"A": n})
+    assert table["se"].iloc[0] == pytest.approx(binomial_se(p, n)) and math.isnan(table["se"].iloc[1])
+    assert mean_se(table["se"]) == pytest.approx(binomial_se(p, n) / 2)  # one sampled task of two
+    assert mean_se([binomial_se(p, n)] * 4) == pytest.approx(binomial_se(p, n) / 2)  # √4·se / 4
+
+
+def test_mean_se_of_full_splits_is_nan() -> None:
+    assert math.isnan(mean_se([math.nan, math.nan]))

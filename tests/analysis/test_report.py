@@ -13,7 +13,7 @@ import pytest
 
 from analysis.__main__ import main
 from analysis.evaluation import Evaluator
-from analysis.report import build_report, format_summary, write_report
+from analysis.report import build_report, format_summary, summary_table, write_report
 from analysis.store import ResultStore
 from tests.analysis.synthetic import SyntheticZoo
 
@@ -26,7 +26,9 @@ def test_report_layout_and_html(tmp_path: Path) -> None:
     rep = build_report(ev, METHODS)
     json_path, html_path = write_report(rep, tmp_path / "out")
     results = json.loads(json_path.read_text())
-    assert set(results) == {"tasks", "zero_shot", "finetuned", "methods", "correlation", "k_m_rule", "points"}
+    assert set(results) == {"tasks", "zero_shot", "finetuned", "methods", "correlation", "k_m_rule", "points",
+                            "max_images", "sample_sizes"}
+    assert results["max_images"] is None and set(results["sample_sizes"].values()) == {None}  # full splits
     assert results["k_m_rule"] == {"rule": "figure", "value": 0.95}
     assert results["points"]["methods"] == ["task_arithmetic", "iso_c"]  # Fig. 3a's set, as the Alignment view
     assert results["tasks"] == ["A", "B", "C"] and list(results["methods"]) == METHODS
@@ -73,3 +75,20 @@ def test_report_k_rule_and_point_set_follow_the_arguments(tmp_path: Path) -> Non
     assert rep.results["points"]["methods"] == ["task_arithmetic", "iso_c", "iso_cts"]  # the evaluated ones
     assert rep.results["correlation"]["n"] == 9 and len(rep.points) == 9
     assert "Task Arithmetic, Iso-C, Iso-CTS" in format_summary(rep)
+
+
+@pytest.mark.parametrize("sizes", [{"A": 50, "B": 50}, {"A": 10, "B": None}, {"A": None, "B": None}])
+def test_summary_carries_the_standard_error_of_sampled_averages(sizes: dict) -> None:
+    import math
+
+    acc = {"zero_shot": {"A": 0.5, "B": 0.2}, "finetuned": {"A": 0.9, "B": 0.8}, "ta": {"A": 0.7, "B": 0.6}}
+    results = {"zero_shot": acc["zero_shot"], "finetuned": acc["finetuned"], "sample_sizes": sizes,
+               "methods": {"task_arithmetic": {"test_acc": acc["ta"], "normalized": {"A": 0.7 / 0.9, "B": 0.75},
+                                               "alpha": 0.3, "sar_avg": {"A": 0.5, "B": 0.5}}}}
+    summary = summary_table(results)
+    if not any(sizes.values()):
+        assert "accuracy_se" not in summary  # full splits: the table stays as it was
+        return
+    for row, key in zip(summary.itertuples(), ("zero_shot", "finetuned", "ta")):
+        terms = [p * (1 - p) / sizes[t] for t, p in acc[key].items() if sizes[t]]
+        assert row.accuracy_se == pytest.approx(100 * math.sqrt(sum(terms)) / 2)

@@ -101,3 +101,31 @@ def test_concurrent_readers_and_one_writer(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert not errors and store.count() == 80 and store.integrity_ok()
+
+
+def test_sampled_and_full_accuracies_never_mix(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.put("fp", "ta", {}, 0.3, "test", {"A": 0.5})  # full split (budget 0)
+    store.put("fp", "ta", {}, 0.3, "test", {"A": 0.75}, budget=200)
+    assert store.get("fp", "ta", {}, 0.3, "test") == {"A": 0.5}
+    assert store.get("fp", "ta", {}, 0.3, "test", budget=200) == {"A": 0.75}
+    assert store.get("fp", "ta", {}, 0.3, "test", budget=100) == {}
+    assert sorted(r[-1] for r in store.rows()) == [0, 200] and store.integrity_ok()
+
+
+def test_a_store_written_before_budgets_is_migrated_as_full(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE points (fingerprint TEXT NOT NULL, method TEXT NOT NULL, params TEXT NOT NULL, "
+                "alpha REAL NOT NULL, split TEXT NOT NULL, task TEXT NOT NULL, accuracy REAL NOT NULL, "
+                "created REAL NOT NULL, PRIMARY KEY (fingerprint, method, params, alpha, split, task)) WITHOUT ROWID")
+    con.execute("INSERT INTO points VALUES ('fp', 'ta', '{}', 0.3, 'test', 'A', 0.625, 1.0)")
+    con.execute("PRAGMA user_version=2")
+    con.commit()
+    con.close()
+    store = ResultStore(path)
+    assert store.rows() == [("fp", "ta", "{}", 0.3, "test", "A", 0.625, 1.0, 0)]
+    assert store.get("fp", "ta", {}, 0.3, "test") == {"A": 0.625} and store.get("fp", "ta", {}, 0.3, "test", budget=5) == {}
+    assert ResultStore(path).rows() == store.rows() and store.integrity_ok()  # opening again changes nothing

@@ -40,3 +40,28 @@ def test_sweep_cli_fills_the_store_the_page_reads(tmp_path: Path) -> None:
 
     bad = subprocess.run(cmd[:-4] + ["--param", "common_fraction=0:2:0.5"], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: parameter common_fraction")
+
+
+def test_sweep_cli_quick_mode_prints_standard_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from analysis.__main__ import main
+    from analysis.store import ResultStore
+    from tests.zoo.data_replicas import write_authors_location
+    from tests.zoo.test_data_sources import write_folder
+
+    write_folder(tmp_path / "ckpt", {"MNIST": 10, "SVHN": 10})
+    write_authors_location(tmp_path / "data", ("MNIST", "SVHN"))
+    store = tmp_path / "results.sqlite"
+    args = ["sweep", "--zoo", str(tmp_path / "ckpt"), "--data", str(tmp_path / "data"), "--method", "iso_cts",
+            "--param", "common_fraction=0.5", "--alpha", "1.0", "--store", str(store), "--threads", "1"]
+    assert main([*args, "--max-images", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and " ± " in out and "at most 6 images per task and split" in out
+    assert {row[-1] for row in ResultStore(store).rows()} == {6}  # the budget keys every stored point
+    assert main(args) == 0  # the full splits: evaluated anew, printed without ±
+    assert " ± " not in capsys.readouterr().out
+    assert {row[-1] for row in ResultStore(store).rows()} == {0, 6}
+    assert main(["sweep", "--zoo", "digits-tiny", "--method", "iso_cts", "--param", "common_fraction=1",
+                 "--max-images", "5", "--store", str(store)]) == 2
+    assert capsys.readouterr().err.startswith("error: an evaluation budget (max_images) applies to the data")
+    with pytest.raises(SystemExit):
+        main([*args, "--max-images", "0"])

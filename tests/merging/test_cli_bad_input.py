@@ -125,6 +125,21 @@ def test_hostile_pickle_is_refused_and_does_not_run(tmp_path: Path, files: dict[
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("case", ["tuple DAG key (2**64 hash steps)", "stride-0 view 2**13 x 2**13 of one element"])
+def test_files_that_hang_or_blow_up_a_naive_reader_exit_2_in_one_line(tmp_path: Path, files: dict[str, Path],
+                                                                       case: str) -> None:
+    """The audit's CLI cases: the DAG key never returned; a merge of two stride-0 files wrote 64 MiB."""
+    from tests.merging.hostile_corpus import CORPUS
+
+    name, build, words = CORPUS[case]
+    hostile = tmp_path / name
+    hostile.write_bytes(build())
+    out = tmp_path / "merged.safetensors"
+    result = run_cli(*_merge_args(files, out, hostile, hostile), cwd=tmp_path)
+    assert_clean_refusal(result, out, words)
+    assert str(hostile) in result.stderr
+
+
 
 
 def test_whole_module_pickle_is_read_without_trust(tmp_path: Path, files: dict[str, Path]) -> None:

@@ -9,11 +9,15 @@ a reset high-water mark, so it does not depend on what ran before).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import pickle
 import re
 import resource
 import struct
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -201,3 +205,87 @@ def test_non_state_dict_payloads(tmp_path: Path, payload: object, zip_format: bo
     path = tmp_path / "payload.pt"
     torch.save(payload, path, _use_new_zipfile_serialization=zip_format)
     check_clean(path, must_fail=True, tag="non-dict payloads")
+
+
+# ---- pickle opcode streams (run through the isolated parser, under the app's limits)
+
+REGRESSIONS = Path(__file__).parent / "fuzz_regressions"
+LONG_RUN = int(os.environ.get("ISOSCOPE_FUZZ_LONG", "0"))  # e.g. 5000: a long opt-in run of the slow fuzzers
+OPCODE_FUZZ = settings(FUZZ, max_examples=300)
+LONG_FUZZ = settings(FUZZ, max_examples=max(LONG_RUN, 150))
+OPCODES = [bytes([c]) for c in sorted(pickle._Unpickler.dispatch) if bytes([c]) not in (pickle.STOP,)]  # noqa: SLF001
+ARGS = st.sampled_from([b"", b"\x00", b"\x01", b"\xff\xff\xff\x7f", b"\x08\x00\x00\x00abcdefgh", b"torch\nSize\n",
+                        b"collections\nOrderedDict\n", b"999999999\n", b"\x05\x00\x00\x00storage"])
+
+
+@pytest.fixture(scope="module")
+def replica_pickle() -> bytes:
+    """data.pkl of a real torch.save(module) (a replica's shape: records, BUILD state, storages)."""
+    buf = io.BytesIO()
+    torch.save(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2)), buf)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zf:
+        return zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+
+
+def _keep(path: Path) -> None:
+    """A failing input is copied into fuzz_regressions/ (replayed by test_regressions_stay_fixed)."""
+    REGRESSIONS.mkdir(exist_ok=True)
+    (REGRESSIONS / f"{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}{path.suffix}").write_bytes(path.read_bytes())
+
+
+def check_isolated(path: Path, tag: str) -> None:
+    """check_clean, plus: no raw exception reached the error boundary ("unexpected"); failures kept."""
+    try:
+        check_clean(path, must_fail=False, tag=tag)
+    except AssertionError:
+        _keep(path)
+        raise
+    try:
+        open_checkpoint(path)
+    except CheckpointError as err:
+        if "unexpected" in str(err) or "isolated parser" in str(err):
+            _keep(path)
+            raise AssertionError(f"{path.name}: {err}") from err
+
+
+def _zip_with(data_pkl: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", data_pkl)
+        zf.writestr("archive/data/0", b"\0" * 64)
+    return buf.getvalue()
+
+
+@OPCODE_FUZZ
+@given(ops=st.lists(st.tuples(st.sampled_from(OPCODES), ARGS), max_size=40), zipped=st.booleans())
+def test_random_opcode_streams(tmp_path: Path, ops: list[tuple[bytes, bytes]], zipped: bool) -> None:
+    data = b"\x80\x02" + b"".join(op + arg for op, arg in ops) + pickle.STOP
+    path = _write(tmp_path, "ops.pt", _zip_with(data) if zipped else data)
+    with _bounded_memory():
+        check_isolated(path, "random opcode streams")
+
+
+@OPCODE_FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(OPCODES + [b"\x00", b"\xff"])), min_size=1,
+                      max_size=4), insert=st.booleans())
+def test_mutated_replica_pickles(tmp_path: Path, replica_pickle: bytes, edits: list, insert: bool) -> None:
+    data = bytearray(replica_pickle)
+    for position, op in edits:
+        at = position % len(data)
+        data[at:at + (0 if insert else 1)] = op
+    with _bounded_memory():
+        check_isolated(_write(tmp_path, "mutated.pt", _zip_with(bytes(data))), "mutated replica pickles")
+
+
+@pytest.mark.slow
+@LONG_FUZZ
+@given(ops=st.lists(st.tuples(st.sampled_from(OPCODES), ARGS), max_size=200))
+def test_long_opcode_streams(tmp_path: Path, ops: list[tuple[bytes, bytes]]) -> None:
+    data = b"\x80\x04" + b"".join(op + arg for op, arg in ops) + pickle.STOP
+    check_isolated(_write(tmp_path, "long.pt", _zip_with(data)), "long opcode streams")
+
+
+@pytest.mark.parametrize("path", sorted(REGRESSIONS.glob("*")) if REGRESSIONS.is_dir() else [], ids=lambda p: p.name)
+def test_regressions_stay_fixed(path: Path) -> None:
+    if path.suffix in (".pt", ".bin", ".safetensors"):
+        check_isolated(path, "regressions")

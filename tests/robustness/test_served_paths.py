@@ -96,3 +96,22 @@ def test_relative_paths_and_tilde_resolve_before_the_check(layout: dict[str, Pat
     monkeypatch.setenv("HOME", str(layout["private"]))
     with pytest.raises(PathNotAllowedError):
         allowed_path("~/secret.txt")
+
+
+@pytest.mark.parametrize("ref", ["../../../private", "../../escape_dir", "/etc", "a/../../..", "x\x00y", "rev" * 100])
+def test_hub_refs_main_never_leads_outside_the_snapshots(layout: dict[str, Path], monkeypatch, ref: str) -> None:
+    """refs/main is file content: a revision name only, never joined as a path; what it names
+    must still lie inside the roots. A hostile ref falls back to the snapshot that is there."""
+    from zoo.layouts import snapshot_of
+
+    repo = layout["models"] / "models--org--name"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(ref)
+    _serve(monkeypatch, layout["models"], layout["data"])
+    assert snapshot_of(repo) == repo / "snapshots" / "abc123"
+    (repo / "snapshots" / "abc123").rmdir()
+    (repo / "snapshots" / "link").symlink_to(layout["private"], target_is_directory=True)
+    (repo / "refs" / "main").write_text("link")
+    with pytest.raises(PathNotAllowedError):
+        snapshot_of(repo)

@@ -476,7 +476,9 @@ def test_heads_and_data_gaps_are_listed(models: dict, data: Path, tmp_path: Path
     zoo = open_folder(root, data=partial)
     assert not zoo.has_data
     assert zoo.missing("test") == [f"no head file for task DTD (head_DTD.safetensors with weight (classes, {OUT}) "
-                                   f"in {root}) and no text tower in θ0 to build one", f"no test data for DTD in {partial}"]
+                                   f"in {root}) and no text tower in θ0 to build one",
+                                   f"no test data for DTD in {partial} (ImageFolder: expected images in "
+                                   f"{partial / 'DTD'}/<split>/<class>/)"]
     with pytest.raises(IsoscopeError, match="cannot compute accuracy: no head file for task DTD"):
         zoo.evaluate(zoo.pretrained(), "DTD")
     with pytest.raises(CheckpointError, match=r"head shapes weight \(3, 33\) do not fit 32-dimensional"):
