@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import pandas as pd
 import torch
@@ -53,7 +54,7 @@ TOUR_METHODS = ("task_arithmetic", "iso_c", "iso_cts")
 OTHER_METHODS = ("tsv_m", "cart", "ties")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: one object per setting (``toy_zoo`` caches it)
 class ToyZoo:
     """θ0, the T fine-tuned copies and each task's input basis (8, 4): shared block, own block."""
 
@@ -62,6 +63,7 @@ class ToyZoo:
     inputs: list[torch.Tensor]
     shared: float
     weak: float
+    shared_out: torch.Tensor  # (8, 2) orthonormal basis of the shared part's output directions
 
     @property
     def tasks(self) -> list[str]:
@@ -72,10 +74,18 @@ def task_names() -> list[str]:
     return [f"task {i + 1}" for i in range(TASKS - 1)] + [f"task {TASKS} (weak)"]
 
 
-def toy_zoo(shared: float = DEFAULT_SHARED, weak: float = DEFAULT_WEAK, seed: int = 0) -> ToyZoo:
-    """The toy at ``shared`` ∈ [0, 1] and weak-task scale ``weak`` > 0 (see module doc)."""
+def toy_zoo(shared: float = DEFAULT_SHARED, weak: float = DEFAULT_WEAK, seed: int = 0,
+            noise: float | None = None) -> ToyZoo:
+    """The toy at ``shared`` ∈ [0, 1] and weak-task scale ``weak`` > 0 (see module doc); ``noise``
+    None is NOISE (0 drops the faint part, to read off the ranks of the designed parts). Built once
+    per setting and shared: never mutate it."""
     if not 0.0 <= shared <= 1.0 or weak <= 0:
         raise ValueError(f"shared must be in [0, 1] and weak > 0; got {shared} and {weak}")
+    return _toy_zoo(float(shared), float(weak), seed, NOISE if noise is None else float(noise))
+
+
+@lru_cache(maxsize=256)
+def _toy_zoo(shared: float, weak: float, seed: int, noise: float) -> ToyZoo:
     g = torch.Generator().manual_seed(seed)
     theta0 = torch.randn(SIZE, SIZE, generator=g, dtype=torch.float64) / SIZE ** 0.5  # (8, 8)
     q, _ = torch.linalg.qr(torch.randn(SIZE, SIZE, generator=g, dtype=torch.float64))  # (8, 8) orthonormal
@@ -87,10 +97,10 @@ def toy_zoo(shared: float = DEFAULT_SHARED, weak: float = DEFAULT_WEAK, seed: in
         own_out = torch.randn(SIZE, OWN_RANK, generator=g, dtype=torch.float64) / SIZE ** 0.5  # (8, 2)
         faint = torch.randn(SIZE, SIZE, generator=g, dtype=torch.float64) / SIZE  # (8, 8)
         scale = SCALE * (weak if t == TASKS - 1 else 1.0)
-        update = scale * (shared * shared_out @ shared_in.T + (1 - shared) * own_out @ own_in.T + NOISE * faint)
+        update = scale * (shared * shared_out @ shared_in.T + (1 - shared) * own_out @ own_in.T + noise * faint)
         finetuned.append({KEY: (theta0 + update).float()})
         inputs.append(torch.cat([shared_in, own_in], dim=1))  # (8, 4)
-    return ToyZoo({KEY: theta0.float()}, finetuned, inputs, float(shared), float(weak))
+    return ToyZoo({KEY: theta0.float()}, finetuned, inputs, shared, weak, torch.linalg.qr(shared_out)[0])
 
 
 def task_matrices(zoo: ToyZoo) -> list[torch.Tensor]:
@@ -102,6 +112,25 @@ def singular_values(matrix: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(matrix.double())  # (min(m, n),), descending
 
 
+def designed_ranks(shared: float, weak: float) -> list[int]:
+    """The rank of each task matrix without its faint part: 4 (shared and own parts), or 2 where
+    one of them has weight 0 (shared = 0 or 1)."""
+    return [int(torch.linalg.matrix_rank(d.double(), rtol=1e-6)) for d in task_matrices(toy_zoo(shared, weak, noise=0))]
+
+
+def principal_cosines(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """Cosines of the principal angles between the column spans of orthonormal ``a`` (m, p) and
+    ``b`` (m, q), largest first: 1 where the spans share a direction, 0 where they are orthogonal."""
+    return [float(c) for c in torch.linalg.svdvals(a.double().T @ b.double())]
+
+
+def sum_overlap(zoo: ToyZoo) -> list[float]:
+    """Principal cosines between the TA sum's top-SHARED_RANK left singular directions and the
+    shared part's output directions: how well the sum's top block finds what the tasks share."""
+    u = torch.linalg.svd(sum(task_matrices(zoo)).double(), full_matrices=False)[0][:, :SHARED_RANK]  # (8, 2)
+    return principal_cosines(u, zoo.shared_out)
+
+
 def weak_directions(zoo: ToyZoo) -> float:
     """σ_min / σ_max of the TA sum: near 0, the sum is nearly rank-deficient."""
     s = singular_values(sum(task_matrices(zoo)))
@@ -110,19 +139,25 @@ def weak_directions(zoo: ToyZoo) -> float:
 
 # -- scoring -------------------------------------------------------------------------------------
 
-def output_agreement(weight: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor) -> float:
-    """q: mean over the columns x of ``inputs`` (8, d) of cos(weight·x, target·x)."""
-    a, b = weight.double() @ inputs.double(), target.double() @ inputs.double()  # (8, d)
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=0).mean())
+def output_agreement(weight: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """q: mean over the columns x of ``inputs`` (8, d) of cos(weight·x, target·x), for one weight
+    (8, 8) or a stack (A, 8, 8); a scalar tensor or (A,)."""
+    a, b = weight.double() @ inputs.double(), target.double() @ inputs.double()  # (…, 8, d), (8, d)
+    return torch.nn.functional.cosine_similarity(a, b.expand_as(a), dim=-2).mean(-1)
+
+
+def toy_nai_batch(zoo: ToyZoo, weights: torch.Tensor) -> torch.Tensor:
+    """NAI_t of every merged layer in ``weights`` (A, 8, 8) for every task: (A, T)."""
+    out = []
+    for ft, x in zip(zoo.finetuned, zoo.inputs):
+        zero = output_agreement(zoo.pretrained[KEY], ft[KEY], x)
+        out.append((output_agreement(weights, ft[KEY], x) - zero) / (1.0 - zero))
+    return torch.stack(out, dim=1)
 
 
 def toy_nai(zoo: ToyZoo, weight: torch.Tensor) -> list[float]:
     """NAI_t of the merged layer ``weight`` for every task (module doc)."""
-    out = []
-    for ft, x in zip(zoo.finetuned, zoo.inputs):
-        zero = output_agreement(zoo.pretrained[KEY], ft[KEY], x)
-        out.append((output_agreement(weight, ft[KEY], x) - zero) / (1.0 - zero))
-    return out
+    return toy_nai_batch(zoo, weight[None])[0].tolist()
 
 
 @dataclass(frozen=True)
@@ -143,16 +178,43 @@ class ToyMerge:
         return self.weight - self.theta0  # (8, 8)
 
 
+def _tuned(zoo: ToyZoo, name: str, delta: torch.Tensor, base: torch.Tensor, grid: Sequence[float]) -> ToyMerge:
+    """θ = base + α·Δ with α from ``grid`` giving the best mean toy NAI (the smallest α on ties)."""
+    alphas = torch.tensor(list(grid), dtype=torch.float64)  # (A,)
+    nai = toy_nai_batch(zoo, base.double() + alphas[:, None, None] * delta.double())  # (A, T)
+    i = int(torch.argmax(nai.mean(1)))  # the first (smallest α) of equal maxima
+    alpha = float(grid[i])
+    return ToyMerge(name, delta, alpha, base + alpha * delta, nai[i].tolist(), zoo.pretrained[KEY])
+
+
 def merge(zoo: ToyZoo, method: str, params: Mapping[str, float] | None = None) -> ToyMerge:
     """``method`` on the toy with α tuned for the best mean toy NAI (fixed-α methods keep theirs)."""
-    merger = Merger(zoo.pretrained, zoo.finetuned, device="cpu")
-    upd = merger.update(method, params or {})
+    return _merge(zoo, get_method(method).name, tuple(sorted((params or {}).items())))
+
+
+@lru_cache(maxsize=512)
+def _merge(zoo: ToyZoo, method: str, params: tuple[tuple[str, float], ...]) -> ToyMerge:
+    upd = Merger(zoo.pretrained, zoo.finetuned, device="cpu").update(method, dict(params))
+    base = upd.base[KEY]  # (8, 8): θ0, or the weight average for CART
     fixed = upd.fixed_alpha
-    grid = (fixed,) if fixed is not None else ALPHA_GRID
-    scored = [(a, toy_nai(zoo, upd.state(a)[KEY])) for a in grid]
-    alpha, nai = max(scored, key=lambda pair: sum(pair[1]) / len(pair[1]))
-    return ToyMerge(get_method(method).name, upd.delta[KEY], float(alpha), upd.state(alpha)[KEY], nai,
-                    zoo.pretrained[KEY])
+    return _tuned(zoo, method, upd.delta[KEY], base, (fixed,) if fixed is not None else ALPHA_GRID)
+
+
+INTERPOLATION = "interpolation"  # ToyMerge.method of ``interpolate``
+
+
+def interpolated_delta(deltas: Sequence[torch.Tensor], beta: float) -> torch.Tensor:
+    """U ((1 − β) Σ + β σ̄ I) Vᵀ for the TA sum S = U Σ Vᵀ: β = 0 is the sum (TA), β = 1 its
+    flattened form σ̄ U Vᵀ (Iso-C); in between, the spectrum moves linearly towards flat."""
+    u, s, vh = torch.linalg.svd(sum(d.double() for d in deltas), full_matrices=False)  # (m, r), (r,), (r, n)
+    return (u * ((1 - beta) * s + beta * s.mean())) @ vh  # (m, n)
+
+
+@lru_cache(maxsize=512)
+def interpolate(zoo: ToyZoo, beta: float) -> ToyMerge:
+    """The merge θ0 + α·``interpolated_delta`` at ``beta``, α tuned like every method."""
+    delta = interpolated_delta(task_matrices(zoo), beta).to(zoo.pretrained[KEY].dtype)
+    return _tuned(zoo, INTERPOLATION, delta, zoo.pretrained[KEY], ALPHA_GRID)
 
 
 def scoreboard(zoo: ToyZoo, methods: Sequence[str],

@@ -3,6 +3,7 @@ fixtures for end-to-end tests (Debian's Chromium driven by playwright; never a d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -56,6 +57,18 @@ def ray_cluster() -> Iterator[object]:
         yield cluster
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: tiny products (the tour's 8×8 toy, digits-tiny's small
+    encoder) gain nothing from threads, and on a busy machine lose a lot to them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,13 +96,12 @@ def browser(chromium_path: str) -> Iterator[object]:
         b.close()
 
 
-@pytest.fixture(scope="session")
-def streamlit_server(isolated_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def serve(cache: Path, log: Path) -> Iterator[str]:
     """The app as `make run` serves it (``python -m ui.serve``: `streamlit run app.py` on 127.0.0.1)
-    at a free port; stopped by its PID afterwards."""
+    at a free port, with the result store and zoos under ``cache``; stopped by its PID afterwards."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = dict(os.environ, ISOSCOPE_CACHE=str(isolated_cache), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, ISOSCOPE_CACHE=str(cache), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "ui.serve", "--server.port", str(port)]  # what `make run` starts
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -114,6 +126,20 @@ def streamlit_server(isolated_cache: Path, tmp_path_factory: pytest.TempPathFact
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def streamlit_server(isolated_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One server for the session's browser tests (see ``serve``)."""
+    with serve(isolated_cache, tmp_path_factory.mktemp("server") / "streamlit.log") as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_server(isolated_cache: Path, tmp_path: Path) -> Iterator[str]:
+    """A server of its own that no browser has visited yet (see ``serve``)."""
+    with serve(isolated_cache, tmp_path / "streamlit.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -120,15 +120,24 @@ def _session_tag() -> str:
     return f"[{ctx.session_id[:8]}]" if ctx is not None else "[-]"
 
 
+QUIET_KEY = "iso_quiet_run"  # set by a page for one run: no timings expander (a presenter's screen)
+
+
 def new_run_timings() -> None:
     """Start this run's timings afresh (a fragment's rerun only updates its own entry)."""
     st.session_state[TIMINGS_KEY] = {}
+    st.session_state[QUIET_KEY] = False
+
+
+def quiet_run() -> None:
+    """This run shows no timings expander (the timings are still logged)."""
+    st.session_state[QUIET_KEY] = True
 
 
 def show_timings() -> None:
     """The sections of this run, slowest first, in a collapsed expander at the foot of the page."""
     timings = st.session_state.get(TIMINGS_KEY) or {}
-    if not timings:
+    if not timings or st.session_state.get(QUIET_KEY):
         return
     with st.expander(":material/timer: Timings of this run (server side)", expanded=False):
         rows = sorted(timings.items(), key=lambda item: -item[1])

@@ -14,8 +14,22 @@ PAGE_FILES = {
 }
 
 
+def inside_app() -> None:
+    """Make sure the page runs inside app.py's navigation. On a freshly started server, whose first
+    request is a page's own address (``/learn``), Streamlit takes the ``pages/`` folder for an old
+    style multipage app and runs that file alone: no sidebar, file-name navigation, a narrow
+    layout. app.py's ``st.navigation`` turns that mode off for good; here it is turned off and the
+    run restarted, so app.py runs and shows the same page with everything around it."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def header(title: str, lead: str) -> None:
-    """The page title and its explanation: what it shows and how to read it."""
+    """The page title and its explanation: what it shows and how to read it (inside the app)."""
+    inside_app()
     st.title(title)
     st.markdown(f"<div class='iso-lead'>{lead}</div>", unsafe_allow_html=True)
 

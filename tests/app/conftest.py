@@ -79,6 +79,18 @@ def values(data: object) -> np.ndarray:
     return np.asarray(data, dtype=float)
 
 
+@pytest.fixture
+def tour_evidence(one_thread: None) -> None:
+    """The Learn tour's real merges of digits-tiny, put in the session's result store the way the
+    page makes them (the page, or a server on the same cache, then reads every accuracy from it)."""
+    from analysis.evaluation import Evaluator
+    from analysis.store import ResultStore
+    from analysis.tour_zoo import zoo_evidence
+    from zoo import load_zoo
+
+    zoo_evidence(Evaluator(load_zoo("digits-tiny"), store=ResultStore()), "digits-tiny", "figure", 0.95, curve=True)
+
+
 @pytest.fixture(scope="session")
 def e2e_zoo() -> Iterator[str]:
     """The zoo the end-to-end server opens: digits-tiny, or $ISOSCOPE_E2E_ZOO (``digits`` for the

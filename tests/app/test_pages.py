@@ -149,6 +149,7 @@ def test_merge_page_follows_alpha_and_offers_downloads() -> None:
     assert {b.key for b in at.get("download_button")} >= {"iso_dl_model", "iso_dl_table", "iso_dl_refs"}
 
 
+@pytest.mark.usefixtures("tour_evidence")
 def test_learn_tour_runs_on_one_toy_state_and_keeps_it_in_the_url() -> None:
     from analysis import tour
 
@@ -165,37 +166,44 @@ def test_learn_tour_runs_on_one_toy_state_and_keeps_it_in_the_url() -> None:
         flat = values(trace(chart(at, "iso_learn_fig_flat"), "Iso-C (after)")["y"])
         np.testing.assert_allclose(flat, flat.mean(), rtol=1e-4)
         assert at.query_params["weak"] == f"{weak:g}"
-    weak_nai = {m: values(trace(chart(at, "iso_learn_fig_flat_nai"), m)["y"])[2] for m in ("Task Arithmetic", "Iso-C")}
-    assert weak_nai["Iso-C"] < weak_nai["Task Arithmetic"]  # weak = 1: no weak task left to rescue
+        assert f"weak task {weak:g}" in chart(at, "iso_learn_fig_fig1")["layout"]["title"]["subtitle"]["text"]
     at.slider(key="iso_learn_fraction").set_value(0.5).run()
     stacked = chart(at, "iso_learn_fig_stacked")
     assert [len(t["x"]) for t in stacked["data"]] == [5, 1, 1, 1]  # k = 5 common, s = 1 per task
     assert "k = 5" in stacked["layout"]["title"]["text"] and "s = 1" in stacked["layout"]["title"]["text"]
-    assert {c.key for c in at.get("plotly_chart")} >= {"iso_learn_fig_paper", "iso_learn_fig_zoo_points",
-                                                       "iso_learn_fig_fig1", "iso_learn_fig_sweep"}
+    # the embedded zoo's real merges: Fig. 3a's points, Fig. 5's curve and Table 1's bars
+    scatter = chart(at, "iso_learn_fig_zoo_points")
+    assert len(scatter["data"]) == 16 and "digits-tiny zoo" in scatter["layout"]["title"]["text"]
+    assert len(values(chart(at, "iso_learn_fig_fraction")["data"][0]["y"])) == 11
+    assert [t["name"] for t in chart(at, "iso_learn_fig_table1")["data"]] == ["paper, Table 1 (ViT-B/32)",
+                                                                             "digits-tiny zoo (live)"]
+    assert len(at.get("plotly_chart")) == 14
     assert any(b.key == "iso_learn_handout" for b in at.get("download_button"))
 
 
+@pytest.mark.usefixtures("tour_evidence")
 def test_learn_presenter_mode_from_a_prepared_link() -> None:
     at = open_page()
-    at.query_params.update({"step": "3", "shared": "0.3", "weak": "0.4", "present": "1"})
+    at.query_params.update({"step": "4", "shared": "0.3", "weak": "0.4", "present": "1"})
     at.switch_page("pages/learn.py").run()
     assert_clean(at)
     assert at.slider(key="iso_learn_shared").value == pytest.approx(0.3)
     assert at.slider(key="iso_learn_weak").value == pytest.approx(0.4)
-    assert [c.key for c in at.get("plotly_chart")] == ["iso_learn_fig_paper", "iso_learn_fig_zoo_points"]
+    assert [c.key for c in at.get("plotly_chart")] == ["iso_learn_fig_zoo_points", "iso_learn_fig_toy_points"]
     assert any("stSidebar" in m.value and "display: none" in m.value for m in at.markdown)  # sidebar hidden
-    assert chart(at, "iso_learn_fig_paper")["layout"]["font"]["size"] == 17  # large type on the charts too
+    layout = chart(at, "iso_learn_fig_zoo_points")["layout"]
+    assert min(layout["font"]["size"], layout["title"]["font"]["size"], layout["legend"]["font"]["size"]) >= 20
+    assert not at.main.caption  # no settings note, no captions: the lead only
     at.button(key="iso_learn_next").click().run()
-    assert at.query_params["step"] == "4" and "iso_learn_fig_flat" in [c.key for c in at.get("plotly_chart")]
+    assert at.query_params["step"] == "5" and [c.key for c in at.get("plotly_chart")] == ["iso_learn_fig_interp"]
     at.button(key="iso_learn_prev").click().run()
     at.button(key="iso_learn_prev").click().run()
-    assert at.query_params["step"] == "2"
+    assert at.query_params["step"] == "3"
     at.button(key="iso_learn_reset").click().run()
     assert at.query_params["step"] == "1" and at.query_params["shared"] == "0.5"
     assert at.button(key="iso_learn_prev").disabled
     at.toggle(key="iso_learn_present").set_value(False).run()
-    assert len(at.get("plotly_chart")) == 13 and at.query_params["present"] == "0"
+    assert len(at.get("plotly_chart")) == 14 and at.query_params["present"] == "0"
     assert not any("stSidebar" in m.value for m in at.markdown)
 
 
@@ -208,7 +216,7 @@ def test_learn_survives_a_mangled_link() -> None:
     assert at.slider(key="iso_learn_weak").value == pytest.approx(1.0)  # clamped to the slider's range
     assert at.slider(key="iso_learn_fraction").value == pytest.approx(0.25)
     assert at.radio(key="iso_learn_rule").value == "figure" and at.slider(key="iso_learn_value").value == 0.01
-    assert at.query_params["step"] == "7"
+    assert at.query_params["step"] == "9"
 
 
 def test_sidebar_builds_one_slider_per_registry_parameter() -> None:
