@@ -217,19 +217,6 @@ def interpolate(zoo: ToyZoo, beta: float) -> ToyMerge:
     return _tuned(zoo, INTERPOLATION, delta, zoo.pretrained[KEY], ALPHA_GRID)
 
 
-def scoreboard(zoo: ToyZoo, methods: Sequence[str],
-               params: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
-    """Toy NAI per method × task with each method's tuned α: method, display, task, alpha, nai."""
-    rows = []
-    for m in methods:
-        result = merge(zoo, m, (params or {}).get(m))
-        rows += [{"method": m, "display": get_method(m).display_name, "task": t, "alpha": result.alpha, "nai": v}
-                 for t, v in zip(zoo.tasks, result.nai)]
-    return pd.DataFrame(rows, columns=["method", "display", "task", "alpha", "nai"])
-
-
-# -- Iso-CTS, opened up for display ---------------------------------------------------------------
-
 def iso_cts_blocks(deltas: Sequence[torch.Tensor], common_fraction: float) -> list[tuple[str, torch.Tensor]]:
     """The singular values Iso-CTS stacks before it flattens (Marczak et al., Algorithm 1): the
     top-k σ of the sum (the common block), then each task's top-s σ of its residual
