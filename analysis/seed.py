@@ -61,8 +61,8 @@ def export_seed(store: ResultStore, fingerprint: str, out: str | Path) -> dict[s
 def seed_store(store: ResultStore, fingerprint: str, asset: str | Path | None) -> int:
     """Copy the asset's rows for ``fingerprint`` into ``store`` once; the rows added (0 when there is
     no usable asset, or it was copied before)."""
-    if asset is None or not Path(asset).is_file():
-        return 0
+    if asset is None or not Path(asset).is_file() or not isinstance(store, ResultStore):
+        return 0  # a cluster worker's MemoryStore is not seeded: its driver's store is
     with closing(sqlite3.connect(Path(store.path).resolve().as_uri(), uri=True, timeout=30,
                                  isolation_level=None)) as con:
         con.execute(_SEEDS)

@@ -36,7 +36,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-import pandas as pd
 import torch
 
 from analysis.alpha import ALPHA_GRID

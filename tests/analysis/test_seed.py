@@ -164,3 +164,17 @@ def _recompute_layer(ev: Evaluator, kind: str, key: str, method: str, params: st
     }[kind]
     result = compute()
     return {f.name: getattr(result, f.name) for f in fields(result)}
+
+
+def test_a_memory_store_is_never_seeded(filled, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster worker's in-memory store stays empty (its driver's file store is the one seeded), and
+    nothing is written in the working folder."""
+    from analysis.store import MemoryStore
+
+    store, ev = filled
+    asset = tmp_path / "asset.sqlite"
+    export_seed(store, ev.fingerprint, asset)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert seed_store(MemoryStore(), ev.fingerprint, asset) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
