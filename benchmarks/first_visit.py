@@ -29,6 +29,7 @@ PAGES = (
     ("Alignment", "Does alignment predict accuracy?", 3),
     ("Common subspace", "Rank ratio ρ (CART)", 2),
     ("Merge & export", "Download", 1),
+    ("Learn", "Task matrices and their spectra", 14),
 )
 
 

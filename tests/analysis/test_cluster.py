@@ -33,8 +33,8 @@ SPEC = ZooSpec("digits-tiny", threads=1)  # one thread on both sides, as the wor
 
 
 def _points(store: ResultStore) -> list[tuple]:
-    """Every stored point row without its timestamp, sorted."""
-    return sorted(row[:-1] for row in store.rows())
+    """Every stored point row without its timestamp (``rows()``'s eighth column), sorted."""
+    return sorted(row[:7] + row[8:] for row in store.rows())
 
 
 def _layers(store: ResultStore) -> dict[tuple, dict[str, np.ndarray]]:

@@ -63,7 +63,8 @@ def test_slider_move_reruns_with_sidebar_intact(e2e_zoo: str, streamlit_server: 
         page.keyboard.press("ArrowLeft")  # 0.80 → 0.50: the boundary annotation moves
     page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
     # the chart redraws after the rerun ends; on a loaded machine that can take a while
-    page.wait_for_function("before => document.querySelector('.js-plotly-plot').innerText !== before", arg=before,
+    page.wait_for_function("before => { const chart = document.querySelector('.js-plotly-plot');"
+                           " return chart !== null && chart.innerText !== before; }", arg=before,
                            timeout=60_000)
     _assert_clean(page, "spectra after a slider move")
     page.close()

@@ -43,8 +43,9 @@ def _move_slider(page, before: str) -> str:
     key = next(_KEYS)
     for _ in range(6):
         page.keyboard.press(key)
-    page.wait_for_function("before => document.querySelector('.js-plotly-plot').innerText !== before", arg=before,
-                           timeout=60_000)
+    page.wait_for_function("before => { const chart = document.querySelector('.js-plotly-plot');"
+                           " return chart !== null && chart.innerText !== before; }", arg=before,
+                           timeout=60_000)  # the chart is briefly absent while it is redrawn
     return page.locator(".js-plotly-plot").first.inner_text()
 
 

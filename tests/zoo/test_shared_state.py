@@ -89,8 +89,8 @@ def test_two_sessions_loading_a_split_decode_it_once(folder_zoo: folders.FolderZ
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     data = folder_zoo.data
     calls: list[str] = []
-    real = data._read
-    monkeypatch.setattr(data, "_read", lambda *a: _slow_counter(calls, a[0], lambda: real(*a))())
+    real = data._decode
+    monkeypatch.setattr(data, "_decode", lambda *a: _slow_counter(calls, a[0], lambda: real(*a))())
     splits = _together(lambda i: data.load(TASKS[1], "val", folder_zoo.preprocess))
     assert len(calls) == 1 and all(s is splits[0] for s in splits)
 
