@@ -82,7 +82,8 @@ def test_cluster_rows_equal_the_in_process_rows(ray_cluster: object, reference: 
     assert len(common) > len(REPORT) * len({n[2] for n in common})
     for name in common:  # equal up to rounding: a layer's float path depends on what its cache holds already
         for k, v in wanted[name].items():  # (whether the TA sum's SVD was taken first), not on the node
-            np.testing.assert_allclose(layers[name][k], v, rtol=1e-5, atol=1e-6 * float(np.abs(v).max()), err_msg=str(name))
+            np.testing.assert_allclose(layers[name][k], v, rtol=1e-5, atol=1e-5 * float(np.abs(v).max()),
+                                       err_msg=str(name))  # float32 rounding, relative to the largest entry
     for name, entry in reference_results["methods"].items():  # accuracies and α bit for bit; SAR to rounding
         got = results["methods"][name]
         exact = ("alpha", "test_acc", "val_acc", "nai")  # compared as JSON text: NaN (no zero-shot gap) equals NaN
