@@ -444,9 +444,9 @@ class Cluster:
     def workers_alive(self) -> int:
         return len(self._slots)
 
-    def busy_nodes(self) -> list[str]:
-        """Ray node ids of the workers running a unit now."""
-        return [s.node_id for s in self._slots if s.busy is not None]
+    def idle_nodes(self) -> list[str]:
+        """Ray node ids of the workers not running a unit now (the next units go to them)."""
+        return [s.node_id for s in self._slots if s.busy is None]
 
     # running units -----------------------------------------------------------------------------
     def stored(self, store: ResultStore) -> Evaluator:

@@ -95,20 +95,21 @@ def test_a_node_killed_mid_sweep_changes_nothing(ray_cluster: object, reference:
     store, killed = ResultStore(tmp_path / "killed.sqlite"), []
     method, (param, values) = "iso_cts", SWEEPS["iso_cts"]
 
-    def kill_a_busy_node(fraction: float, message: str) -> None:
-        """At the second completed unit, kill the node of the worker running the third (it began
-        when the first finished, so it is far from done): that unit is lost with its worker."""
+    def kill_the_next_node(fraction: float, message: str) -> None:
+        """At the first completed unit, kill the node of the worker that finished it: that worker is
+        idle, so the next unit goes to it and is lost with it. (Killing a busy worker instead races
+        its unit: on a fast machine the unit can finish before the node is gone, and nothing is lost.)"""
         seen.append(fraction)
-        busy = cluster.busy_nodes()
-        if len(seen) == 3 and busy:  # 0, 1/3, 2/3
-            node = next(n for n in ray_cluster.worker_nodes if n.node_id == busy[0])
+        idle = cluster.idle_nodes()
+        if len(seen) == 2 and idle:  # 0, then 1/3
+            node = next(n for n in ray_cluster.worker_nodes if n.node_id == idle[0])
             ray_cluster.remove_node(node, allow_graceful=False)
             killed.append(node)
 
     seen: list[float] = []
     try:
         with Cluster(ray_cluster.address, SPEC) as cluster:
-            table = sweep(cluster, store, method, param, values, progress=kill_a_busy_node)
+            table = sweep(cluster, store, method, param, values, progress=kill_the_next_node)
             survivors, resubmitted = cluster.workers_alive, cluster.resubmitted
     finally:
         if killed:  # the cluster is whole again for the other tests
