@@ -7,10 +7,11 @@
 legacy pickled modules, TALL-masks state dicts with pickled heads, a Hugging Face hub cache) and
 one real-size ViT-L/14 visual tower saved as task_vectors does (``torch.save`` of the module,
 1.2 GB). ``--dir`` times, for each code tree ``--root`` (e.g. the main checkout and a branch),
-opening every replica folder and reading all its tensors (median of 5), opening the ViT-L/14
+opening every replica folder and reading all its tensors (median of 5 in a process, median of
+``--rounds`` processes), opening the ViT-L/14
 file (parsing only), and opening a 20-file ViT-L/14 release (``vit_l14_x20``: hard links of that
 file; parsing and the header checks, no tensor read). Each measurement runs in a fresh
-process per root, alternating, so both see the same machine state.
+process per root, alternating (the order reversed every round), so both see the same machine state.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def link_release(out: Path) -> None:
             (folder / f"{name}.pt").hardlink_to(out / "vit_l14_finetuned.pt")
 
 
-def measure(folder: Path, roots: list[str]) -> dict:
+def measure(folder: Path, roots: list[str], rounds: int = 5) -> dict:
     targets = {p.name: (p, "open" if p.name == "vit_l14_x20" else "folder") for p in sorted(folder.iterdir())
                if p.is_dir()}
     targets["ViT-L/14 file (open only)"] = (folder / "vit_l14_finetuned.pt", "file")
@@ -87,9 +88,12 @@ def measure(folder: Path, roots: list[str]) -> dict:
         target = path / "ViT-T-8" if (path / "ViT-T-8").is_dir() else path
         if name == "tall_masks":
             target = path
-        results[name] = {root: json.loads(subprocess.run([sys.executable, "-c", TIMER, root, str(target), kind],
-                                                         capture_output=True, text=True, check=True).stdout)
-                         for root in roots}
+        runs: dict[str, list[float]] = {root: [] for root in roots}
+        for round_ in range(rounds):  # a fresh process per root and round, the order reversed every round
+            for root in roots if round_ % 2 == 0 else roots[::-1]:
+                runs[root].append(json.loads(subprocess.run([sys.executable, "-c", TIMER, root, str(target), kind],
+                                                            capture_output=True, text=True, check=True).stdout))
+        results[name] = {root: statistics.median(times) for root, times in runs.items()}
     return results
 
 
@@ -98,11 +102,12 @@ def main() -> None:
     parser.add_argument("--write", type=Path)
     parser.add_argument("--dir", type=Path)
     parser.add_argument("--root", action="append", default=[])
+    parser.add_argument("--rounds", type=int, default=5, help="processes per root (median)")
     args = parser.parse_args()
     if args.write:
         write(args.write)
     if args.dir:
-        results = measure(args.dir, args.root or [str(HERE)])
+        results = measure(args.dir, args.root or [str(HERE)], args.rounds)
         for name, times in results.items():
             first = next(iter(times.values()))
             print(f"{name:28s} " + "  ".join(f"{Path(r).name}: {t * 1000:8.1f} ms ({t / first:.2f}×)"

@@ -17,7 +17,7 @@ What is read: the format is sniffed from the bytes, not the suffix.
   ≤ $ISOSCOPE_MAX_HEADER_MB, 16 MiB by default, JSON object without duplicate keys, known dtypes, shape × itemsize == byte span, spans
   inside the data area, contiguous, no overlaps), so a header declaring a 10^15-byte tensor is an
   error, not an allocation.
-- torch files (zip, legacy, or a plain pickle): parsed in a short-lived child process with
+- torch files (zip, legacy, or a plain pickle): parsed in a separate parser process with
   resource limits (``merging.parse_worker``), which replays the pickle inertly under budgets
   (``merging.pickle_scan``, ``merging.budgets``) and interprets it with the code-free reader
   (``merging.pickle_reader``: state dicts and whole pickled modules such as the task_vectors

@@ -1,19 +1,21 @@
-"""Untrusted pickles are parsed in a short-lived process with resource limits, never in the app.
+"""Untrusted pickles are parsed in separate processes with resource limits, never in the app.
 
 A pickle does not need to run code to hurt a shared server: a few hundred bytes can ask for
 2**64 steps, overflow the C stack or allocate gigabytes. ``merging.budgets`` bounds the known
 ways; this module bounds what is left. ``parse_isolated(path, size, kind)`` hands the file to a
-fresh child process that sets ``RLIMIT_AS`` and ``RLIMIT_CPU`` (budgets ``parser memory MiB``,
-``parser CPU s``), parses the pickle (and a torch zip's central directory) with
-``merging.pickle_scan`` and ``merging.pickle_reader``, and returns only validated metadata as
-JSON: tensor names, dtype names, sizes, strides, offsets and byte spans. The app reads the
-tensors' bytes itself (``merging.io``). A crash, a limit hit or a wall-clock overrun
-(``parser wall s``) in the child becomes an ``{"status": "error"}`` answer; the app process and
-every other session carry on.
+parser process (``python -I -S``: the standard library and this package's torch-free modules
+only) that runs under ``RLIMIT_AS`` for its whole life and ``RLIMIT_CPU`` moved on for each file
+(budgets ``parser memory MiB``, ``parser CPU s``), parses the pickle (and a torch zip's central
+directory) with ``merging.pickle_scan`` and ``merging.pickle_reader``, and returns only
+validated metadata as JSON: tensor names, dtype names, sizes, strides, offsets and byte spans.
+The app reads the tensors' bytes itself (``merging.io``). A crash, a limit hit or a wall-clock
+overrun (``parser wall s``, the process is killed) becomes an ``{"status": "error"}`` answer;
+the app process and every other session carry on.
 
-Children are forked from a small helper process (``python -I -S``: the standard library and this
-package's torch-free modules only, started once per app process) so that each file costs a fork,
-not an interpreter start. The helper never parses anything itself.
+The processes form a small pool (one per core, each pinned to its core, started on first use): a
+folder's files parse in parallel, and a warm process costs a file little more than its parse. A process leaves after a
+file it did not read cleanly, when its memory stays high, or after ``RETIRE_AFTER`` files; a
+fresh one takes its place.
 
 Answers (``status``): ``ok`` (``kind``, ``globals``, ``tensors``: name -> [storage key, dtype,
 offset, size, stride, view [offset, elements] or null], ``spans``: storage key -> [start, bytes]); ``refuse`` (the
@@ -28,6 +30,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 import resource
 import select
@@ -195,147 +198,209 @@ def answer(path: str, size: int, kind: str) -> dict:
         return {"status": "error", "message": f"unreadable ({type(err).__name__}: {_oneline(err)})", "bug": True}
 
 
-# ---------------------------------------------------------------- the helper and its children
+# ---------------------------------------------------------------- the parser processes
 
 
-def _child(request: dict, out: int) -> None:
-    """In the forked child: limits, parse, one JSON answer on ``out``, exit."""
-    mib = limit("parser memory MiB")
-    cpu = limit("parser CPU s")
-    resource.setrlimit(resource.RLIMIT_AS, (mib * 2**20, mib * 2**20))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    sys.setrecursionlimit(2000)
-    gc.disable()  # short-lived: the cyclic collector would rescan a hostile pile of containers again and again
-    result = answer(request["path"], request["size"], request["kind"])
+def _cpu_used() -> float:
     used = resource.getrusage(resource.RUSAGE_SELF)
-    result["cpu_s"] = used.ru_utime + used.ru_stime  # CPU seconds this file cost (load-independent)
-    data = json.dumps(result).encode()
-    view = memoryview(data)
-    while view:
-        view = view[os.write(out, view):]
-    os._exit(0)
+    return used.ru_utime + used.ru_stime
 
 
+def _rss_mib() -> float:
+    """This process's resident memory now (not its peak), MiB."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _limit_cpu(seconds: int) -> None:
+    """Let this process use ``seconds`` more CPU seconds from now: SIGXCPU at the soft limit (the
+    hard limit stays where it was, so the next request can move the soft one on)."""
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    soft = math.ceil(_cpu_used()) + seconds
+    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+
+
+def _one(request: dict, served: int) -> dict:
+    """One request in a worker: the CPU limit moved on, the cost and the retirement decision added
+    to the answer."""
+    before = _cpu_used()
+    _limit_cpu(limit("parser CPU s"))
+    result = answer(request["path"], request["size"], request["kind"])
+    result["cpu_s"] = _cpu_used() - before  # CPU seconds this file cost (load-independent)
+    result["retire"] = (result["status"] != "ok" or served + 1 >= RETIRE_AFTER
+                        or _rss_mib() > RETIRE_RSS_MIB)
+    return result
+
+
+def serve() -> None:
+    """A worker's loop: one JSON request per line on stdin (``path``, ``size``, ``kind``), one JSON
+    answer per line on stdout. The address space is limited for the worker's whole life, the CPU
+    per request; a worker leaves after an answer marked ``retire``. The cyclic collector stays off:
+    it would rescan a hostile pile of containers again and again, and reference counting frees a
+    parse's records; what cycles leave behind counts towards ``RETIRE_RSS_MIB``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the app's terminal: the app decides
+    gc.disable()
+    mib = limit("parser memory MiB") * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (mib, mib))
+    sys.setrecursionlimit(2000)
+    for served, line in enumerate(sys.stdin.buffer):
+        try:
+            result = _one(json.loads(line), served)
+        except Exception as err:  # noqa: BLE001 - a malformed request: answer, then leave
+            result = {"status": "error", "message": f"the isolated parser failed ({type(err).__name__})",
+                      "crash": True, "retire": True}
+        sys.stdout.buffer.write(json.dumps(result).encode() + b"\n")
+        sys.stdout.buffer.flush()
+        if result["retire"]:
+            return
+
+
+_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from merging.parse_worker import serve; serve()"
 _SIGNALS = {signal.SIGXCPU: "hit its CPU limit ({cpu} s)", signal.SIGKILL: "was killed (memory or time limit)",
             signal.SIGSEGV: "crashed (SIGSEGV)", signal.SIGABRT: "crashed (SIGABRT)", signal.SIGBUS: "crashed (SIGBUS)"}
 
 
-def _outcome(pid: int, chunks: list[bytes], timed_out: bool) -> dict:
-    """The answer of a finished (reaped here) or overdue (killed here) child."""
-    if timed_out:
-        os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    if timed_out:
-        why = f"took longer than {limit('parser wall s')} s"
-    elif os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        why = _SIGNALS.get(sig, f"was killed by signal {sig}").format(cpu=limit("parser CPU s"))
-    elif os.WEXITSTATUS(status) != 0 or not chunks:
-        why = f"failed (exit status {os.WEXITSTATUS(status)}; memory limit {limit('parser memory MiB')} MiB)"
-    else:
-        return json.loads(b"".join(chunks))
-    return {"status": "error", "message": f"the isolated parser {why}", "crash": True}
+def _cores() -> list[int | None]:
+    """The cores this process may use (one parser process each); unpinned where the OS cannot say."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return [None] * (os.cpu_count() or 1)
 
 
-def _fork(request: dict) -> tuple[int, int]:
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(r)
-        try:
-            _child(request, w)
-        finally:
-            os._exit(3)
-    os.close(w)
-    return pid, r
+class _Worker:
+    """One long-lived parser process (``python -I -S``: the standard library and this package's
+    torch-free modules only), parsing one file at a time, pinned to one core."""
 
-
-def _run_batch(requests: list[dict], parallel: int) -> list[dict]:
-    """One child per request, at most ``parallel`` at a time (files of a folder parse on all
-    cores), each under its own limits and wall-clock deadline; answers in request order."""
-    answers: list[dict | None] = [None] * len(requests)
-    running: dict[int, tuple[int, int, float, list[bytes]]] = {}  # fd -> (index, pid, deadline, chunks)
-    todo = list(enumerate(requests))
-    while todo or running:
-        while todo and len(running) < parallel:
-            index, request = todo.pop(0)
-            pid, fd = _fork(request)
-            running[fd] = (index, pid, time.monotonic() + limit("parser wall s"), [])
-        wait = max(0.0, min(d for _, _, d, _ in running.values()) - time.monotonic())
-        ready = select.select(list(running), [], [], wait)[0]
-        for fd in list(running):
-            index, pid, deadline, chunks = running[fd]
-            chunk = os.read(fd, 1 << 20) if fd in ready else None
-            if chunk:
-                chunks.append(chunk)
-                continue
-            if chunk is None and time.monotonic() < deadline:
-                continue
-            answers[index] = _outcome(pid, chunks, timed_out=chunk is None)
-            os.close(fd)
-            del running[fd]
-    return answers
-
-
-def serve() -> None:
-    """The helper's loop: one JSON request per line on stdin (a list of files), one JSON answer per
-    line on stdout (a list of answers)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the app's terminal: the app decides
-    parallel = max(1, len(os.sched_getaffinity(0)))
-    for line in sys.stdin.buffer:
-        try:
-            requests = json.loads(line)
-            reply = _run_batch(requests, parallel)
-        except Exception as err:  # noqa: BLE001 - the helper must outlive any one request
-            reply = [{"status": "error", "message": f"the isolated parser failed ({type(err).__name__})",
-                      "crash": True}] * max(1, len(requests) if isinstance(requests, list) else 1)
-        sys.stdout.buffer.write(json.dumps(reply).encode() + b"\n")
-        sys.stdout.buffer.flush()
-
-
-_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from merging.parse_worker import serve; serve()"
-
-
-class _Helper:
-    """The one helper process of this app process (started on first use, restarted if it dies)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
-
-    def _start(self) -> subprocess.Popen:
-        if self._proc is None or self._proc.poll() is not None:
-            self._proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _BOOT, ROOT], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True,
-                                          start_new_session=True)
-        return self._proc
-
-    def ask(self, requests: list[dict]) -> list[dict]:
-        with self._lock:
-            proc = self._start()
-            rounds = -(-len(requests) // max(1, len(os.sched_getaffinity(0))))  # batches of parallel children
+    def __init__(self, boot: str, core: int | None) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", boot, ROOT], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True,
+                                     start_new_session=True)
+        if core is not None and hasattr(os, "sched_setaffinity"):  # woken together, unpinned workers
+            # often share one core for a whole batch
             try:
-                proc.stdin.write(json.dumps(requests).encode() + b"\n")
-                proc.stdin.flush()
-                ready = select.select([proc.stdout], [], [], rounds * limit("parser wall s") + 10)[0]
-                line = proc.stdout.readline() if ready else b""
-                answers = json.loads(line) if line else None
-                if not (isinstance(answers, list) and len(answers) == len(requests)):
-                    raise OSError("no answer")
-                return answers
-            except (OSError, ValueError):
-                self.stop()
-                return [{"status": "error", "message": "the isolated parser did not answer", "crash": True}] * len(
-                    requests)
+                os.sched_setaffinity(self.proc.pid, {core})
+            except OSError as err:
+                log.debug("parser pinning: %s", err)
+
+    def send(self, request: dict) -> None:
+        self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def receive(self) -> dict:
+        """The answer to the request sent (the worker is readable); an error answer if it died."""
+        line = self.proc.stdout.readline()
+        if line:
+            try:
+                return json.loads(line)
+            except ValueError:
+                pass
+        return self.failed(timed_out=False)
+
+    def failed(self, timed_out: bool) -> dict:
+        """The error answer of a worker that died (or is killed now, when overdue)."""
+        if timed_out:
+            self.proc.kill()
+        status = self.proc.wait()
+        if timed_out:
+            why = f"took longer than {limit('parser wall s')} s"
+        elif status < 0:
+            why = _SIGNALS.get(-status, f"was killed by signal {-status}").format(cpu=limit("parser CPU s"))
+        else:
+            why = f"failed (exit status {status}; memory limit {limit('parser memory MiB')} MiB)"
+        return {"status": "error", "message": f"the isolated parser {why}", "crash": True, "retire": True}
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
 
 
-_HELPER = _Helper()
+class _Pool:
+    """The parser processes of this app process: one per core this process may use, each pinned
+    to its core, started on first use and kept between files (a warm process parses a small file
+    in about what the parse itself costs; a fresh one per file would add an interpreter start or a
+    fork and a cold heap to each), replaced when one leaves (``retire``: after a file that was not
+    cleanly read, a big one, or ``RETIRE_AFTER`` files), crashes, or overruns ``parser wall s``
+    (killed)."""
+
+    def __init__(self, boot: str = _BOOT) -> None:
+        self._boot = boot
+        self._lock = threading.Lock()
+        self._cores = _cores()
+        self._workers: dict[int, _Worker] = {}  # slot (an index into _cores) -> its live process
+
+    def _start(self, slot: int, request: dict) -> _Worker | None:
+        """``request`` sent to the slot's process (a fresh one if it has none, or it left or died)."""
+        for _ in range(2):
+            worker = self._workers.get(slot)
+            if worker is None or worker.proc.poll() is not None:
+                if worker is not None:
+                    worker.stop()
+                worker = self._workers[slot] = _Worker(self._boot, self._cores[slot])
+            try:
+                worker.send(request)
+                return worker
+            except OSError:  # it left or died since its last answer: one fresh try
+                worker.stop()
+                del self._workers[slot]
+        return None
+
+    def _finish(self, slot: int, worker: _Worker, result: dict) -> dict:
+        if result.pop("retire", False):
+            worker.stop()
+            self._workers.pop(slot, None)
+        return result
+
+    def ask(self, requests: list[dict]) -> list[dict]:
+        """Answers in request order, files parsed in parallel (at most one per core), each under
+        the limits and its own wall-clock deadline."""
+        with self._lock:
+            answers: list[dict | None] = [None] * len(requests)
+            todo = list(enumerate(requests))
+            running: dict[int, tuple[int, int, _Worker, float]] = {}  # stdout fd -> (slot, index, worker, deadline)
+            while todo or running:
+                busy = {slot for slot, *_ in running.values()}
+                for slot in [s for s in range(len(self._cores)) if s not in busy][:len(todo)]:
+                    index, request = todo.pop(0)
+                    worker = self._start(slot, request)
+                    if worker is None:
+                        answers[index] = {"status": "error", "message": "the isolated parser did not start",
+                                          "crash": True}
+                        continue
+                    running[worker.proc.stdout.fileno()] = (slot, index, worker,
+                                                            time.monotonic() + limit("parser wall s"))
+                if not running:
+                    continue
+                wait = max(0.0, min(d for *_, d in running.values()) - time.monotonic())
+                ready = select.select(list(running), [], [], wait)[0]
+                for fd, (slot, index, worker, deadline) in list(running.items()):
+                    if fd in ready:
+                        answers[index] = self._finish(slot, worker, worker.receive())
+                    elif time.monotonic() >= deadline:
+                        answers[index] = self._finish(slot, worker, worker.failed(timed_out=True))
+                    else:
+                        continue
+                    del running[fd]
+            return answers
+
+    def stop(self) -> None:
+        with self._lock:
+            for worker in self._workers.values():
+                worker.stop()
+            self._workers.clear()
+
+
+RETIRE_AFTER = 256  # files one worker parses before a fresh one takes over
+RETIRE_RSS_MIB = 256  # a worker whose resident memory stays above this after a file leaves
+_POOL = _Pool()
 
 
 _PREFETCHED: dict[tuple, dict] = {}  # file identity -> answer, parsed ahead by ``prefetch``
@@ -357,7 +422,7 @@ def prefetch(files: list[tuple[str | os.PathLike, int, str]]) -> None:
     requests = [{"path": os.fspath(p), "size": size, "kind": kind} for p, size, kind in files]
     if len(requests) < 2:
         return
-    for request, answer in zip(requests, _HELPER.ask(requests)):
+    for request, answer in zip(requests, _POOL.ask(requests)):
         key = _identity(request["path"], request["size"], request["kind"])
         if key is not None and not answer.get("crash") and len(_PREFETCHED) < _PREFETCH_MAX:
             _PREFETCHED[key] = answer
@@ -368,7 +433,7 @@ def parse_isolated(path: str | os.PathLike, size: int, kind: str) -> dict:
     child process; the answer as described in the module docstring."""
     key = _identity(os.fspath(path), size, kind)
     answer = _PREFETCHED.pop(key, None) if key is not None else None
-    return answer if answer is not None else _HELPER.ask([{"path": os.fspath(path), "size": size, "kind": kind}])[0]
+    return answer if answer is not None else _POOL.ask([{"path": os.fspath(path), "size": size, "kind": kind}])[0]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,6 +40,7 @@ import struct
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from merging.budgets import exceeded, limit
@@ -72,7 +73,7 @@ class TensorRef:
     size: tuple[int, ...]
     stride: tuple[int, ...]
 
-    @property
+    @cached_property  # read several times per tensor as a file opens
     def extent(self) -> int:
         """Elements spanned from ``offset``: 1 + Σ (size_i − 1)·stride_i (0 for an empty tensor)."""
         if any(s == 0 for s in self.size):
@@ -321,7 +322,7 @@ def check_refs(layout: StorageLayout, refs: Mapping[str, TensorRef], size: int) 
     bytes (and its view) with a non-negative offset, showing no more elements than it spans (an
     expanded stride-0 view would allocate far beyond the file), and all of them together within
     the ``output bytes`` budget."""
-    total = 0
+    total, most = 0, limit("output bytes", size)
     for name, ref in refs.items():
         span = layout.spans.get(ref.storage.key)
         if span is None:
@@ -338,7 +339,7 @@ def check_refs(layout: StorageLayout, refs: Mapping[str, TensorRef], size: int) 
             raise ValueError(f"tensor '{name[:60]}' is an expanded view ({ref.numel} elements from "
                              f"{ref.extent} stored; stride 0 or overlapping)")
         total += ref.numel * ITEMSIZE[ref.dtype]
-        if total > limit("output bytes", size):
+        if total > most:
             raise exceeded("output bytes", size)
 
 

@@ -89,7 +89,7 @@ def test_a_budget_is_a_floor_plus_a_share_of_the_bytes() -> None:
         raise budgets.exceeded("objects", 100)
 
 
-HELPER = """
+BOOT = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
 import merging.parse_worker as worker
@@ -109,29 +109,30 @@ worker.serve()
 
 
 @pytest.mark.slow
-def test_a_crash_a_cpu_hog_or_a_memory_hog_in_the_parser_is_an_answer_and_the_helper_lives_on(tmp_path: Path) -> None:
-    """The parser's child dies by SIGSEGV, spins (RLIMIT_CPU, or the wall-clock limit on a loaded
-    machine), or hits RLIMIT_AS: each is one error answer, and the helper then parses a valid file."""
+def test_a_crash_a_cpu_hog_or_a_memory_hog_in_the_parser_is_an_answer_and_the_pool_lives_on(tmp_path: Path) -> None:
+    """A parser process dies by SIGSEGV, spins (RLIMIT_CPU, or the wall-clock limit on a loaded
+    machine), or hits RLIMIT_AS: each is one error answer, and the pool then parses valid files,
+    reusing a warm process for the second."""
     import torch
+
+    import merging.parse_worker as worker
 
     good = tmp_path / "good.pt"
     torch.save({"w": torch.ones(2)}, good)
-    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", HELPER, str(ROOT)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE)
+    pool = worker._Pool(boot=BOOT)
     try:
         def ask(*paths: Path) -> list[dict]:
-            sizes = [p.stat().st_size if p.exists() else 1 for p in paths]
-            proc.stdin.write(json.dumps([{"path": str(p), "size": n, "kind": "torch-zip"}
-                                         for p, n in zip(paths, sizes)]).encode() + b"\n")
-            proc.stdin.flush()
-            return json.loads(proc.stdout.readline())
+            return pool.ask([{"path": str(p), "size": p.stat().st_size if p.exists() else 1, "kind": "torch-zip"}
+                             for p in paths])
 
         crashed, spun, hogged = ask(tmp_path / "segv", tmp_path / "spin", tmp_path / "hog")
         assert crashed["status"] == "error" and "crashed (SIGSEGV)" in crashed["message"], crashed
         assert spun["status"] == "error" and ("CPU limit" in spun["message"] or "took longer" in spun["message"]), spun
         assert hogged["status"] == "error" and "memory" in hogged["message"], hogged
+        assert not pool._workers  # every failed process is gone
         answer = ask(good)[0]
         assert answer["status"] == "ok" and list(answer["tensors"]) == ["w"], answer
+        warm = [w.proc.pid for w in pool._workers.values()]
+        assert ask(good)[0]["status"] == "ok" and [w.proc.pid for w in pool._workers.values()] == warm
     finally:
-        proc.stdin.close()
-        proc.wait(timeout=30)
+        pool.stop()
