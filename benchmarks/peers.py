@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -188,8 +189,16 @@ def parse_run(code: int, stdout: str, stderr: str) -> Run:
         return Run(seconds=got["seconds"], peak_gb=got["peak_rss_gb"], routes=got.get("routes", {}))
     if "unsupported" in got:
         return Run(error="no such method")
-    tail = [x for x in stderr.splitlines() if x.strip()]
-    return Run(error=(tail[-1] if tail else f"exit {code}")[:160])
+    return Run(error=failure(stderr, code))
+
+
+def failure(stderr: str, code: int) -> str:
+    """The exception a failed run ended with, its message's lines joined (a LAPACK error spans
+    several), else its last line of stderr."""
+    tail = [x.strip() for x in stderr.splitlines() if x.strip()]
+    starts = [i for i, x in enumerate(tail) if re.match(r"^[\w.]+(Error|Exception)\b", x)]
+    text = " ".join(tail[starts[-1]:]) if starts else (tail[-1] if tail else f"exit {code}")
+    return text[:160]
 
 
 # -- comparing outputs ---------------------------------------------------------------------------

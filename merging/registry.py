@@ -85,6 +85,11 @@ class Method:
     checks every one of them against an SVD of the engine's update). Such a Δ reads nothing but
     Σt τt (the mean of the τt off the matrices), so a merge streams the sum from the checkpoints
     without holding a key's T task vectors (``Layer.of_sum``).
+    ``linear``: Δ is exactly Σt τt on every key (Task Arithmetic, weight averaging), so θ = θ0 + αΔ
+    = α Σt θt + (1 − αT) θ0. Where αT = 1 (weight averaging, or Task Arithmetic at α = 1/T) θ0
+    drops out, and a whole-model merge forms θ = α Σt θt straight from the checkpoints, without
+    reading θ0 or forming the τt (equal to θ0 + αΔ up to the float32 rounding of θ). Other α keep
+    θ0 + αΔ: the weighted sum would cancel terms αT times larger than θ.
     ``color``: the method's colour in every figure of the app and the report."""
 
     name: str
@@ -101,6 +106,7 @@ class Method:
     factors: Factors | None = None
     spectrum: Spectrum | None = None
     sum_basis: SumBasis | None = None
+    linear: bool = False
 
     def alpha_for(self, num_tasks: int) -> float | None:
         """The α this method fixes for ``num_tasks`` tasks, or None when α is free."""

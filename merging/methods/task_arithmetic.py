@@ -22,4 +22,5 @@ METHOD = register(Method(
     fn=task_arithmetic,
     color="#495057",
     sum_basis=lambda sigma, num_tasks: sigma,  # Δ = S itself
+    linear=True,
 ))

@@ -19,5 +19,6 @@ METHOD = register(Method(
     fn=task_arithmetic,  # Δ = Σt τt; the merge applies α = 1/T
     color="#868E96",
     sum_basis=lambda sigma, num_tasks: sigma / num_tasks,  # (1/T)·S
+    linear=True,
     fixed_alpha=FixedAlpha(rule=lambda num_tasks: 1.0 / num_tasks, label="1/T"),
 ))

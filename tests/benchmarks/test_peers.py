@@ -45,6 +45,9 @@ def test_parse_run_reads_the_json_line_or_says_why_there_is_none() -> None:
     assert (good.seconds, good.peak_gb, good.routes) == (1.5, 2.0, {"8x8": {"krylov": 2}})
     assert peers.parse_run(3, '{"unsupported": "no"}', "").error == "no such method"
     assert peers.parse_run(1, "", "Traceback\nRuntimeError: boom\n").error == "RuntimeError: boom"
+    lapack = "Traceback\n  File x\ntorch._C._LinAlgError: linalg.svd: failed to converge (error code:\n1).\n"
+    assert peers.parse_run(1, "", lapack).error == "torch._C._LinAlgError: linalg.svd: failed to converge (error code: 1)."
+    assert peers.parse_run(-9, "", "").error == "exit -9"
 
 
 def test_relative_difference_is_over_the_update_from_the_base() -> None:

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from merging.errors import MismatchError, NonFiniteError
+from merging import merge as merge_module
 from merging.merge import MergeUpdate, Merger
+from merging.tensors import task_vector
 from merging.methods import common, iso
 from tests.merging.conftest import make_models
 
@@ -143,11 +145,18 @@ def test_summed_methods_stream_bitwise_the_same_sum_and_still_name_bad_tensors()
         merged = merger.merged(method, alpha=alpha)
         a = 0.25 if alpha is None else alpha
         for key, base in pre.items():
-            taus = [ft[key] - base for ft in fts]
-            total = taus[0].clone()
-            for tau in taus[1:]:
-                total += tau
-            assert torch.equal(merged[key], base + a * total), (method, key)
+            total = merged_sum(pre, fts, key)
+            assert torch.equal(merger.layer_update(key, method)[1], total), (method, key)  # Δ: the same bits
+            if method == "task_arithmetic":
+                assert torch.equal(merged[key], base + a * total), (method, key)
+                continue
+            mean = fts[0][key].clone()  # weight averaging (αT = 1): θ straight from the checkpoints
+            for ft in fts[1:]:
+                mean += ft[key]
+            assert torch.equal(merged[key], mean.mul_(a)), (method, key)
+            torch.testing.assert_close(merged[key], base + a * total, rtol=0, atol=1e-6)
+    ta = merger.merged("task_arithmetic", alpha=0.25)  # α = 1/T: the same mean
+    assert all(torch.equal(ta[k], v) for k, v in merger.merged("weight_averaging").items())
     assert merger.cached_bytes() == 0  # the sum was streamed: no key's task vectors were kept
     streamed = merger.merged("iso_c", alpha=1.3)  # Iso-C reads only the sum too
     cached = Merger(pre, fts, device="cpu")
@@ -169,6 +178,33 @@ def test_summed_methods_stream_bitwise_the_same_sum_and_still_name_bad_tensors()
     neg["proj"][0, 0] = -float("inf")  # +Inf and −Inf in two tasks: the sum is NaN, each names itself
     with pytest.raises(NonFiniteError, match="fine-tuned model 3: tensor 'proj'"):
         Merger(pre, [fts[0], fts[1], inf, neg], device="cpu").merged("task_arithmetic")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64,
+                                   torch.bool])
+def test_the_chunked_sum_equals_summed_task_vectors_bit_for_bit(monkeypatch: pytest.MonkeyPatch,
+                                                                 dtype: torch.dtype) -> None:
+    """Chunk boundaries (a chunk of 5 elements here) and every stored dtype: the same bits as
+    τ0 + τ1 + … of ``task_vector``s, whether all tasks are added at once (in memory) or one at a
+    time (read from files)."""
+    monkeypatch.setattr(merge_module, "SUM_CHUNK", 5)
+    gen = torch.Generator().manual_seed(0)
+    for n in (1, 5, 12, 20):
+        pre = torch.randn(n, generator=gen)  # (n,)
+        fts = [(torch.randn(n, generator=gen) * 3).to(dtype) for _ in range(4)]
+        want = task_vector(pre, fts[0])
+        for x in fts[1:]:
+            want += task_vector(pre, x)
+        at_once, one_by_one = torch.empty_like(pre), torch.empty_like(pre)
+        merge_module.add_checkpoints(at_once, fts, pre)
+        merge_module.add_checkpoints(one_by_one, fts[:1], pre)
+        for x in fts[1:]:
+            merge_module.add_checkpoints(one_by_one, [x], pre, into=True)
+        assert torch.equal(at_once, want) and torch.equal(one_by_one, want), n
+    pre, fts = make_models(num_tasks=3)
+    merger = Merger(pre, fts, device="cpu")  # every key over chunks of 5
+    for key in pre:
+        assert torch.equal(merger.layer_update(key, "task_arithmetic")[1], merged_sum(pre, fts, key)), key
 
 
 def merged_sum(pre: dict, fts: list, key: str) -> torch.Tensor:
