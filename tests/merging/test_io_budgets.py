@@ -133,6 +133,7 @@ def test_a_crash_a_cpu_hog_or_a_memory_hog_in_the_parser_is_an_answer_and_the_po
         answer = ask(good)[0]
         assert answer["status"] == "ok" and list(answer["tensors"]) == ["w"], answer
         warm = [w.proc.pid for w in pool._workers.values()]
+        assert all(os.sched_getaffinity(pid) == {core} for pid, core in zip(warm, pool._cores))  # one core each
         assert ask(good)[0]["status"] == "ok" and [w.proc.pid for w in pool._workers.values()] == warm
     finally:
         pool.stop()
