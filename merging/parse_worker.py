@@ -13,9 +13,9 @@ overrun (``parser wall s``, the process is killed) becomes an ``{"status": "erro
 the app process and every other session carry on.
 
 The processes form a small pool (one per core, each pinned to its core, started on first use): a
-folder's files parse in parallel, and a warm process costs a file little more than its parse. A process leaves after a
-file it did not read cleanly, when its memory stays high, or after ``RETIRE_AFTER`` files; a
-fresh one takes its place.
+folder's files parse in parallel, and a warm process costs a file little more than its parse. A
+process leaves after an unexpected error, when its memory stays high, or after ``RETIRE_AFTER``
+files; a fresh one takes its place. A crash or a kill replaces it too.
 
 Answers (``status``): ``ok`` (``kind``, ``globals``, ``tensors``: name -> [storage key, dtype,
 offset, size, stride, view [offset, elements] or null], ``spans``: storage key -> [start, bytes]); ``refuse`` (the
@@ -230,8 +230,7 @@ def _one(request: dict, served: int) -> dict:
     _limit_cpu(limit("parser CPU s"))
     result = answer(request["path"], request["size"], request["kind"])
     result["cpu_s"] = _cpu_used() - before  # CPU seconds this file cost (load-independent)
-    result["retire"] = (result["status"] != "ok" or served + 1 >= RETIRE_AFTER
-                        or _rss_mib() > RETIRE_RSS_MIB)
+    result["retire"] = bool(result.get("bug")) or served + 1 >= RETIRE_AFTER or _rss_mib() > RETIRE_RSS_MIB
     return result
 
 
@@ -327,9 +326,11 @@ class _Pool:
     """The parser processes of this app process: one per core this process may use, each pinned
     to its core, started on first use and kept between files (a warm process parses a small file
     in about what the parse itself costs; a fresh one per file would add an interpreter start or a
-    fork and a cold heap to each), replaced when one leaves (``retire``: after a file that was not
-    cleanly read, a big one, or ``RETIRE_AFTER`` files), crashes, or overruns ``parser wall s``
-    (killed)."""
+    fork and a cold heap to each), replaced when one leaves (``retire``: after an unexpected error,
+    when its memory stays above ``RETIRE_RSS_MIB`` after a file, or after ``RETIRE_AFTER`` files),
+    crashes, or overruns ``parser wall s`` (killed). A file refused by a budget or a check leaves
+    the process as it found it (the parse's objects are freed with it), so a folder of bad files
+    costs no process starts."""
 
     def __init__(self, boot: str = _BOOT) -> None:
         self._boot = boot

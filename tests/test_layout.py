@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE_ALLOWED = {
-    "merging": {"torch", "numpy", "scipy", "safetensors", "merging"},
+    "merging": {"torch", "numpy", "scipy", "threadpoolctl", "safetensors", "merging"},
     "zoo": {"torch", "numpy", "safetensors", "merging", "zoo", "open_clip", "sklearn", "PIL", "torchvision",
             "datasets"},
     "analysis": {"torch", "numpy", "safetensors", "merging", "zoo", "analysis", "pandas", "plotly", "scipy", "ray"},
