@@ -431,7 +431,7 @@ def prefetch(files: list[tuple[str | os.PathLike, int, str]]) -> None:
 
 def parse_isolated(path: str | os.PathLike, size: int, kind: str) -> dict:
     """Parse ``path`` (``size`` bytes; kind ``torch-zip``, ``pickle`` or ``unknown``) in a limited
-    child process; the answer as described in the module docstring."""
+    parser process; the answer as described in the module docstring."""
     key = _identity(os.fspath(path), size, kind)
     answer = _PREFETCHED.pop(key, None) if key is not None else None
     return answer if answer is not None else _POOL.ask([{"path": os.fspath(path), "size": size, "kind": kind}])[0]
