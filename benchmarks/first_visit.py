@@ -21,16 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.real_scale import _errors, _settle, served, visit
-
-# (sidebar link, a text the page shows once it has rendered, charts expected), in the sidebar's order
-PAGES = (
-    ("Overview", "Task-vector geometry", 3),
-    ("Spectra", "Common fraction of Iso-CTS", 2),
-    ("Alignment", "Does alignment predict accuracy?", 3),
-    ("Common subspace", "Rank ratio ρ (CART)", 2),
-    ("Merge & export", "Download", 1),
-    ("Learn", "Task matrices and their spectra", 14),
-)
+from tests.app.page_markers import PAGES
 
 
 def visits(zoo: str, seed: bool) -> dict[str, float]:
@@ -38,9 +29,9 @@ def visits(zoo: str, seed: bool) -> dict[str, float]:
     os.environ["ISOSCOPE_SEED_RESULTS"] = "1" if seed else "0"
     out = {}
     with tempfile.TemporaryDirectory(prefix="isoscope-first-") as cache, served(Path(zoo), Path(cache)) as (browser, server):
-        (title, marker, charts), *rest = PAGES
+        (title, _path, marker, charts), *rest = PAGES
         page, out[title] = visit(browser, server.url, marker, charts, timeout_ms=1_800_000)  # opens the zoo
-        for title, marker, charts in rest:
+        for title, _path, marker, charts in rest:
             link = page.locator("[data-testid='stSidebarNav'] a", has_text=title).first
             start = time.perf_counter()
             link.click()

@@ -8,17 +8,10 @@ import time
 
 import pytest
 
+from tests.app.page_markers import PAGES
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-# (url path, a text the page shows once it has rendered, charts expected)
-PAGES = (
-    ("", "Task-vector geometry", 3),
-    ("spectra", "Common fraction of Iso-CTS", 2),
-    ("alignment", "Does alignment predict accuracy?", 3),
-    ("common_subspace", "Rank ratio ρ (CART)", 2),
-    ("merge_export", "Download", 1),
-    ("learn", "Task matrices and their spectra", 14),
-)
 LOAD_MS = 240_000  # the first page builds the zoo (digits-tiny: seconds; digits: minutes)
 
 
@@ -41,7 +34,7 @@ def test_every_page_serves_without_errors(e2e_zoo: str, tour_evidence: None, str
     page = browser.new_page(viewport={"width": 1440, "height": 1000})
     crashes: list[str] = []
     page.on("pageerror", lambda exc: crashes.append(str(exc)))
-    for path, marker, charts in PAGES:
+    for _title, path, marker, charts in PAGES:
         start = time.perf_counter()
         page.goto(f"{streamlit_server}/{path}", wait_until="domcontentloaded")
         _settle(page, marker, charts)
