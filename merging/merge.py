@@ -321,6 +321,14 @@ def averages(spec: Method, alpha: float, num_tasks: int) -> bool:
     return spec.linear and abs(alpha * num_tasks - 1.0) <= 1e-12
 
 
+def _mean_theta(finetuned: Sequence[torch.Tensor], alpha: float) -> torch.Tensor | None:
+    """α Σt θt over one key's fine-tuned tensors (``averages``), or None when it is not finite (the
+    regular path then names the tensor at fault)."""
+    theta = torch.empty(finetuned[0].shape, dtype=COMPUTE_DTYPE, device=finetuned[0].device)
+    add_checkpoints(theta, finetuned)
+    return theta if all_finite(theta.mul_(alpha)) else None
+
+
 SUM_CHUNK = 1 << 18  # elements per chunk of ``add_checkpoints``: a chunk's operands (1 MiB each) stay in cache
 
 
@@ -475,18 +483,13 @@ def merge_files(pretrained: PathLike, finetuned: Sequence[PathLike], method: str
             ckpts = files.open()
             for key in chunk:
                 fts = [_read(c, key, name, dev) for c, name in zip(ckpts[1:], files.names[1:], strict=True)]
-                if averages(spec, a, num_tasks):  # θ = α Σt θt, as ``Merger.iter_merged`` forms it
-                    theta = torch.empty(files.shapes[key], dtype=COMPUTE_DTYPE, device=dev)
-                    add_checkpoints(theta, fts)
-                    if all_finite(theta.mul_(a)):
-                        write(key, theta)
-                        done += files.numel(key)
-                        step(done / max(total, 1), f"{spec.display_name}: {key}")
-                        continue
-                pre = _read(ckpts[0], key, files.names[0], dev)
-                taus = [task_vector(pre, ft) for ft in fts]
-                layer = Layer(key=key, taus=taus, matrix=is_matrix(key, pre), shared=shared)
-                write(key, _base(spec, pre, layer) + a * _layer_delta(spec, values, layer))  # cast to pre's dtype
+                theta = _mean_theta(fts, a) if averages(spec, a, num_tasks) else None  # as ``iter_merged``
+                if theta is None:
+                    pre = _read(ckpts[0], key, files.names[0], dev)
+                    layer = Layer(key=key, taus=[task_vector(pre, ft) for ft in fts], matrix=is_matrix(key, pre),
+                                  shared=shared)
+                    theta = _base(spec, pre, layer) + a * _layer_delta(spec, values, layer)
+                write(key, theta)  # cast to pre's dtype
                 done += files.numel(key)
                 step(done / max(total, 1), f"{spec.display_name}: {key}")
             del ckpts
